@@ -1,0 +1,52 @@
+# Single entry point. `make demo` and `make test` work on a fresh machine with Python 3.11.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+WM     := $(VENV)/bin/wm
+# Without an NVIDIA GPU install the CPU build of torch (a plain `torch` pulls a multi-GB CUDA build).
+# Override, e.g. `make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"`.
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+TORCH  ?= $(if $(HAS_GPU),torch,torch==2.13.0)
+SEED   ?= 0
+DATA   ?= data
+RESULTS ?= results
+WORKERS ?= 2
+
+.PHONY: install test test-slow test-faults lint format bench demo reproduce clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+test: install
+	$(PY) -m pytest -q -x --durations=10
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+test-faults: install
+	$(PY) -m pytest -q -m "faults or not faults" tests/test_faults.py
+
+lint: install
+	$(VENV)/bin/ruff check worldmodels_cli tests benchmarks
+
+format: install
+	$(VENV)/bin/ruff format worldmodels_cli tests benchmarks
+
+bench: install
+	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+demo: install
+	$(PY) -m worldmodels_cli.pipeline demo --out $(RESULTS)/demo --data $(DATA)/demo --seed $(SEED) --workers $(WORKERS)
+
+reproduce: install
+	$(PY) -m worldmodels_cli.pipeline reproduce --out $(RESULTS)/paper --data $(DATA)/paper --seed $(SEED) --workers $(WORKERS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,3 @@
+"""worldmodels_cli: World Models (Ha & Schmidhuber 2018) as a staged command-line pipeline."""
+
+__version__ = "0.1.0"

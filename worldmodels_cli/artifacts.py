@@ -1,0 +1,430 @@
+"""The artifact schema: the only module that spells HDF5 keys.
+
+Every artifact is one HDF5 file whose root attributes say what it is (``kind``, ``schema_version``), how it was
+made (resolved ``config`` JSON, ``seed``, ``created``, package ``versions``) and from what (``inputs``: path and
+SHA-256 of each input artifact). Files are always written to a temporary name in the destination folder and renamed
+into place, so a file at its final path is complete; a kill mid-write leaves the previous version intact.
+
+Kinds and their datasets (N frames, E episodes, Z latent, A action width):
+
+- ``rollouts``: frames (N,64,64,3) uint8 (gzip-4 + shuffle, chunked); actions (N,A) float32 (the continuous
+  action, what M sees); env_actions (N,) int8 (Doom: the button the env received: 0 none, 1 left, 2 right);
+  rewards (N,) float32; terminated, truncated (N,) bool (flags returned by the step after frame t);
+  episode_starts, episode_lengths, episode_seeds, episode_ids (E,) int64. frames[t] is the frame *before*
+  actions[t] (ref §2.1); the frame after the last action is not stored.
+- ``series``: mu, logvar (N,Z) float32; actions, rewards, terminated, truncated and the episode_* index as rollouts.
+- ``vae`` / ``mdn``: group ``weights`` (one dataset per state-dict entry), group ``train_state`` (optimizer,
+  RNG states, counters: what resume needs), attribute ``model_config``; ``summary`` attribute with losses.
+- ``controller``: mean, best_params (P,) float64; history/* per generation; cma/* (fitness of every evaluated
+  generation, so the optimizer is rebuilt by replay, never unpickled).
+- ``eval``: returns, lengths (E,) float64/int64; episode_seeds (E,) int64.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .errors import ArtifactError
+
+SCHEMA_VERSION = 1
+
+# ---- root attributes
+KIND = "kind"
+SCHEMA = "schema_version"
+CONFIG = "config"
+SEED = "seed"
+CREATED = "created"
+VERSIONS = "versions"
+INPUTS = "inputs"
+ENV = "env"
+SUMMARY = "summary"
+MODEL_CONFIG = "model_config"
+
+# ---- dataset names
+FRAMES = "frames"
+ACTIONS = "actions"
+ENV_ACTIONS = "env_actions"
+REWARDS = "rewards"
+TERMINATED = "terminated"
+TRUNCATED = "truncated"
+EPISODE_STARTS = "episode_starts"
+EPISODE_LENGTHS = "episode_lengths"
+EPISODE_SEEDS = "episode_seeds"
+EPISODE_IDS = "episode_ids"
+MU = "mu"
+LOGVAR = "logvar"
+WEIGHTS = "weights"
+TRAIN_STATE = "train_state"
+MEAN = "mean"
+BEST_PARAMS = "best_params"
+HISTORY = "history"
+CMA = "cma"
+RETURNS = "returns"
+LENGTHS = "lengths"
+
+EPISODE_INDEX = (EPISODE_STARTS, EPISODE_LENGTHS, EPISODE_SEEDS, EPISODE_IDS)
+STEP_DATA = (ACTIONS, REWARDS, TERMINATED, TRUNCATED)
+
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "rollouts": (FRAMES, *STEP_DATA, *EPISODE_INDEX),
+    "series": (MU, LOGVAR, *STEP_DATA, *EPISODE_INDEX),
+    "vae": (WEIGHTS,),
+    "mdn": (WEIGHTS,),
+    "controller": (MEAN, BEST_PARAMS, HISTORY),
+    "eval": (RETURNS, LENGTHS, EPISODE_SEEDS),
+}
+KINDS = tuple(REQUIRED)
+
+FRAME_COMPRESSION = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+
+
+# ------------------------------------------------------------------------------------------- provenance
+def sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in ("worldmodels_cli", "torch", "gymnasium", "vizdoom", "cma", "h5py", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def inputs_record(paths: Mapping[str, str | os.PathLike | list]) -> dict[str, Any]:
+    """{role: {"path", "sha256"}} (or a list of them) for the artifacts a stage read."""
+    rec: dict[str, Any] = {}
+    for role, p in paths.items():
+        if isinstance(p, (list, tuple)):
+            rec[role] = [{"path": str(q), "sha256": sha256(q)} for q in p]
+        else:
+            rec[role] = {"path": str(p), "sha256": sha256(p)}
+    return rec
+
+
+# ------------------------------------------------------------------------------------------- writing
+@contextlib.contextmanager
+def atomic_write(
+    path: str | os.PathLike,
+    kind: str,
+    *,
+    config: Any = None,
+    seed: int | None = None,
+    inputs: Mapping[str, Any] | None = None,
+    env: str | None = None,
+) -> Iterator[h5py.File]:
+    """Yield an h5py.File on a temp name beside `path`; on success stamp the root attributes and rename it into
+    place. On any exception the temp file is removed and `path` is untouched."""
+    if kind not in REQUIRED:
+        raise ValueError(f"unknown artifact kind {kind!r}")
+    path = Path(path)
+    check_writable(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as fh:
+            yield fh
+            fh.attrs[KIND] = kind
+            fh.attrs[SCHEMA] = SCHEMA_VERSION
+            fh.attrs[CONFIG] = _to_json(config)
+            fh.attrs[SEED] = -1 if seed is None else int(seed)
+            fh.attrs[CREATED] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            fh.attrs[VERSIONS] = json.dumps(package_versions())
+            fh.attrs[INPUTS] = json.dumps(dict(inputs or {}))
+            fh.attrs[ENV] = env or ""
+            if SUMMARY not in fh.attrs:
+                fh.attrs[SUMMARY] = "{}"
+        _fsync(tmp)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def check_writable(path: Path) -> None:
+    """Refuse early, with a one-line reason, an output whose folder is missing or read-only."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ArtifactError(f"{path}: output folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ArtifactError(f"{path}: output folder {parent} is not writable")
+    if path.is_dir():
+        raise ArtifactError(f"{path}: is a folder, expected a file path")
+
+
+def set_summary(fh: h5py.File, summary: Mapping[str, Any]) -> None:
+    """Key figures shown by `wm info` (losses, scores, counts)."""
+    fh.attrs[SUMMARY] = json.dumps(_jsonable(dict(summary)))
+
+
+def _to_json(config: Any) -> str:
+    if config is None:
+        return "{}"
+    if hasattr(config, "to_dict"):
+        config = config.to_dict()
+    return json.dumps(_jsonable(config), sort_keys=True)
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        _fsync(path if str(path) else Path("."))
+
+
+# ------------------------------------------------------------------------------------------- reading
+@dataclass(frozen=True)
+class Meta:
+    """Root attributes of a validated artifact."""
+
+    path: str
+    kind: str
+    schema_version: int
+    config: dict
+    seed: int
+    created: str
+    versions: dict
+    inputs: dict
+    env: str
+    summary: dict
+    model_config: dict
+
+
+def validate(path: str | os.PathLike, kind: str | tuple[str, ...] | None = None) -> Meta:
+    """Check that `path` is a complete artifact of `kind` from a schema this version reads; return its Meta.
+
+    Raises ArtifactError with a one-line message naming the file and what was expected."""
+    p = Path(path)
+    want = (kind,) if isinstance(kind, str) else kind
+    what = f"a {' or '.join(want)} artifact" if want else "an artifact"
+    if not p.exists():
+        raise ArtifactError(f"{p}: no such file (expected {what})")
+    if p.is_dir():
+        raise ArtifactError(f"{p}: is a folder (expected {what})")
+    if p.stat().st_size == 0:
+        raise ArtifactError(f"{p}: empty file (expected {what})")
+    if not h5py.is_hdf5(p):
+        raise ArtifactError(f"{p}: not an HDF5 file (expected {what})")
+    try:
+        with h5py.File(p, "r") as fh:
+            attrs = dict(fh.attrs)
+            if KIND not in attrs:
+                raise ArtifactError(f"{p}: HDF5 file without a 'kind' attribute: not a worldmodels_cli artifact")
+            got = _str(attrs[KIND])
+            if want and got not in want:
+                raise ArtifactError(f"{p}: is a {got} artifact, expected {what}")
+            version = int(attrs.get(SCHEMA, -1))
+            if version > SCHEMA_VERSION:
+                raise ArtifactError(
+                    f"{p}: schema version {version} is newer than this worldmodels_cli reads ({SCHEMA_VERSION}); upgrade"
+                )
+            missing = [name for name in REQUIRED.get(got, ()) if name not in fh]
+            if missing:
+                raise ArtifactError(f"{p}: {got} artifact lacks {', '.join(missing)} (truncated or damaged)")
+            for name in REQUIRED.get(got, ()):  # touch each dataset's metadata: catches a damaged object header
+                obj = fh[name]
+                if isinstance(obj, h5py.Dataset):
+                    _ = obj.shape, obj.dtype
+            return Meta(
+                path=str(p),
+                kind=got,
+                schema_version=version,
+                config=_loads(attrs.get(CONFIG)),
+                seed=int(attrs.get(SEED, -1)),
+                created=_str(attrs.get(CREATED, "")),
+                versions=_loads(attrs.get(VERSIONS)),
+                inputs=_loads(attrs.get(INPUTS)),
+                env=_str(attrs.get(ENV, "")),
+                summary=_loads(attrs.get(SUMMARY)),
+                model_config=_loads(attrs.get(MODEL_CONFIG)),
+            )
+    except ArtifactError:
+        raise
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+        raise ArtifactError(f"{p}: corrupt or truncated HDF5 file ({_first_line(exc)}); expected {what}") from None
+
+
+@contextlib.contextmanager
+def open_artifact(path: str | os.PathLike, kind: str | tuple[str, ...] | None = None) -> Iterator[h5py.File]:
+    """Validate, then open read-only. Read errors inside the block become ArtifactError too."""
+    validate(path, kind)
+    try:
+        with h5py.File(path, "r") as fh:
+            yield fh
+    except (OSError, KeyError) as exc:
+        raise ArtifactError(f"{path}: read failed ({_first_line(exc)}); the file is damaged") from None
+
+
+def _str(x: Any) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
+
+
+def _loads(x: Any) -> dict:
+    if x is None:
+        return {}
+    try:
+        return json.loads(_str(x))
+    except json.JSONDecodeError:
+        return {}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+# ------------------------------------------------------------------------------------- nested state
+# Optimizer states, RNG states and counters are stored as data (datasets and JSON attributes), never pickled.
+_LIST = "__list__"
+_VALUE = "__value__"
+
+
+def write_tree(group: h5py.Group, tree: Any) -> None:
+    """Store a nested dict/list of arrays, tensors and JSON scalars under `group`."""
+    if isinstance(tree, Mapping):
+        for key, value in tree.items():
+            _write_node(group, str(key), value)
+    elif isinstance(tree, (list, tuple)):
+        group.attrs[_LIST] = len(tree)
+        for i, value in enumerate(tree):
+            _write_node(group, str(i), value)
+    else:
+        raise TypeError(f"write_tree needs a dict or list, got {type(tree).__name__}")
+
+
+def _write_node(group: h5py.Group, key: str, value: Any) -> None:
+    if hasattr(value, "detach"):  # torch tensor, without importing torch here
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        group.create_dataset(key, data=value)
+    elif isinstance(value, (Mapping, list, tuple)) and not _is_json_leaf(value):
+        write_tree(group.create_group(key), value)
+    else:
+        sub = group.create_group(key)
+        sub.attrs[_VALUE] = json.dumps(_jsonable(value))
+
+
+def _is_json_leaf(value: Any) -> bool:
+    """Short lists of plain numbers (e.g. Adam betas) are stored as one JSON value."""
+    return isinstance(value, (list, tuple)) and all(isinstance(v, (int, float, bool, str)) or v is None for v in value)
+
+
+def read_tree(group: h5py.Group) -> Any:
+    """Inverse of write_tree (tuples come back as lists; arrays as numpy)."""
+    if _LIST in group.attrs:
+        return [_read_node(group[str(i)]) for i in range(int(group.attrs[_LIST]))]
+    return {key: _read_node(group[key]) for key in group}
+
+
+def _read_node(node: Any) -> Any:
+    if isinstance(node, h5py.Dataset):
+        return node[()]
+    if _VALUE in node.attrs:
+        return json.loads(_str(node.attrs[_VALUE]))
+    return read_tree(node)
+
+
+def write_state_dict(group: h5py.Group, state_dict: Mapping[str, Any]) -> None:
+    """Model weights as one dataset per entry (names keep their dots)."""
+    for name, tensor in state_dict.items():
+        arr = tensor.detach().cpu().numpy() if hasattr(tensor, "detach") else np.asarray(tensor)
+        group.create_dataset(name, data=arr)
+
+
+def read_state_dict(group: h5py.Group) -> dict[str, np.ndarray]:
+    return {name: group[name][()] for name in group}
+
+
+# ------------------------------------------------------------------------------------- episode index
+@dataclass(frozen=True)
+class EpisodeIndex:
+    """Where each episode lies in the flat per-step datasets of a rollouts or series artifact."""
+
+    starts: np.ndarray
+    lengths: np.ndarray
+    seeds: np.ndarray
+    ids: np.ndarray
+
+    @property
+    def episodes(self) -> int:
+        return len(self.starts)
+
+    @property
+    def frames(self) -> int:
+        return int(self.lengths.sum())
+
+
+def read_episode_index(fh: h5py.File) -> EpisodeIndex:
+    return EpisodeIndex(*(np.asarray(fh[k][()], dtype=np.int64) for k in EPISODE_INDEX))
+
+
+def write_episode_index(fh: h5py.File, index: EpisodeIndex) -> None:
+    for key, arr in zip(EPISODE_INDEX, (index.starts, index.lengths, index.seeds, index.ids), strict=True):
+        fh.create_dataset(key, data=np.asarray(arr, dtype=np.int64))
+
+
+def create_step_datasets(fh: h5py.File, action_dim: int, *, env_actions: bool, chunk: int = 4096) -> None:
+    """Empty, growable per-step datasets shared by rollouts and series artifacts."""
+    fh.create_dataset(ACTIONS, shape=(0, action_dim), maxshape=(None, action_dim), dtype=np.float32, chunks=(chunk, action_dim))
+    fh.create_dataset(REWARDS, shape=(0,), maxshape=(None,), dtype=np.float32, chunks=(chunk,))
+    fh.create_dataset(TERMINATED, shape=(0,), maxshape=(None,), dtype=bool, chunks=(chunk,))
+    fh.create_dataset(TRUNCATED, shape=(0,), maxshape=(None,), dtype=bool, chunks=(chunk,))
+    if env_actions:
+        fh.create_dataset(ENV_ACTIONS, shape=(0,), maxshape=(None,), dtype=np.int8, chunks=(chunk,))
+
+
+def create_frames_dataset(fh: h5py.File, chunk_frames: int = 64) -> h5py.Dataset:
+    # ~10x smaller on CarRacing, ~3x on Doom (issue 2); random blocks of a chunk then in-buffer shuffling read fast.
+    return fh.create_dataset(
+        FRAMES, shape=(0, 64, 64, 3), maxshape=(None, 64, 64, 3), dtype=np.uint8,
+        chunks=(chunk_frames, 64, 64, 3), **FRAME_COMPRESSION,
+    )
+
+
+def append(ds: h5py.Dataset, data: np.ndarray) -> None:
+    """Grow a 1-D-growable dataset by `data` along axis 0."""
+    n = ds.shape[0]
+    ds.resize(n + len(data), axis=0)
+    ds[n:] = data

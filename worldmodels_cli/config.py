@@ -1,0 +1,287 @@
+"""Frozen, validated configuration dataclasses and the presets (`paper`, `small`, `tiny`) per environment.
+
+Every field has a default and a one-line doc (``metadata["doc"]``); ``__post_init__`` rejects bad values with a
+``ConfigError`` naming the field. ``from_dict`` rejects unknown keys. Numbers cite ../shared/reference/paper.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .errors import ConfigError
+
+ENVS = ("carracing", "doom")
+SCALES = ("paper", "small", "tiny")
+
+
+def f(default: Any, doc: str, *, min: float | None = None, choices: tuple | None = None):  # noqa: A002
+    """A dataclass field with a doc string and optional validation rules."""
+    meta = {"doc": doc, "min": min, "choices": choices}
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("use tuples for sequence defaults")
+    return field(default=default, metadata=meta)
+
+
+class _Config:
+    """Validation, (de)serialisation and `replace` shared by every config dataclass."""
+
+    def __post_init__(self) -> None:
+        for fl in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, fl.name)
+            lo, choices = fl.metadata.get("min"), fl.metadata.get("choices")
+            if lo is not None and value is not None and value < lo:
+                raise ConfigError(f"{type(self).__name__}.{fl.name} must be >= {lo}, got {value!r}")
+            if choices is not None and value not in choices:
+                raise ConfigError(f"{type(self).__name__}.{fl.name} must be one of {choices}, got {value!r}")
+        self.validate()
+
+    def validate(self) -> None:
+        """Cross-field checks; subclasses override."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)  # type: ignore[arg-type]
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        known = {fl.name: fl for fl in fields(cls)}  # type: ignore[arg-type]
+        unknown = set(data) - set(known)
+        if unknown:
+            raise ConfigError(f"{cls.__name__}: unknown keys {sorted(unknown)}")
+        kwargs = {}
+        for name, value in data.items():
+            sub = _NESTED.get((cls.__name__, name))
+            if sub is not None and isinstance(value, dict):
+                value = sub.from_dict(value)
+            elif isinstance(value, list):
+                value = tuple(value)
+            kwargs[name] = value
+        return cls(**kwargs)
+
+    def replace(self, **changes):
+        """A copy with `changes`; None values are ignored (unset CLI options)."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        known = {fl.name for fl in fields(self)}  # type: ignore[arg-type]
+        unknown = set(changes) - known
+        if unknown:
+            raise ConfigError(f"{type(self).__name__}: unknown keys {sorted(unknown)}")
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+# ----------------------------------------------------------------------------------------------------- env
+@dataclass(frozen=True)
+class EnvConfig(_Config):
+    name: str = f("doom", "environment: carracing (gymnasium CarRacing-v3) or doom (vizdoom take_cover)", choices=ENVS)
+    fake: bool = f(False, "use the package's fast fake image env with the same spaces (tests, tiny preset)")
+    max_steps: int = f(2100, "episode cap in steps; Doom: a timeout is a truncation, never a death (ref §A)", min=1)
+    doom_skill: int = f(4, "Doom difficulty; 4 is the paper's effective skill (ref §B)", min=1)
+    doom_resolution: str = f("160x120", "vizdoom screen resolution WxH; 160x120 renders fastest (ref §A)")
+    doom_start_time: int = f(14, "tic at which a Doom episode starts, as ppaquette's env (ref §B)", min=0)
+    action_threshold: float = f(1 / 3, "Doom: a < -t -> MOVE_LEFT, a > t -> MOVE_RIGHT, else none (ref §5.2)", min=0)
+
+    @property
+    def z_default(self) -> int:
+        return 32 if self.name == "carracing" else 64
+
+    @property
+    def action_dim(self) -> int:
+        """Width of the continuous action M and C see (CarRacing steer/gas/brake; Doom one value)."""
+        return 3 if self.name == "carracing" else 1
+
+
+# ------------------------------------------------------------------------------------------------- collect
+@dataclass(frozen=True)
+class CollectConfig(_Config):
+    episodes: int = f(10000, "number of episodes to keep", min=1)
+    policy: str = f("random", "data policy: random (the original's, ref §2.1/§2.2) or controller", choices=("random", "controller"))
+    ignore_done: bool = f(False, "CarRacing: run every episode to max_steps ignoring done, as the original (ref §2.1)")
+    min_length: int = f(0, "discard episodes not longer than this (Doom original: 100, ref §2.2)", min=0)
+    repeat_min: int = f(1, "Doom random policy: shortest hold of an action, in frames", min=1)
+    repeat_max: int = f(10, "Doom random policy: longest hold of an action, in frames", min=1)
+    noise: float = f(0.0, "std of Gaussian exploration noise added to a controller's action", min=0)
+    chunk_frames: int = f(64, "HDF5 chunk length of the frames dataset (frames per compressed chunk)", min=1)
+
+    def validate(self) -> None:
+        if self.repeat_max < self.repeat_min:
+            raise ConfigError(f"CollectConfig.repeat_max ({self.repeat_max}) < repeat_min ({self.repeat_min})")
+
+
+# ---------------------------------------------------------------------------------------------------- V
+@dataclass(frozen=True)
+class VAEConfig(_Config):
+    z_dim: int = f(32, "latent size N_z (32 CarRacing, 64 Doom; ref §3)", min=1)
+    enc_channels: tuple = f((32, 64, 128, 256), "filters of the four 4x4 stride-2 encoder convs (ref §3)")
+    dec_channels: tuple = f((128, 64, 32), "filters of the first three decoder deconvs (ref §3)")
+
+    def validate(self) -> None:
+        if len(self.enc_channels) != 4 or len(self.dec_channels) != 3:
+            raise ConfigError("VAEConfig: enc_channels needs 4 values and dec_channels 3")
+
+
+@dataclass(frozen=True)
+class VAETrainConfig(_Config):
+    epochs: float = f(10, "passes over the training frames (code: 10; article: 1; ref §10 #1)", min=0)
+    batch_size: int = f(100, "frames per batch (ref §3)", min=1)
+    lr: float = f(1e-4, "Adam learning rate (ref §3)", min=0)
+    kl_tolerance: float = f(0.5, "per-sample KL floor = kl_tolerance * N_z (ref §3)", min=0)
+    val_episodes: float = f(0.05, "fraction of episodes held out for validation", min=0)
+    block_frames: int = f(256, "consecutive frames read from HDF5 at once (then shuffled in a buffer)", min=1)
+    buffer_blocks: int = f(64, "blocks held in the shuffle buffer", min=1)
+    num_workers: int = f(1, "data-loader worker processes (each opens the file itself)", min=0)
+    checkpoint_minutes: float = f(10.0, "also checkpoint within an epoch at this interval", min=0)
+
+
+# ---------------------------------------------------------------------------------------------------- M
+@dataclass(frozen=True)
+class MDNConfig(_Config):
+    z_dim: int = f(32, "latent size (from the series artifact)", min=1)
+    action_dim: int = f(3, "continuous action width (3 CarRacing, 1 Doom)", min=1)
+    hidden: int = f(256, "LSTM hidden size H (256 CarRacing, 512 Doom; ref §4)", min=1)
+    mixtures: int = f(5, "Gaussian components K per latent dimension (ref §4)", min=1)
+    done_head: bool = f(False, "predict the episode end (Doom; ref §4.3)")
+    restart_input: bool = f(False, "restart-flag input that resets the LSTM state at episode starts (Doom)")
+    reward_head: str = f("none", "optional reward head: none, regression or sign", choices=("none", "regression", "sign"))
+
+
+@dataclass(frozen=True)
+class MDNTrainConfig(_Config):
+    steps: int = f(4000, "optimizer steps (CarRacing code: 4000; Doom: 400 epochs x 61 = 24,400; ref §4)", min=0)
+    batch_size: int = f(100, "episodes (CarRacing) or parallel streams (Doom) per batch", min=1)
+    seq_len: int = f(1000, "sequence length incl. the target frame (CarRacing 1000 -> 999 steps; Doom 500)", min=2)
+    batching: str = f("episodes", "episodes: whole episodes, zero state; streams: concatenated, state carried", choices=("episodes", "streams"))
+    lr: float = f(1e-3, "initial Adam learning rate (ref §4.1)", min=0)
+    lr_min: float = f(1e-5, "learning-rate floor (ref §4.1)", min=0)
+    lr_decay: float = f(1.0, "lr = (lr0-lr_min)*decay^step + lr_min (CarRacing 1.0, Doom 0.99999)", min=0)
+    grad_clip: float = f(1.0, "clip each gradient element to [-c, c] (ref §4.1)", min=0)
+    done_weight: float = f(10.0, "weight of positive done targets in the BCE (ref §4.3)", min=0)
+    reward_weight: float = f(1.0, "weight of the optional reward loss", min=0)
+    val_episodes: float = f(0.05, "fraction of episodes held out for validation", min=0)
+    checkpoint_steps: int = f(200, "checkpoint every this many steps", min=1)
+    log_steps: int = f(50, "log a metrics line every this many steps", min=1)
+
+
+# ---------------------------------------------------------------------------------------------------- C
+@dataclass(frozen=True)
+class ControllerConfig(_Config):
+    features: str = f("zh", "inputs: z, zh ([z,h]) or zch ([z,c,h]) (ref §5)", choices=("z", "zh", "zch"))
+    hidden: int = f(0, "optional tanh hidden layer (paper's V-only variant: 40); 0 = linear", min=0)
+    bias: bool = f(True, "output bias (CarRacing yes, Doom no; ref §5)")
+
+
+# --------------------------------------------------------------------------------------------- evolve
+@dataclass(frozen=True)
+class EvolveConfig(_Config):
+    pop: int = f(64, "CMA-ES population (ref §6)", min=2)
+    trials: int = f(16, "rollouts per member; fitness is their mean (ref §6)", min=1)
+    generations: int = f(1800, "generations to run (paper logs: 1800)", min=0)
+    sigma0: float = f(0.1, "initial CMA step size (ref §6)", min=0)
+    eval_every: int = f(25, "evaluate the CMA mean every this many generations (ref §6)", min=1)
+    eval_episodes: int = f(1024, "episodes of that evaluation, fixed seeds (ref §6)", min=1)
+    in_dream: bool = f(False, "fitness from the dream (M as env) instead of the real env (ref §7)")
+    temperature: float = f(1.15, "dream temperature tau (paper's best Doom agent; ref §A)", min=0)
+    max_steps: int = f(2100, "dream episode cap (Doom 2100)", min=1)
+    eval_real: int = f(0, "with in_dream: also evaluate the CMA mean on this many real episodes", min=0)
+    seed_start: int = f(111, "seeder seed for per-generation episode seeds (car 0, Doom 111; ref §6)", min=0)
+
+
+@dataclass(frozen=True)
+class Preset(_Config):
+    """Everything one environment's pipeline needs at one scale."""
+
+    env: EnvConfig = f(None, "environment")
+    collect: CollectConfig = f(None, "wm collect")
+    vae: VAEConfig = f(None, "V architecture")
+    vae_train: VAETrainConfig = f(None, "wm train-vae")
+    mdn: MDNConfig = f(None, "M architecture")
+    mdn_train: MDNTrainConfig = f(None, "wm train-mdn")
+    controller: ControllerConfig = f(None, "C architecture")
+    evolve: EvolveConfig = f(None, "wm evolve")
+
+
+_NESTED = {
+    ("Preset", "env"): EnvConfig,
+    ("Preset", "collect"): CollectConfig,
+    ("Preset", "vae"): VAEConfig,
+    ("Preset", "vae_train"): VAETrainConfig,
+    ("Preset", "mdn"): MDNConfig,
+    ("Preset", "mdn_train"): MDNTrainConfig,
+    ("Preset", "controller"): ControllerConfig,
+    ("Preset", "evolve"): EvolveConfig,
+}
+
+
+def _paper(env: str) -> Preset:
+    if env == "carracing":
+        return Preset(
+            env=EnvConfig(name="carracing", max_steps=1000),
+            collect=CollectConfig(episodes=10000, ignore_done=True),
+            vae=VAEConfig(z_dim=32),
+            vae_train=VAETrainConfig(),
+            mdn=MDNConfig(z_dim=32, action_dim=3, hidden=256),
+            mdn_train=MDNTrainConfig(steps=4000, batch_size=100, seq_len=1000, batching="episodes", lr_decay=1.0),
+            controller=ControllerConfig(features="zh", bias=True),
+            evolve=EvolveConfig(max_steps=1000, seed_start=0, in_dream=False),
+        )
+    return Preset(
+        env=EnvConfig(name="doom", max_steps=2100),
+        collect=CollectConfig(episodes=10000, min_length=100),
+        vae=VAEConfig(z_dim=64),
+        vae_train=VAETrainConfig(),
+        mdn=MDNConfig(z_dim=64, action_dim=1, hidden=512, done_head=True, restart_input=True),
+        mdn_train=MDNTrainConfig(steps=24400, batch_size=100, seq_len=500, batching="streams", lr_decay=0.99999),
+        controller=ControllerConfig(features="zch", bias=False),
+        evolve=EvolveConfig(max_steps=2100, seed_start=111, in_dream=True, temperature=1.15),
+    )
+
+
+def _small(env: str) -> Preset:
+    """A 2-core laptop in under an hour (issue 7); sizes documented in the README."""
+    p = _paper(env)
+    if env == "carracing":
+        return p.replace(
+            collect=p.collect.replace(episodes=200),
+            vae_train=p.vae_train.replace(epochs=3),
+            mdn_train=p.mdn_train.replace(steps=600, batch_size=16),
+            evolve=p.evolve.replace(pop=16, trials=4, generations=30, eval_every=10, eval_episodes=16),
+        )
+    return p.replace(
+        collect=p.collect.replace(episodes=600),
+        vae=VAEConfig(z_dim=32),
+        vae_train=p.vae_train.replace(epochs=3),
+        mdn=p.mdn.replace(z_dim=32, hidden=256),
+        mdn_train=p.mdn_train.replace(steps=1500, batch_size=32, seq_len=200),
+        evolve=p.evolve.replace(pop=32, trials=16, generations=40, eval_every=10, eval_episodes=256, temperature=1.15),
+    )
+
+
+def _tiny(env: str) -> Preset:
+    """Seconds on a CPU, fake env: for tests only."""
+    p = _paper(env)
+    return p.replace(
+        env=p.env.replace(fake=True, max_steps=60),
+        collect=p.collect.replace(episodes=6, min_length=0),
+        vae=VAEConfig(z_dim=8, enc_channels=(4, 8, 8, 16), dec_channels=(8, 8, 4)),
+        vae_train=p.vae_train.replace(epochs=1, batch_size=16, block_frames=16, buffer_blocks=4, val_episodes=0.2, num_workers=0),
+        mdn=p.mdn.replace(z_dim=8, hidden=16, mixtures=3),
+        mdn_train=p.mdn_train.replace(steps=10, batch_size=4, seq_len=30, checkpoint_steps=5, log_steps=5, val_episodes=0.2),
+        evolve=p.evolve.replace(pop=6, trials=2, generations=3, eval_every=2, eval_episodes=4, max_steps=60),
+    )
+
+
+def preset(env: str, scale: str) -> Preset:
+    """The named preset; raises ConfigError for an unknown env or scale."""
+    if env not in ENVS:
+        raise ConfigError(f"unknown env {env!r}; choose one of {', '.join(ENVS)}")
+    if scale not in SCALES:
+        raise ConfigError(f"unknown preset {scale!r}; choose one of {', '.join(SCALES)}")
+    return {"paper": _paper, "small": _small, "tiny": _tiny}[scale](env)
+
+
+def describe(cls) -> list[tuple[str, Any, str]]:
+    """(name, default, doc) of each field, for `wm presets` and the README."""
+    return [(fl.name, fl.default, fl.metadata.get("doc", "")) for fl in fields(cls)]

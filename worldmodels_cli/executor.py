@@ -1,0 +1,183 @@
+"""Parallelism behind one small interface; stage code never touches pools or queues.
+
+A stage gives an `init(payload)` that builds the worker's heavy state once (V, M, env) and a task function
+`fn(state, task)`. `make_executor(workers=K)` runs them in K spawned processes (torch with one thread each), or
+inline when K <= 1. Results come back as they finish, tagged with the task's position. A task that raises is
+retried; a worker process that dies breaks the pool, which is rebuilt and the unfinished tasks resubmitted. After
+`retries` failures the run stops with a WorkerError naming the task (its `describe`), its seed and the cause:
+never a silent hang.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import multiprocessing as mp
+import os
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from .errors import ConfigError, WorkerError
+
+log = logging.getLogger(__name__)
+
+_STATE: dict[str, Any] = {}
+
+
+class _TaskFailed(Exception):
+    pass
+
+
+def _worker_init(init: Callable[[Any], Any], payload: Any) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _STATE.clear()
+    _STATE["state"] = init(payload)
+
+
+def _worker_call(fn: Callable[[Any, Any], Any], task: Any) -> tuple[bool, Any]:
+    try:
+        return True, fn(_STATE["state"], task)
+    except Exception as exc:  # reported to the driver, which names the task and retries
+        return False, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}"
+
+
+def _worker_close() -> None:
+    close = getattr(_STATE.get("state"), "close", None)
+    if close is not None:
+        close()
+
+
+class LocalExecutor:
+    """Inline (workers <= 1) or a pool of spawned processes on this machine."""
+
+    def __init__(self, workers: int, init: Callable[[Any], Any], payload: Any, *, retries: int = 2) -> None:
+        if workers < 0:
+            raise ConfigError(f"--workers must be >= 1, got {workers}")
+        self.workers = max(1, workers)
+        self.init, self.payload, self.retries = init, payload, retries
+        self._pool: cf.ProcessPoolExecutor | None = None
+        self._inline_state: Any = None
+
+    # -- lifecycle
+    def __enter__(self) -> LocalExecutor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._shutdown_pool(self._pool)
+            self._pool = None
+        if self._inline_state is not None:
+            close = getattr(self._inline_state, "close", None)
+            if close is not None:
+                close()
+            self._inline_state = None
+
+    def _shutdown_pool(self, pool: cf.ProcessPoolExecutor) -> None:
+        # Doom engines must be closed explicitly in each worker before the pool goes away.
+        try:
+            futures = [pool.submit(_worker_close) for _ in range(self.workers)]
+            cf.wait(futures, timeout=10)
+        except (BrokenProcessPool, RuntimeError):
+            pass
+        pool.shutdown(wait=True, cancel_futures=True)
+
+    def _new_pool(self) -> cf.ProcessPoolExecutor:
+        return cf.ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=mp.get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(self.init, self.payload),
+        )
+
+    # -- running
+    def run(
+        self,
+        fn: Callable[[Any, Any], Any],
+        tasks: Sequence[Any],
+        describe: Callable[[Any], str] = repr,
+    ) -> Iterator[tuple[int, Any]]:
+        """Yield (position, result) for every task, in completion order."""
+        if self.workers == 1:
+            yield from self._run_inline(fn, tasks, describe)
+        else:
+            yield from self._run_pool(fn, tasks, describe)
+
+    def _run_inline(self, fn, tasks, describe) -> Iterator[tuple[int, Any]]:
+        if self._inline_state is None:
+            self._inline_state = self.init(self.payload)
+        for i, task in enumerate(tasks):
+            for attempt in range(self.retries + 1):
+                try:
+                    result = fn(self._inline_state, task)
+                    break
+                except Exception as exc:  # same retry contract as the pool
+                    if attempt == self.retries:
+                        raise WorkerError(f"{describe(task)} failed after {attempt + 1} attempts: {type(exc).__name__}: {exc}") from exc
+                    log.warning("%s failed (%s); retrying", describe(task), exc)
+            yield i, result
+
+    def _run_pool(self, fn, tasks, describe) -> Iterator[tuple[int, Any]]:
+        attempts = [0] * len(tasks)
+        pending = set(range(len(tasks)))
+        while pending:
+            if self._pool is None:
+                self._pool = self._new_pool()
+            futures = {self._pool.submit(_worker_call, fn, tasks[i]): i for i in sorted(pending)}
+            broken = False
+            try:
+                for fut in cf.as_completed(futures):
+                    i = futures[fut]
+                    try:
+                        ok, value = fut.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        break
+                    if ok:
+                        pending.discard(i)
+                        yield i, value
+                        continue
+                    attempts[i] += 1
+                    if attempts[i] > self.retries:
+                        raise WorkerError(f"{describe(tasks[i])} failed after {attempts[i]} attempts: {value.splitlines()[0]}")
+                    # stays pending: resubmitted in the next round
+                    log.warning("%s failed (%s); retrying", describe(tasks[i]), value.splitlines()[0])
+            except BaseException:
+                self._kill_pool()
+                raise
+            if broken:
+                in_flight = sorted(pending)
+                for i in in_flight:
+                    attempts[i] += 1
+                worst = max(in_flight, key=lambda j: attempts[j])
+                self._kill_pool()
+                if attempts[worst] > self.retries:
+                    raise WorkerError(
+                        f"a worker process died {attempts[worst]} times while running {describe(tasks[worst])} "
+                        f"(and {len(in_flight) - 1} other pending tasks); cause: the process was killed or crashed"
+                    )
+                log.warning("a worker process died; restarting the pool and retrying %d tasks", len(in_flight))
+
+    def _kill_pool(self) -> None:
+        if self._pool is None:
+            return
+        pool, self._pool = self._pool, None
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            if proc.is_alive():
+                proc.kill()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def make_executor(workers: int, init: Callable[[Any], Any], payload: Any, *, backend: str = "local",
+                  address: str | None = None, retries: int = 2):
+    """The executor for `--backend`; `ray` is added by the Ray backend (issue 8)."""
+    if backend == "local":
+        return LocalExecutor(workers, init, payload, retries=retries)
+    raise ConfigError(f"unknown --backend {backend!r}; choose local")

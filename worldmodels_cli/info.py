@@ -1,0 +1,36 @@
+"""`wm info`: what an artifact is, its key figures and provenance, and whether it validates."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from . import artifacts as A
+from .errors import ArtifactError
+
+
+def describe(path: str | os.PathLike) -> dict[str, Any]:
+    """A flat-ish dict for display; `valid` is False (with `error`) when the artifact does not validate."""
+    try:
+        meta = A.validate(path)
+    except ArtifactError as exc:
+        return {"path": str(path), "valid": False, "error": str(exc)}
+    report: dict[str, Any] = {"path": str(path), "valid": True, "kind": meta.kind, "env": meta.env,
+                              "schema_version": meta.schema_version, "seed": meta.seed, "created": meta.created}
+    with A.open_artifact(path) as fh:
+        if meta.kind in ("rollouts", "series"):
+            idx = A.read_episode_index(fh)
+            report["episodes"] = idx.episodes
+            report["frames"] = idx.frames
+            if idx.episodes:
+                report["episode_length"] = f"{idx.lengths.mean():.1f} ± {idx.lengths.std():.1f} (min {idx.lengths.min()}, max {idx.lengths.max()})"
+        if A.WEIGHTS in fh:
+            report["parameters"] = int(sum(np.prod(fh[A.WEIGHTS][k].shape) for k in fh[A.WEIGHTS]))
+    if meta.model_config:
+        report["model"] = meta.model_config
+    report.update({k: v for k, v in meta.summary.items() if not isinstance(v, (list, dict)) or k == "scores"})
+    report["inputs"] = {role: (v["path"] if isinstance(v, dict) else [q["path"] for q in v]) for role, v in meta.inputs.items()}
+    report["versions"] = {k: v for k, v in meta.versions.items() if k in ("worldmodels_cli", "torch", "gymnasium", "vizdoom")}
+    return report
