@@ -1,0 +1,137 @@
+"""The artifact schema: round trips, atomic writes, and every rejection with a one-line message."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from worldmodels_cli import artifacts as A
+from worldmodels_cli.config import preset
+from worldmodels_cli.errors import ArtifactError
+
+
+def _write_eval(path, **kw):
+    with A.atomic_write(path, "eval", config=preset("doom", "tiny"), seed=3, env="doom", **kw) as fh:
+        fh.create_dataset(A.RETURNS, data=np.arange(4.0))
+        fh.create_dataset(A.LENGTHS, data=np.arange(4))
+        fh.create_dataset(A.EPISODE_SEEDS, data=np.arange(4))
+        A.set_summary(fh, {"mean": 1.5})
+
+
+def test_round_trip_provenance(tmp_path):
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"abc")
+    out = tmp_path / "e.h5"
+    _write_eval(out, inputs=A.inputs_record({"rollouts": src}))
+    meta = A.validate(out, "eval")
+    assert meta.kind == "eval" and meta.seed == 3 and meta.env == "doom"
+    assert meta.schema_version == A.SCHEMA_VERSION
+    assert meta.config["evolve"]["pop"] == preset("doom", "tiny").evolve.pop
+    assert meta.inputs["rollouts"]["sha256"] == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert {"worldmodels_cli", "torch", "gymnasium", "vizdoom"} <= set(meta.versions)
+    assert meta.summary == {"mean": 1.5}
+    assert meta.created
+    with A.open_artifact(out, "eval") as fh:
+        np.testing.assert_array_equal(fh[A.RETURNS][()], np.arange(4.0))
+    assert not list(tmp_path.glob(".*tmp*")), "temp file left behind"
+
+
+def test_failed_write_leaves_previous_version(tmp_path):
+    out = tmp_path / "e.h5"
+    _write_eval(out)
+    before = out.read_bytes()
+    with pytest.raises(RuntimeError), A.atomic_write(out, "eval") as fh:
+        fh.create_dataset(A.RETURNS, data=np.zeros(2))
+        raise RuntimeError("killed mid-write")
+    assert out.read_bytes() == before
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda p: None, "no such file"),
+        (lambda p: p.write_bytes(b""), "empty file"),
+        (lambda p: p.write_text("hello, not hdf5"), "not an HDF5 file"),
+    ],
+)
+def test_rejects_non_artifacts(tmp_path, make, expected):
+    p = tmp_path / "x.h5"
+    make(p)
+    with pytest.raises(ArtifactError, match=expected) as err:
+        A.validate(p, "eval")
+    msg = str(err.value)
+    assert "\n" not in msg and str(p) in msg and "eval" in msg
+
+
+def test_rejects_truncated(tmp_path):
+    out = tmp_path / "e.h5"
+    _write_eval(out)
+    data = out.read_bytes()
+    out.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ArtifactError, match="corrupt or truncated|not an HDF5|lacks") as err:
+        A.validate(out, "eval")
+    assert "\n" not in str(err.value)
+
+
+def test_rejects_wrong_kind_newer_schema_missing_dataset_foreign_hdf5(tmp_path):
+    out = tmp_path / "e.h5"
+    _write_eval(out)
+    with pytest.raises(ArtifactError, match="is a eval artifact, expected a vae artifact"):
+        A.validate(out, "vae")
+    with h5py.File(out, "a") as fh:
+        fh.attrs[A.SCHEMA] = A.SCHEMA_VERSION + 1
+    with pytest.raises(ArtifactError, match="newer"):
+        A.validate(out, "eval")
+    with h5py.File(out, "a") as fh:
+        fh.attrs[A.SCHEMA] = A.SCHEMA_VERSION
+        del fh[A.LENGTHS]
+    with pytest.raises(ArtifactError, match="lacks lengths"):
+        A.validate(out, "eval")
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as fh:
+        fh["x"] = 1
+    with pytest.raises(ArtifactError, match="not a worldmodels_cli artifact"):
+        A.validate(foreign)
+
+
+def test_output_folder_checks(tmp_path):
+    with pytest.raises(ArtifactError, match="does not exist"):
+        A.check_writable(tmp_path / "missing" / "x.h5")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        import os
+
+        if os.access(ro, os.W_OK):  # root ignores permission bits
+            pytest.skip("running as root: permission bits are not enforced")
+        with pytest.raises(ArtifactError, match="not writable"):
+            A.check_writable(ro / "x.h5")
+    finally:
+        ro.chmod(0o700)
+
+
+def test_tree_round_trip(tmp_path):
+    import torch
+
+    tree = {
+        "step": 7,
+        "rng": {"state": {"state": 2**100 + 5, "inc": 3}, "bit_generator": "PCG64"},
+        "betas": (0.9, 0.999),
+        "opt": {"state": {"0": {"exp_avg": torch.arange(3.0), "step": torch.tensor(2.0)}}, "groups": [{"lr": 1e-3}]},
+        "torch_rng": torch.get_rng_state(),
+    }
+    with h5py.File(tmp_path / "t.h5", "w") as fh:
+        A.write_tree(fh.create_group("s"), tree)
+    with h5py.File(tmp_path / "t.h5", "r") as fh:
+        back = A.read_tree(fh["s"])
+    assert back["step"] == 7 and back["rng"]["state"]["state"] == 2**100 + 5
+    assert back["betas"] == [0.9, 0.999]
+    np.testing.assert_array_equal(back["opt"]["state"]["0"]["exp_avg"], np.arange(3.0))
+    assert back["opt"]["groups"] == [{"lr": 1e-3}]
+    np.testing.assert_array_equal(back["torch_rng"], torch.get_rng_state().numpy())
+    json.dumps(back["rng"])  # plain data, no pickled objects

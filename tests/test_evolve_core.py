@@ -1,0 +1,106 @@
+"""CMA-ES core of `wm evolve` with an analytic fitness: improvement, seed scheme, exact resume by replay."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from worldmodels_cli import artifacts as A
+from worldmodels_cli import evolve
+from worldmodels_cli.config import preset
+from worldmodels_cli.errors import ConfigError
+
+
+class Quadratic:
+    """Return = -|x - target|^2 + seed-dependent noise: deterministic given (params, seed)."""
+
+    def __init__(self, n):
+        self.target = np.linspace(-0.5, 0.5, n)
+
+    def __call__(self, params, seeds):
+        noise = (seeds % 7)[None, :] * 0.001 if seeds.shape[0] == 1 else (seeds % 7) * 0.001
+        return -((params - self.target) ** 2).sum(axis=1, keepdims=True) + noise
+
+    def close(self):
+        pass
+
+
+def _preset(generations=12, **kw):
+    p = preset("doom", "tiny")
+    return p.replace(evolve=p.evolve.replace(generations=generations, pop=8, trials=3, eval_every=4, eval_episodes=5, **kw))
+
+
+def _run(out, p, **kw):
+    return evolve.run(p, out, fitness=Quadratic(10), n_params=10, model_config={"n": 10}, inputs={}, seed=5, **kw)
+
+
+def _read(out):
+    with A.open_artifact(out, "controller") as fh:
+        return ({k: fh[A.HISTORY][k][()] for k in evolve.HISTORY_KEYS if k != "seconds"},
+                fh[A.MEAN][()], fh[A.BEST_PARAMS][()])
+
+
+def test_improves_and_records(tmp_path):
+    out = tmp_path / "c.h5"
+    res = _run(out, _preset(generations=30))
+    hist, mean, best = _read(out)
+    assert res.generations == 30 and len(hist["best"]) == 30
+    assert hist["mean"][-5:].mean() > hist["mean"][:5].mean()
+    evals = ~np.isnan(hist["eval_score"])
+    assert evals.sum() == 30 // 4 + 1  # every 4 generations plus the last one
+    assert res.best_score == pytest.approx(np.nanmax(hist["eval_score"]))
+    meta = A.validate(out, "controller")
+    assert meta.summary["complete"] and meta.summary["generations"] == 30
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    full, part = tmp_path / "full.h5", tmp_path / "part.h5"
+    _run(full, _preset())
+
+    def stop_at_7(gen, row):
+        if gen == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(part, _preset(), on_generation=stop_at_7)
+    assert A.validate(part, "controller").summary["generations"] == 7
+    _run(part, _preset())
+    h1, m1, b1 = _read(full)
+    h2, m2, b2 = _read(part)
+    for k in h1:
+        np.testing.assert_array_equal(h1[k], h2[k], err_msg=k)
+    np.testing.assert_array_equal(m1, m2)
+    np.testing.assert_array_equal(b1, b2)
+
+
+def test_extending_generations_continues(tmp_path):
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    _run(a, _preset(generations=10))
+    _run(b, _preset(generations=6))
+    _run(b, _preset(generations=10))  # more generations on the same run continue it
+    ha, ma, _ = _read(a)
+    hb, mb, _ = _read(b)
+    np.testing.assert_array_equal(ha["mean"], hb["mean"])
+    np.testing.assert_array_equal(ma, mb)
+    with pytest.raises(ConfigError, match="another config"):
+        _run(b, _preset(generations=12, sigma0=0.2))  # anything else changed is another run
+
+
+def test_flat_fitness_runs_all_generations(tmp_path):
+    class Flat(Quadratic):
+        def __call__(self, params, seeds):
+            return np.zeros((params.shape[0], seeds.shape[1]))
+
+    out = tmp_path / "flat.h5"
+    res = evolve.run(_preset(generations=15), out, fitness=Flat(4), n_params=4, model_config={}, inputs={}, seed=1)
+    assert res.generations == 15
+
+
+def test_generation_seeds_antithetic_pairs():
+    cfg = _preset().evolve
+    s = evolve.generation_seeds(cfg, 0, 3)
+    assert s.shape == (8, 3)
+    np.testing.assert_array_equal(s[:4], s[4:])
+    assert len(np.unique(s[:4, 0])) == 4
+    assert not np.array_equal(s, evolve.generation_seeds(cfg, 0, 4))
+    np.testing.assert_array_equal(s, evolve.generation_seeds(cfg, 0, 3))

@@ -1,0 +1,232 @@
+"""`wm evolve`: CMA-ES over the controller's parameters, fitness from the real env or from M's dream (ref §6, §7).
+
+CMA-ES (pycma) starts at mean 0 with sigma0, minimises -(mean return over `trials` rollouts). Per generation the
+episode seeds follow the reference's antithetic scheme: pop/2 seeds drawn per generation, members i and i+pop/2
+share one (ref §6). Every `eval_every` generations the CMA mean is evaluated on `eval_episodes` fixed seeds
+0..N-1 and the best so far is kept.
+
+Resume without pickle: the artifact stores every generation's fitness values. pycma draws its samples only from
+the `randn` we hand it (a seeded numpy Generator) and numpy's global RNG (seeded through its `seed` option), so
+replaying ask/tell with the stored fitnesses rebuilds the optimizer bit for bit; the stored mean checks it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from . import artifacts as A
+from . import seeding
+from .config import ControllerConfig, EvolveConfig, Preset
+from .errors import ArtifactError, ConfigError
+from .metrics import MetricsWriter, kv, metrics_path
+
+log = logging.getLogger(__name__)
+
+# history/* datasets, one row per generation (eval_* are NaN where no evaluation ran)
+HISTORY_KEYS = ("best", "mean", "worst", "sigma", "seconds", "eval_score", "eval_std", "eval_real_score", "eval_real_std")
+
+
+class Fitness(Protocol):
+    """Returns (P, R) episode returns for P parameter vectors, each run on its own R seeds."""
+
+    def __call__(self, params: np.ndarray, seeds: np.ndarray) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class EvolveResult:
+    out: Path
+    generations: int
+    best_score: float
+    best_generation: int
+    last_mean_fitness: float
+
+
+# ------------------------------------------------------------------------------------------- CMA-ES
+def make_cma(n: int, cfg: EvolveConfig, seed: int):
+    """A pycma strategy whose randomness is entirely ours, with every early-stopping rule off."""
+    import cma
+
+    cma_seed = seeding.derive(seed, "cma")
+    rng = np.random.default_rng(cma_seed)
+    opts = {
+        "popsize": cfg.pop,
+        "seed": cma_seed,  # seeds numpy's global RNG, which pycma uses in a few places
+        "randn": lambda lam, dim: rng.standard_normal((lam, dim)),
+        "verbose": -9,
+        "verb_disp": 0,
+        "verb_log": 0,
+        # runs go to the configured generation count: pycma stops early on tied fitness otherwise
+        "tolfun": 0, "tolfunhist": 0, "tolx": 0, "tolflatfitness": math.inf, "tolstagnation": math.inf,
+        "tolconditioncov": math.inf, "tolfacupx": math.inf, "tolupsigma": math.inf, "tolxstagnation": False,
+        "maxiter": math.inf,
+    }
+    return cma.CMAEvolutionStrategy(n * [0.0], cfg.sigma0, opts)
+
+
+def replay(es, fitness_history: np.ndarray) -> None:
+    """Advance a fresh strategy through recorded generations (ask, then tell the recorded fitnesses)."""
+    for row in fitness_history:
+        es.tell(es.ask(), list(row))
+
+
+def generation_seeds(cfg: EvolveConfig, seed: int, generation: int) -> np.ndarray:
+    """(pop, trials) episode seeds: pop/2 member seeds per generation, shared by members i and i+pop/2 (ref §6)."""
+    half = max(1, cfg.pop // 2)
+    base = np.random.default_rng(seeding.derive(cfg.seed_start, "evolve-seeder", seed, generation))
+    member = base.integers(0, 2**31 - 1, size=half)
+    member = member[np.arange(cfg.pop) % half]
+    # each member runs its trials consecutively from its seed, as a worker did with env.seed(seed)
+    return np.array([[seeding.derive(int(s), "trial", t) for t in range(cfg.trials)] for s in member], dtype=np.int64)
+
+
+def eval_seeds(cfg: EvolveConfig) -> np.ndarray:
+    """The fixed evaluation seeds 0..N-1 (ref §6: the original used seeds 0..63 x 16 episodes)."""
+    return np.arange(cfg.eval_episodes, dtype=np.int64)[None, :]
+
+
+# ------------------------------------------------------------------------------------------- state
+@dataclass
+class _State:
+    fitness: list[np.ndarray]  # per generation: (pop,) values told to CMA (= -mean return)
+    history: dict[str, list[float]]
+    best_params: np.ndarray
+    best_score: float
+    best_generation: int
+
+
+def _new_state(n: int) -> _State:
+    return _State([], {k: [] for k in HISTORY_KEYS}, np.zeros(n), -math.inf, -1)
+
+
+def _load_state(path: Path, n: int, config_json: dict, seed: int, es) -> _State:
+    """Read a previous (partial) run of the same command and replay CMA to its last generation."""
+    meta = A.validate(path, "controller")
+    if meta.seed != seed or _comparable(meta.config) != _comparable(config_json):
+        raise ConfigError(
+            f"{path}: exists from a run with another config or seed; choose another --out or delete it to start over"
+        )
+    with A.open_artifact(path, "controller") as fh:
+        fitness = fh[A.CMA][A.FITNESS][()] if A.CMA in fh else np.zeros((0, 0))
+        hist = {k: list(fh[A.HISTORY][k][()]) for k in HISTORY_KEYS}
+        best_params = fh[A.BEST_PARAMS][()]
+        mean = fh[A.MEAN][()]
+        best_score = float(fh.attrs.get(A.BEST_SCORE, -math.inf))
+        best_generation = int(fh.attrs.get(A.BEST_GENERATION, -1))
+    if best_params.shape != (n,):
+        raise ArtifactError(f"{path}: holds {best_params.shape[0]} parameters, this controller has {n}")
+    replay(es, fitness)
+    if len(fitness) and not np.array_equal(np.asarray(es.mean), mean):
+        raise ArtifactError(f"{path}: the optimizer state could not be rebuilt exactly (mean differs after replay)")
+    return _State([r for r in fitness], hist, best_params, best_score, best_generation)
+
+
+def _comparable(config: dict) -> dict:
+    """A run may be extended with more generations; anything else changed makes it another run."""
+    config = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    config.get("evolve", {}).pop("generations", None)
+    return config
+
+
+def _write(path: Path, st: _State, es, preset: Preset, seed: int, model_config: dict, inputs: dict, done: bool) -> None:
+    with A.atomic_write(path, "controller", config=preset, seed=seed, inputs=inputs, env=preset.env.name) as fh:
+        fh.create_dataset(A.MEAN, data=np.asarray(es.mean, dtype=np.float64))
+        fh.create_dataset(A.BEST_PARAMS, data=st.best_params.astype(np.float64))
+        hist = fh.create_group(A.HISTORY)
+        for k in HISTORY_KEYS:
+            hist.create_dataset(k, data=np.asarray(st.history[k], dtype=np.float64))
+        cma = fh.create_group(A.CMA)
+        cma.create_dataset(A.FITNESS, data=np.asarray(st.fitness, dtype=np.float64).reshape(len(st.fitness), -1))
+        fh.attrs[A.BEST_SCORE] = st.best_score
+        fh.attrs[A.BEST_GENERATION] = st.best_generation
+        fh.attrs[A.MODEL_CONFIG] = A._to_json(model_config)
+        A.set_summary(fh, {
+            "generations": len(st.fitness), "complete": done, "best_score": st.best_score,
+            "best_generation": st.best_generation, "sigma": float(es.sigma),
+            "last_best": st.history["best"][-1] if st.history["best"] else None,
+            "last_mean": st.history["mean"][-1] if st.history["mean"] else None,
+            "parameters": int(len(st.best_params)),
+        })
+
+
+# ------------------------------------------------------------------------------------------- run
+def run(
+    preset: Preset,
+    out: Path,
+    *,
+    fitness: Fitness,
+    n_params: int,
+    model_config: dict,
+    inputs: dict,
+    seed: int = 0,
+    real_fitness: Fitness | None = None,
+    on_generation: Any = None,
+) -> EvolveResult:
+    """Run (or resume) CMA-ES to `preset.evolve.generations`; checkpoint the artifact every generation.
+
+    `fitness` scores candidates (dream or real env); `real_fitness`, when given, also scores the CMA mean in the
+    real env at evaluation generations (`--eval-real`)."""
+    cfg = preset.evolve
+    out = Path(out)
+    es = make_cma(n_params, cfg, seed)
+    config_json = A._loads(A._to_json(preset))
+    st = _load_state(out, n_params, config_json, seed, es) if out.exists() else _new_state(n_params)
+    if out.exists():
+        log.info("resuming %s at generation %d", out, len(st.fitness))
+    metrics = MetricsWriter(metrics_path(out))
+    metrics.truncate_after("generation", len(st.fitness) - 1)
+    start_gen = len(st.fitness)
+    t_run = time.time()
+    for gen in range(start_gen, cfg.generations):
+        t0 = time.time()
+        solutions = es.ask()
+        params = np.asarray(solutions, dtype=np.float64)  # (P, n)
+        returns = np.asarray(fitness(params, generation_seeds(cfg, seed, gen)), dtype=np.float64)  # (P, R)
+        mean_returns = returns.mean(axis=1)
+        told = -mean_returns  # CMA minimises; no weight-decay term (ref §6: the code's had the wrong sign)
+        es.tell(solutions, list(told))
+        st.fitness.append(told)
+        row = {"best": mean_returns.max(), "mean": mean_returns.mean(), "worst": mean_returns.min(),
+               "sigma": float(es.sigma), "eval_score": math.nan, "eval_std": math.nan,
+               "eval_real_score": math.nan, "eval_real_std": math.nan}
+        is_eval = (gen + 1) % cfg.eval_every == 0 or gen + 1 == cfg.generations
+        if is_eval:
+            mean_params = np.asarray(es.mean, dtype=np.float64)[None, :]
+            ev = np.asarray(fitness(mean_params, eval_seeds(cfg)), dtype=np.float64)[0]
+            row["eval_score"], row["eval_std"] = ev.mean(), ev.std()
+            if real_fitness is not None and cfg.eval_real > 0:
+                rv = np.asarray(real_fitness(mean_params, np.arange(cfg.eval_real)[None, :]), dtype=np.float64)[0]
+                row["eval_real_score"], row["eval_real_std"] = rv.mean(), rv.std()
+            if ev.mean() > st.best_score:
+                st.best_score, st.best_generation = float(ev.mean()), gen
+                st.best_params = mean_params[0].copy()
+        row["seconds"] = time.time() - t0
+        for k in HISTORY_KEYS:
+            st.history[k].append(float(row[k]))
+        _write(out, st, es, preset, seed, model_config, inputs, done=gen + 1 == cfg.generations)
+        rollouts = returns.size / max(row["seconds"], 1e-9)
+        eta = (cfg.generations - gen - 1) * (time.time() - t_run) / (gen + 1 - start_gen)
+        metrics.write({"generation": gen, **{f"evolve/{k}": v for k, v in row.items()}, "evolve/rollouts_per_s": rollouts})
+        line = kv(gen=gen + 1, best=row["best"], mean=row["mean"], sigma=row["sigma"], rollouts_per_s=rollouts, eta_s=round(eta))
+        if is_eval:
+            line += " " + kv(eval=row["eval_score"], eval_real=row["eval_real_score"])
+        log.info(line)
+        if on_generation is not None:
+            on_generation(gen, row)
+    if start_gen >= cfg.generations and not out.exists():
+        _write(out, st, es, preset, seed, model_config, inputs, done=True)
+    return EvolveResult(out, len(st.fitness), st.best_score, st.best_generation,
+                        st.history["mean"][-1] if st.history["mean"] else math.nan)
+
+
+def controller_model_config(cfg: ControllerConfig, env: str, z_dim: int, hidden: int, action_dim: int) -> dict:
+    """What load_controller needs to rebuild C: its config plus the sizes read from V and M."""
+    return {"controller": cfg.to_dict(), "env": env, "z_dim": z_dim, "hidden": hidden, "action_dim": action_dim}
