@@ -175,9 +175,126 @@ class LocalExecutor:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+class _RayWorker:
+    """A Ray actor holding one worker's heavy state (V, M, env) across tasks."""
+
+    def __init__(self, init: Callable[[Any], Any], payload: Any) -> None:
+        _worker_init(init, payload)
+
+    def call(self, fn: Callable[[Any, Any], Any], task: Any) -> tuple[bool, Any]:
+        return _worker_call(fn, task)
+
+    def close(self) -> None:
+        _worker_close()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class RayExecutor:
+    """The same contract on a Ray cluster: actors hold state, a dead actor's task is retried on another one
+    with the same task (hence the same seeds), the driver sees results exactly as with LocalExecutor.
+
+    `address=None` starts a private local Ray instance with `workers` CPUs and no dashboard."""
+
+    def __init__(self, workers: int, init: Callable[[Any], Any], payload: Any, *, address: str | None = None,
+                 retries: int = 2) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError("--backend ray needs Ray: pip install 'worldmodels_cli[ray]'") from None
+        if workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {workers}")
+        self.ray, self.workers, self.retries = ray, workers, retries
+        self.init, self.payload = init, payload
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                                      "configure_logging": False}
+            if address:
+                kwargs["address"] = address
+            else:
+                kwargs["num_cpus"] = workers
+            try:
+                ray.init(**kwargs)
+            except (ConnectionError, ValueError, RuntimeError) as exc:
+                raise ConfigError(f"could not connect to Ray at {address or 'a local instance'}: {exc}") from None
+            self._owns_ray = True
+        else:
+            self._owns_ray = False
+        self._actor_cls = ray.remote(num_cpus=1, max_restarts=retries, max_task_retries=0)(_RayWorker)
+        self.actors = [self._actor_cls.remote(init, payload) for _ in range(workers)]
+
+    def __enter__(self) -> RayExecutor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        ray = self.ray
+        if self.actors:
+            try:
+                ray.get([a.close.remote() for a in self.actors], timeout=30)
+            except Exception:  # an actor that is already gone has nothing to close
+                log.debug("closing Ray actors", exc_info=True)
+            for a in self.actors:
+                ray.kill(a)
+            self.actors = []
+        if self._owns_ray:
+            ray.shutdown()
+
+    def run(self, fn: Callable[[Any, Any], Any], tasks: Sequence[Any],
+            describe: Callable[[Any], str] = repr) -> Iterator[tuple[int, Any]]:
+        """Yield (position, result) in completion order; one task in flight per actor."""
+        ray = self.ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        queue = list(range(len(tasks)))
+        attempts = [0] * len(tasks)
+        in_flight: dict[Any, tuple[int, Any]] = {}
+        idle = list(self.actors)
+
+        def submit() -> None:
+            while queue and idle:
+                i, actor = queue.pop(0), idle.pop()
+                in_flight[actor.call.remote(fn, tasks[i])] = (i, actor)
+
+        submit()
+        while in_flight:
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            ref = ready[0]
+            i, actor = in_flight.pop(ref)
+            try:
+                ok, value = ray.get(ref)
+            except (RayActorError, RayTaskError) as exc:
+                ok, value = False, f"worker died: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+                if isinstance(exc, RayActorError):
+                    actor = self._replace(actor)
+            idle.append(actor)
+            if ok:
+                yield i, value
+            else:
+                attempts[i] += 1
+                if attempts[i] > self.retries:
+                    raise WorkerError(f"{describe(tasks[i])} failed after {attempts[i]} attempts: {value.splitlines()[0]}")
+                log.warning("%s failed (%s); retrying", describe(tasks[i]), value.splitlines()[0])
+                queue.insert(0, i)
+            submit()
+
+    def _replace(self, dead: Any) -> Any:
+        """A fresh actor in place of a dead one (Ray may also restart it; a new one is simplest to reason about)."""
+        new = self._actor_cls.remote(self.init, self.payload)
+        self.actors = [new if a is dead else a for a in self.actors]
+        return new
+
+
 def make_executor(workers: int, init: Callable[[Any], Any], payload: Any, *, backend: str = "local",
                   address: str | None = None, retries: int = 2):
-    """The executor for `--backend`; `ray` is added by the Ray backend (issue 8)."""
+    """The executor for `--backend local|ray`; both honour the same run() contract."""
     if backend == "local":
+        if address:
+            raise ConfigError("--ray-address needs --backend ray")
         return LocalExecutor(workers, init, payload, retries=retries)
-    raise ConfigError(f"unknown --backend {backend!r}; choose local")
+    if backend == "ray":
+        return RayExecutor(workers, init, payload, address=address, retries=retries)
+    raise ConfigError(f"unknown --backend {backend!r}; choose local or ray")
