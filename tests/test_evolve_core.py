@@ -31,7 +31,7 @@ def _preset(generations=12, **kw):
 
 
 def _run(out, p, **kw):
-    return evolve.run(p, out, fitness=Quadratic(10), n_params=10, model_config={"n": 10}, inputs={}, seed=5, **kw)
+    return evolve.optimize(p, out, fitness=Quadratic(10), n_params=10, model_config={"n": 10}, inputs={}, seed=5, **kw)
 
 
 def _read(out):
@@ -92,7 +92,7 @@ def test_flat_fitness_runs_all_generations(tmp_path):
             return np.zeros((params.shape[0], seeds.shape[1]))
 
     out = tmp_path / "flat.h5"
-    res = evolve.run(_preset(generations=15), out, fitness=Flat(4), n_params=4, model_config={}, inputs={}, seed=1)
+    res = evolve.optimize(_preset(generations=15), out, fitness=Flat(4), n_params=4, model_config={}, inputs={}, seed=1)
     assert res.generations == 15
 
 

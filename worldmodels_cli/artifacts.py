@@ -15,6 +15,7 @@ Kinds and their datasets (N frames, E episodes, Z latent, A action width):
 - ``series``: mu, logvar (N,Z) float32; actions, rewards, terminated, truncated and the episode_* index as rollouts.
 - ``vae`` / ``mdn``: group ``weights`` (one dataset per state-dict entry), group ``train_state`` (optimizer,
   RNG states, counters: what resume needs), attribute ``model_config``; ``summary`` attribute with losses.
+  ``mdn`` also holds initial_mu, initial_logvar (E,Z) float32: the first frame of each training episode.
 - ``controller``: mean, best_params (P,) float64; history/* per generation; cma/* (fitness of every evaluated
   generation, so the optimizer is rebuilt by replay, never unpickled).
 - ``eval``: returns, lengths (E,) float64/int64; episode_seeds (E,) int64.
@@ -28,6 +29,7 @@ import hashlib
 import json
 import os
 import platform
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +67,8 @@ EPISODE_SEEDS = "episode_seeds"
 EPISODE_IDS = "episode_ids"
 MU = "mu"
 LOGVAR = "logvar"
+INITIAL_MU = "initial_mu"  # mdn: (E, Z) μ of the first frame of each training episode (dream starts, ref §7)
+INITIAL_LOGVAR = "initial_logvar"  # mdn: (E, Z) logσ² of the same frames
 WEIGHTS = "weights"
 TRAIN_STATE = "train_state"
 MEAN = "mean"
@@ -151,7 +155,7 @@ def atomic_write(
             fh.attrs[SCHEMA] = SCHEMA_VERSION
             fh.attrs[CONFIG] = _to_json(config)
             fh.attrs[SEED] = -1 if seed is None else int(seed)
-            fh.attrs[CREATED] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            fh.attrs[CREATED] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
             fh.attrs[VERSIONS] = json.dumps(package_versions())
             fh.attrs[INPUTS] = json.dumps(dict(inputs or {}))
             fh.attrs[ENV] = env or ""
@@ -180,6 +184,11 @@ def check_writable(path: Path) -> None:
 def set_summary(fh: h5py.File, summary: Mapping[str, Any]) -> None:
     """Key figures shown by `wm info` (losses, scores, counts)."""
     fh.attrs[SUMMARY] = json.dumps(_jsonable(dict(summary)))
+
+
+def set_model_config(fh: h5py.File, model_config: Any) -> None:
+    """The architecture config a model is rebuilt from (a config dataclass or a dict), as JSON."""
+    fh.attrs[MODEL_CONFIG] = _to_json(model_config)
 
 
 def _to_json(config: Any) -> str:
@@ -380,6 +389,19 @@ def read_state_dict(group: h5py.Group) -> dict[str, np.ndarray]:
     return {name: group[name][()] for name in group}
 
 
+def write_initial_z(fh: h5py.File, mu: np.ndarray, logvar: np.ndarray) -> None:
+    """mdn: (μ, logσ²) (E, Z) of real episodes' first frames, where dreams start (ref §7)."""
+    fh.create_dataset(INITIAL_MU, data=np.asarray(mu, dtype=np.float32))
+    fh.create_dataset(INITIAL_LOGVAR, data=np.asarray(logvar, dtype=np.float32))
+
+
+def read_initial_z(fh: h5py.File) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of write_initial_z; ArtifactError when the mdn artifact has none."""
+    if INITIAL_MU not in fh or INITIAL_LOGVAR not in fh:
+        raise ArtifactError(f"{fh.filename}: mdn artifact lacks {INITIAL_MU}/{INITIAL_LOGVAR} (made by an older version?)")
+    return fh[INITIAL_MU][()], fh[INITIAL_LOGVAR][()]
+
+
 # ------------------------------------------------------------------------------------- episode index
 @dataclass(frozen=True)
 class EpisodeIndex:
@@ -418,6 +440,12 @@ def create_step_datasets(fh: h5py.File, action_dim: int, *, env_actions: bool, c
         fh.create_dataset(ENV_ACTIONS, shape=(0,), maxshape=(None,), dtype=np.int8, chunks=(chunk,))
 
 
+def create_latent_datasets(fh: h5py.File, z_dim: int, *, chunk: int = 1024) -> None:
+    """Empty, growable series datasets mu, logvar (N, Z) float32 (ref §2.3: μ and logσ², not z)."""
+    for key in (MU, LOGVAR):
+        fh.create_dataset(key, shape=(0, z_dim), maxshape=(None, z_dim), dtype=np.float32, chunks=(chunk, z_dim))
+
+
 def create_frames_dataset(fh: h5py.File, chunk_frames: int = 64) -> h5py.Dataset:
     # ~10x smaller on CarRacing, ~3x on Doom (issue 2); random blocks of a chunk then in-buffer shuffling read fast.
     return fh.create_dataset(
@@ -431,3 +459,79 @@ def append(ds: h5py.Dataset, data: np.ndarray) -> None:
     n = ds.shape[0]
     ds.resize(n + len(data), axis=0)
     ds[n:] = data
+
+
+# Frames chunks encoded outside HDF5: zlib releases the GIL, so threads encode chunks in parallel and the main
+# thread stores the bytes as they are (H5Dwrite_chunk). Byte-identical to what h5py writes with
+# FRAME_COMPRESSION: the shuffle filter is a no-op on 1-byte elements (tests/test_collect.py checks this).
+def encode_frames_chunk(block: np.ndarray, chunk_frames: int) -> bytes:
+    """The stored bytes of one frames chunk; a short last block is zero-padded to the full chunk, as HDF5 does."""
+    if FRAME_COMPRESSION.get("compression") != "gzip":
+        raise NotImplementedError("encode_frames_chunk knows gzip only")
+    if len(block) < chunk_frames:
+        padded = np.zeros((chunk_frames, *block.shape[1:]), dtype=np.uint8)
+        padded[: len(block)] = block
+        block = padded
+    return zlib.compress(np.ascontiguousarray(block, dtype=np.uint8).tobytes(), FRAME_COMPRESSION["compression_opts"])
+
+
+def write_frames_chunk(ds: h5py.Dataset, first: int, data: bytes) -> None:
+    """Store one encoded chunk (from encode_frames_chunk or read_frames_chunk) at frame `first` (a chunk start)."""
+    ds.id.write_direct_chunk((first, 0, 0, 0), data, 0)
+
+
+def read_frames_chunk(ds: h5py.Dataset, first: int) -> bytes:
+    """The stored (compressed) bytes of the chunk starting at frame `first`."""
+    mask, data = ds.id.read_direct_chunk((first, 0, 0, 0))
+    if mask:
+        raise ArtifactError(f"{ds.file.filename}: frames chunk at {first} has skipped filters; cannot copy it raw")
+    return data
+
+
+def same_frames_layout(a: h5py.Dataset, b: h5py.Dataset) -> bool:
+    """True when chunks of `a` can be copied into `b` as stored bytes."""
+    return (a.chunks == b.chunks and a.dtype == b.dtype and a.compression == b.compression
+            and a.compression_opts == b.compression_opts and a.shuffle == b.shuffle)
+
+
+# ------------------------------------------------------------------------------------- episode shards
+# `wm collect` writes each finished episode to a small file of its own under a temp name and renames it, so a
+# kill leaves either a whole shard or a temp file, never a damaged one; the shards are then merged into the
+# rollouts artifact. Shards are temporary: a cheaper gzip level (≈5 % larger, ≈2x faster than level 4).
+SHARD_EPISODE_ID = "episode_id"
+SHARD_EPISODE_SEED = "episode_seed"
+SHARD_DATA = (FRAMES, ENV_ACTIONS, *STEP_DATA)
+SHARD_COMPRESSION = {"compression": "gzip", "compression_opts": 1}
+
+
+def write_episode_shard(path: str | os.PathLike, steps: Mapping[str, np.ndarray], *, episode_id: int, seed: int) -> None:
+    """One episode's per-step arrays (keys from SHARD_DATA) to `path`, atomically (temp name, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as fh:
+            for key, arr in steps.items():
+                if key not in SHARD_DATA:
+                    raise ValueError(f"not a per-step dataset: {key!r}")
+                if key == FRAMES:
+                    fh.create_dataset(key, data=arr, chunks=(min(len(arr), 64), *arr.shape[1:]), **SHARD_COMPRESSION)
+                else:
+                    fh.create_dataset(key, data=arr)
+            fh.attrs[SHARD_EPISODE_ID] = int(episode_id)
+            fh.attrs[SHARD_EPISODE_SEED] = int(seed)
+        # no fsync: a kill cannot lose written pages; after an OS crash a damaged shard is found when merging
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def read_episode_shard(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], int, int]:
+    """(per-step arrays, episode id, episode seed) of a shard; ArtifactError naming it if it cannot be read."""
+    try:
+        with h5py.File(path, "r") as fh:
+            steps = {key: fh[key][()] for key in SHARD_DATA if key in fh}
+            return steps, int(fh.attrs[SHARD_EPISODE_ID]), int(fh.attrs[SHARD_EPISODE_SEED])
+    except (OSError, KeyError) as exc:
+        raise ArtifactError(f"{path}: unreadable episode shard ({_first_line(exc)})") from None

@@ -101,30 +101,202 @@ def presets(env_name: str, preset: str) -> None:
 
 # ------------------------------------------------------------------------------------------ collect
 # (section owned by the collect stage)
+@cli.command()
+@env_option()
+@click.option("--episodes", type=click.IntRange(min=1), default=None,
+              help="episodes to keep (default: the preset's); larger than an existing artifact's: append")
+@workers_option
+@seed_option
+@preset_option()
+@out_option
+@backend_options
+def collect(env_name: str, episodes: int | None, workers: int, seed: int, preset: str, out: Path, backend: str,
+            ray_address: str | None) -> None:
+    """Record episodes of the random data policy (ref §2); rerun the same command to resume."""
+    from . import collect as collect_stage
+    from .config import preset as get_preset
+
+    cfg = get_preset(env_name, preset)
+    cfg = cfg.replace(collect=cfg.collect.replace(episodes=episodes))
+    res = collect_stage.run(cfg, out, seed=seed, workers=workers, backend=backend, address=ray_address)
+    click.echo(res.summary_line())
 
 
 # ------------------------------------------------------------------------------------------ train-vae
 # (section owned by the train-vae stage)
+@cli.command("train-vae")
+@click.option("--rollouts", "rollouts", multiple=True, required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="rollouts artifact(s) of one env; repeat to train on several (old + new data)")
+@out_option
+@preset_option()
+@click.option("--epochs", type=click.FloatRange(min=0), default=None,
+              help="passes over the training frames, fractions allowed (default: the preset's)")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="frames per batch (default: the preset's)")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="data-loader worker processes; 0 reads in the main process (default: the preset's)")
+@click.option("--init", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="start from this vae artifact's weights and architecture")
+@device_option
+@seed_option
+def train_vae_cmd(rollouts: tuple[Path, ...], out: Path, preset: str, epochs: float | None, batch_size: int | None,
+                  workers: int | None, init: Path | None, device: str, seed: int) -> None:
+    """Train V (the ConvVAE) on rollouts, streamed from disk; rerun the same command to resume."""
+    from . import frames, train_vae
+    from .config import preset as get_preset
+
+    cfg = get_preset(frames.rollouts_env(list(rollouts)), preset)  # the env comes from the data
+    cfg = cfg.replace(vae_train=cfg.vae_train.replace(epochs=epochs, batch_size=batch_size, num_workers=workers))
+    res = train_vae.run(cfg, list(rollouts), out, seed=seed, device=device, init=init)
+    click.echo(res.line())
 
 
 # ------------------------------------------------------------------------------------------ encode
 # (section owned by the encode stage)
+@cli.command()
+@click.option("--rollouts", "rollouts", multiple=True, required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="rollouts artifact(s) to encode, concatenated in this order")
+@click.option("--vae", type=click.Path(dir_okay=False, path_type=Path), required=True, help="vae artifact (V)")
+@out_option
+@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True, help="frames per forward pass")
+@device_option
+@seed_option
+def encode(rollouts: tuple[Path, ...], vae: Path, out: Path, batch_size: int, device: str, seed: int) -> None:
+    """Encode rollouts into a series (μ, logσ² per frame) for M; rerun the same command to resume."""
+    from . import encode as encode_stage
+
+    res = encode_stage.run(list(rollouts), vae, out, device=device, batch_size=batch_size, seed=seed)
+    click.echo(res.line())
 
 
 # ------------------------------------------------------------------------------------------ train-mdn
 # (section owned by the train-mdn stage)
+@cli.command("train-mdn")
+@click.option("--series", "series", multiple=True, required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="series artifact(s) from `wm encode` of one env; repeat to train on several (old + new data)")
+@out_option
+@preset_option()
+@click.option("--steps", type=click.IntRange(min=0), default=None, help="optimizer steps (default: the preset's)")
+@click.option("--init", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="start from this mdn artifact's weights (same architecture)")
+@device_option
+@seed_option
+def train_mdn_cmd(series: tuple[Path, ...], out: Path, preset: str, steps: int | None, init: Path | None,
+                  device: str, seed: int) -> None:
+    """Train M (the MDN-RNN) on encoded series; rerun the same command to resume."""
+    from . import artifacts, train_mdn
+    from .config import preset as get_preset
+    from .errors import ConfigError
+
+    env = artifacts.validate(series[0], "series").env
+    if not env:
+        raise ConfigError(f"{series[0]}: the series artifact does not record its env")
+    cfg = get_preset(env, preset)
+    cfg = cfg.replace(mdn_train=cfg.mdn_train.replace(steps=steps))
+    res = train_mdn.run(cfg, list(series), out, seed=seed, device=device, init=init)
+    val = "n/a" if res.val_nll is None else f"{res.val_nll:.4f}"
+    nll = "n/a" if res.nll is None else f"{res.nll:.4f}"
+    done = "" if res.done_bce is None else f", done_bce {res.done_bce:.4f}"
+    click.echo(f"{out}: M {res.parameters:,} parameters, {res.steps} steps, nll {nll}, val_nll {val}{done}")
 
 
 # ------------------------------------------------------------------------------------------ evolve
 # (section owned by the evolve stage)
+@cli.command()
+@click.option("--vae", type=click.Path(dir_okay=False, path_type=Path), required=True, help="vae artifact (V)")
+@click.option("--mdn", type=click.Path(dir_okay=False, path_type=Path), required=True, help="mdn artifact (M)")
+@out_option
+@preset_option()
+@click.option("--pop", type=click.IntRange(min=2), default=None, help="CMA-ES population (paper: 64)")
+@click.option("--trials", type=click.IntRange(min=1), default=None, help="rollouts per member (paper: 16)")
+@click.option("--generations", type=click.IntRange(min=0), default=None, help="generations (more continues a run)")
+@click.option("--sigma0", type=click.FloatRange(min=0, min_open=True), default=None, help="initial step size (paper: 0.1)")
+@click.option("--eval-every", type=click.IntRange(min=1), default=None, help="evaluate the CMA mean every N generations")
+@click.option("--eval-episodes", type=click.IntRange(min=1), default=None, help="episodes of that evaluation (paper: 1024)")
+@click.option("--in-dream/--real", "in_dream", default=None, help="fitness in M's dream or in the real env (default: the preset's)")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None, help="dream temperature tau")
+@click.option("--eval-real", type=click.IntRange(min=0), default=None,
+              help="with --in-dream: also evaluate the CMA mean on N real episodes")
+@workers_option
+@seed_option
+@device_option
+@backend_options
+def evolve(vae: Path, mdn: Path, out: Path, preset: str, pop, trials, generations, sigma0, eval_every, eval_episodes,
+           in_dream, temperature, eval_real, workers: int, seed: int, device: str, backend: str,
+           ray_address: str | None) -> None:
+    """Evolve C with CMA-ES in the real env or in M's dream; rerun the same command to resume."""
+    from . import artifacts
+    from . import evolve as evolve_stage
+    from .config import preset as get_preset
+
+    env = artifacts.validate(mdn, "mdn").env
+    cfg = get_preset(env, preset)
+    cfg = cfg.replace(evolve=cfg.evolve.replace(
+        pop=pop, trials=trials, generations=generations, sigma0=sigma0, eval_every=eval_every,
+        eval_episodes=eval_episodes, in_dream=in_dream, temperature=temperature, eval_real=eval_real))
+    res = evolve_stage.run(cfg, vae, mdn, out, seed=seed, workers=workers, device=device, backend=backend,
+                           address=ray_address)
+    where = f"dream tau={cfg.evolve.temperature}" if cfg.evolve.in_dream else "real env"
+    click.echo(f"{out}: {res.generations} generations ({where}), best evaluation {res.best_score:.1f} "
+               f"at generation {res.best_generation + 1}, last population mean {res.last_mean_fitness:.1f}")
 
 
 # ------------------------------------------------------------------------------------------ evaluate
 # (section owned by the evaluate stage)
+@cli.command()
+@click.option("--controller", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="controller artifact; V and M are rebuilt from what it records")
+@click.option("--policy", type=click.Choice(["agent", "random", "data"]), default="agent", show_default=True,
+              help="random: the paper's baseline; data: the data-collection policy")
+@env_option(required=False)
+@preset_option()
+@click.option("--episodes", type=click.IntRange(min=1), default=100, show_default=True, help="real episodes")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="eval artifact (.h5)")
+@click.option("--video", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="write the first episode (.mp4 or .gif): real frames beside V's reconstructions")
+@click.option("--which", type=click.Choice(["best", "mean"]), default="best", show_default=True,
+              help="the best evaluated parameters or the current CMA mean")
+@click.option("--vae", type=click.Path(dir_okay=False, path_type=Path), default=None, help="override the recorded V")
+@click.option("--mdn", type=click.Path(dir_okay=False, path_type=Path), default=None, help="override the recorded M")
+@workers_option
+@seed_option
+@backend_options
+def evaluate(controller, policy, env_name, preset, episodes, out, video, which, vae, mdn, workers, seed, backend,
+             ray_address) -> None:
+    """Run a controller (or a random baseline) for N real episodes with fixed seeds; print mean ± std."""
+    from . import evaluate as evaluate_stage
+    from .config import preset as get_preset
+
+    cfg = get_preset(env_name, preset) if env_name else None
+    if policy == "agent" and controller is None and env_name:
+        raise click.UsageError("--controller is required unless --policy random or data")
+    res = evaluate_stage.run(out, controller=controller, policy=policy, preset=cfg, episodes=episodes, seed=seed,
+                             workers=workers, backend=backend, address=ray_address, video=video, vae=vae, mdn=mdn,
+                             which=which)
+    click.echo(res.line() + (f"; video {res.video}" if res.video else ""))
 
 
 # ------------------------------------------------------------------------------------------ dream
 # (section owned by the dream stage)
+@cli.command()
+@click.option("--vae", type=click.Path(dir_okay=False, path_type=Path), required=True, help="vae artifact (V), to decode")
+@click.option("--mdn", type=click.Path(dir_okay=False, path_type=Path), required=True, help="mdn artifact (M), the dream")
+@click.option("--controller", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="controller artifact (its best parameters act); default: the random policy")
+@click.option("--temperature", type=click.FloatRange(min=0), default=None, help="dream temperature tau (default 1.15)")
+@click.option("--episodes", type=click.IntRange(min=1), default=None, help="episodes side by side (default 4)")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="longest episode, in frames (default 300)")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="output animation (.gif)")
+@device_option
+@seed_option
+def dream(vae: Path, mdn: Path, controller: Path | None, temperature: float | None, episodes: int | None,
+          max_steps: int | None, out: Path, device: str, seed: int) -> None:
+    """Render dream rollouts of M, decoded through V, as an animated GIF."""
+    from . import dream as dream_stage
+    from .config import DreamConfig
+
+    cfg = DreamConfig().replace(temperature=temperature, episodes=episodes, max_steps=max_steps)
+    res = dream_stage.run(cfg, vae, mdn, out, controller_path=controller, seed=seed, device=device)
+    click.echo(res.line())
 
 
 def main(argv: list[str] | None = None) -> None:

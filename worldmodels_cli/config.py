@@ -130,10 +130,16 @@ class VAETrainConfig(_Config):
     lr: float = f(1e-4, "Adam learning rate (ref §3)", min=0)
     kl_tolerance: float = f(0.5, "per-sample KL floor = kl_tolerance * N_z (ref §3)", min=0)
     val_episodes: float = f(0.05, "fraction of episodes held out for validation", min=0)
-    block_frames: int = f(256, "consecutive frames read from HDF5 at once (then shuffled in a buffer)", min=1)
-    buffer_blocks: int = f(64, "blocks held in the shuffle buffer", min=1)
-    num_workers: int = f(1, "data-loader worker processes (each opens the file itself)", min=0)
-    checkpoint_minutes: float = f(10.0, "also checkpoint within an epoch at this interval", min=0)
+    block_frames: int = f(256, "consecutive frames read from HDF5 at once (a multiple of the chunk length reads fastest)", min=1)
+    buffer_blocks: int = f(32, "random blocks shuffled together (memory: blocks x block_frames x 12 KiB, a few times)", min=1)
+    num_workers: int = f(1, "data-loader worker processes (each opens the file itself); 0 reads in the main process", min=0)
+    checkpoint_minutes: float = f(10.0, "also checkpoint within an epoch at this interval; 0: only per epoch", min=0)
+    log_steps: int = f(100, "write a metrics line every this many steps", min=1)
+    amp: str = f("auto", "CUDA mixed precision: auto (bf16 if supported, else fp16), bf16, fp16 or off; CPU: always off", choices=("auto", "bf16", "fp16", "off"))
+
+    def validate(self) -> None:
+        if self.val_episodes >= 1:
+            raise ConfigError(f"VAETrainConfig.val_episodes must be < 1 (a fraction), got {self.val_episodes!r}")
 
 
 # ---------------------------------------------------------------------------------------------------- M
@@ -157,7 +163,7 @@ class MDNTrainConfig(_Config):
     lr: float = f(1e-3, "initial Adam learning rate (ref §4.1)", min=0)
     lr_min: float = f(1e-5, "learning-rate floor (ref §4.1)", min=0)
     lr_decay: float = f(1.0, "lr = (lr0-lr_min)*decay^step + lr_min (CarRacing 1.0, Doom 0.99999)", min=0)
-    grad_clip: float = f(1.0, "clip each gradient element to [-c, c] (ref §4.1)", min=0)
+    grad_clip: float = f(1.0, "clip each gradient element to [-c, c] (ref §4.1); 0: no clipping", min=0)
     done_weight: float = f(10.0, "weight of positive done targets in the BCE (ref §4.3)", min=0)
     reward_weight: float = f(1.0, "weight of the optional reward loss", min=0)
     val_episodes: float = f(0.05, "fraction of episodes held out for validation", min=0)
@@ -171,6 +177,17 @@ class ControllerConfig(_Config):
     features: str = f("zh", "inputs: z, zh ([z,h]) or zch ([z,c,h]) (ref §5)", choices=("z", "zh", "zch"))
     hidden: int = f(0, "optional tanh hidden layer (paper's V-only variant: 40); 0 = linear", min=0)
     bias: bool = f(True, "output bias (CarRacing yes, Doom no; ref §5)")
+
+
+# ---------------------------------------------------------------------------------------------- dream
+@dataclass(frozen=True)
+class DreamConfig(_Config):
+    """`wm dream` (an animation of M's dream; evolve's dream fitness takes tau and the cap from EvolveConfig)."""
+
+    temperature: float = f(1.15, "dream temperature tau (ref §4.4; the paper's Doom agent: 1.15)", min=0)
+    episodes: int = f(4, "dream episodes, shown side by side", min=1)
+    max_steps: int = f(300, "longest episode in the animation, in steps (frames)", min=1)
+    fps: float = f(25.0, "animation frames per second", min=1)
 
 
 # --------------------------------------------------------------------------------------------- evolve
@@ -266,7 +283,8 @@ def _tiny(env: str) -> Preset:
         env=p.env.replace(fake=True, max_steps=60),
         collect=p.collect.replace(episodes=6, min_length=0),
         vae=VAEConfig(z_dim=8, enc_channels=(4, 8, 8, 16), dec_channels=(8, 8, 4)),
-        vae_train=p.vae_train.replace(epochs=1, batch_size=16, block_frames=16, buffer_blocks=4, val_episodes=0.2, num_workers=0),
+        vae_train=p.vae_train.replace(epochs=1, batch_size=16, block_frames=16, buffer_blocks=4, val_episodes=0.2, num_workers=0,
+                                      log_steps=5),
         mdn=p.mdn.replace(z_dim=8, hidden=16, mixtures=3),
         mdn_train=p.mdn_train.replace(steps=10, batch_size=4, seq_len=30, checkpoint_steps=5, log_steps=5, val_episodes=0.2),
         evolve=p.evolve.replace(pop=6, trials=2, generations=3, eval_every=2, eval_episodes=4, max_steps=60),

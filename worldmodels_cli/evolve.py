@@ -158,7 +158,7 @@ def _write(path: Path, st: _State, es, preset: Preset, seed: int, model_config: 
 
 
 # ------------------------------------------------------------------------------------------- run
-def run(
+def optimize(
     preset: Preset,
     out: Path,
     *,
@@ -172,7 +172,7 @@ def run(
 ) -> EvolveResult:
     """Run (or resume) CMA-ES to `preset.evolve.generations`; checkpoint the artifact every generation.
 
-    `fitness` scores candidates (dream or real env); `real_fitness`, when given, also scores the CMA mean in the
+    The stage-agnostic loop: `fitness` scores candidates (dream or real env); `real_fitness`, when given, also scores the CMA mean in the
     real env at evaluation generations (`--eval-real`)."""
     cfg = preset.evolve
     out = Path(out)
@@ -230,3 +230,66 @@ def run(
 def controller_model_config(cfg: ControllerConfig, env: str, z_dim: int, hidden: int, action_dim: int) -> dict:
     """What load_controller needs to rebuild C: its config plus the sizes read from V and M."""
     return {"controller": cfg.to_dict(), "env": env, "z_dim": z_dim, "hidden": hidden, "action_dim": action_dim}
+
+
+def run(
+    preset: Preset,
+    vae: Path,
+    mdn: Path,
+    out: Path,
+    *,
+    seed: int = 0,
+    workers: int = 1,
+    device: str = "auto",
+    backend: str = "local",
+    address: str | None = None,
+) -> EvolveResult:
+    """`wm evolve`: build C for V and M, pick the fitness (dream or real env), run or resume CMA-ES, plot."""
+    from . import device as devices
+    from .agent import AgentSpec
+    from .dream import DreamFitness
+    from .episodes import EpisodeRunner
+    from .models.controller import Controller
+    from .models.mdnrnn import load_mdn
+
+    cfg = preset.evolve
+    vae_meta, mdn_meta = A.validate(vae, "vae"), A.validate(mdn, "mdn")
+    for meta in (vae_meta, mdn_meta):
+        if meta.env != preset.env.name:
+            raise ConfigError(f"{meta.path}: made for {meta.env}, but the preset is for {preset.env.name}")
+    mdn_model, _ = load_mdn(mdn)
+    mc = mdn_model.cfg
+    if mc.z_dim != vae_meta.model_config.get("z_dim", mc.z_dim):
+        raise ConfigError(f"{vae} (z={vae_meta.model_config.get('z_dim')}) and {mdn} (z={mc.z_dim}) do not match")
+    controller = Controller(preset.controller, mc.z_dim, mc.hidden, mc.action_dim, preset.env.name)
+    model_config = controller_model_config(preset.controller, preset.env.name, mc.z_dim, mc.hidden, mc.action_dim)
+    spec = AgentSpec(str(vae), str(mdn), model_config)
+    real = None
+    if cfg.in_dream:
+        if not mc.done_head and mc.reward_head == "none":
+            raise ConfigError(f"{mdn}: --in-dream needs an M with a done or reward head (this one predicts only z)")
+        fitness = DreamFitness.from_artifact(mdn, controller, tau=cfg.temperature, max_steps=cfg.max_steps,
+                                             device=devices.resolve(device))
+        if cfg.eval_real:
+            real = EpisodeRunner(preset.env, agent=spec, workers=workers, backend=backend, address=address)
+    else:
+        fitness = EpisodeRunner(preset.env, agent=spec, workers=workers, backend=backend, address=address)
+    try:
+        result = optimize(preset, out, fitness=fitness, n_params=controller.param_count, model_config=model_config,
+                          inputs=A.inputs_record({"vae": vae, "mdn": mdn}), seed=seed, real_fitness=real)
+    finally:
+        fitness.close()
+        if real is not None:
+            real.close()
+    plot_history(out)
+    return result
+
+
+def plot_history(out: Path) -> Path | None:
+    """`<out>.fitness.png`: best / mean / worst per generation and the periodic evaluations."""
+    from .plots import loss_curves
+
+    records = MetricsWriter(metrics_path(out)).read()
+    keys = ["evolve/best", "evolve/mean", "evolve/worst", "evolve/eval_score", "evolve/eval_real_score", "evolve/sigma"]
+    return loss_curves(records, keys, Path(out).with_suffix(".fitness.png"), x_key="generation",
+                       title=f"CMA-ES: {Path(out).name}")

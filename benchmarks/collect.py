@@ -1,0 +1,133 @@
+"""`wm collect` benchmark: frames/s with 1 and 2 workers against a bare loop over the same env, and peak RSS
+collecting 20 vs 200 tiny episodes.
+
+- bare: env.reset/step and the random data policy over the same episodes (same seeds), frames kept in nothing.
+- collect1 / collect2: `collect.run` with 1 / 2 workers, end to end (shards, merge into the gzip-4 artifact,
+  worker start-up), frames/s over its wall time. min_length is 0 here so both run exactly the same episodes.
+- CPU ms/frame of each (this process, its threads and its workers): the cost that contention does not hide;
+  cpu_overhead = 1 - bare/collect1 on that measure.
+- rss: peak RSS (ru_maxrss) of a child process collecting 20 and 200 tiny fake-env episodes, workers 1.
+
+    python benchmarks/collect.py [--quick] [--env doom|carracing|fake-doom|fake-carracing] [--episodes N]
+
+The last line is one JSON object: overhead = 1 - collect1/bare (target <= 0.10), scaling = collect2/collect1
+(target >= 1.8), rss_ratio = rss200/rss20 (target <= 1.10), and the figures behind them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from worldmodels_cli import collect
+from worldmodels_cli.config import Preset, preset
+from worldmodels_cli.envs import make_env
+from worldmodels_cli.policies import random_policy
+
+_RSS_CHILD = """
+import resource, sys
+from worldmodels_cli import collect
+from worldmodels_cli.config import preset
+p = preset("doom", "tiny")
+p = p.replace(collect=p.collect.replace(episodes=int(sys.argv[1])))
+collect.run(p, sys.argv[2], seed=0, workers=1)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def _config(env: str, episodes: int) -> Preset:
+    fake = env.startswith("fake-")
+    name = env.removeprefix("fake-")
+    p = preset(name, "paper")
+    return p.replace(env=p.env.replace(fake=fake), collect=p.collect.replace(episodes=episodes, min_length=0))
+
+
+def _cpu() -> float:
+    """CPU seconds of this process, its threads and its finished (waited-for) children: unlike wall time, this
+    barely moves when other jobs share the cores."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def bare(cfg: Preset, episodes: int) -> tuple[int, float, float]:
+    """(frames, seconds, cpu seconds) of the plain loop: the same episodes, seeds and policy, nothing stored."""
+    c0 = _cpu()
+    env = make_env(cfg.env)
+    policy = random_policy(cfg.env, cfg.collect)
+    go_on = cfg.collect.ignore_done and cfg.env.name == "carracing"
+    frames, t0 = 0, time.perf_counter()
+    for i in range(episodes):
+        seed = collect.episode_seed(0, i)
+        rng = collect.seeding.generator(seed, "policy")
+        obs = env.reset(seed)
+        policy.reset(rng)
+        for _ in range(cfg.env.max_steps):
+            step = env.step(policy.act(obs, rng))
+            obs, frames = step.obs, frames + 1
+            if step.truncated or (step.terminated and not go_on):
+                break
+    seconds = time.perf_counter() - t0
+    env.close()
+    return frames, seconds, _cpu() - c0
+
+
+def timed_collect(cfg: Preset, out: Path, workers: int) -> tuple[int, float, float]:
+    c0, t0 = _cpu(), time.perf_counter()
+    res = collect.run(cfg, out, seed=0, workers=workers)
+    return res.frames, time.perf_counter() - t0, _cpu() - c0
+
+
+def peak_rss_kb(episodes: int, out: Path) -> int:
+    proc = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(episodes), str(out)], check=True,
+                          capture_output=True, text=True)
+    return int(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--env", default="doom", choices=["doom", "carracing", "fake-doom", "fake-carracing"])
+    ap.add_argument("--episodes", type=int, default=None, help="episodes per frames/s measurement")
+    ap.add_argument("--quick", action="store_true", help="fewer episodes (noisier figures)")
+    args = ap.parse_args()
+    default = {"doom": 60, "carracing": 6, "fake-doom": 400, "fake-carracing": 40}[args.env]
+    episodes = args.episodes or (max(2, default // 3) if args.quick else default)
+    if args.env == "carracing":  # paper: 1000 steps; shorter episodes keep the run under two minutes here
+        cfg = _config(args.env, episodes)
+        cfg = cfg.replace(env=cfg.env.replace(max_steps=300 if not args.quick else 150))
+    else:
+        cfg = _config(args.env, episodes)
+    print(f"env {args.env}: {episodes} episodes per run, max_steps {cfg.env.max_steps}, cpus {os.cpu_count()}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        n_bare, s_bare, cpu_bare = bare(cfg, episodes)
+        n1, s1, cpu1 = timed_collect(cfg, tmp / "c1.h5", 1)
+        n2, s2, cpu2 = timed_collect(cfg, tmp / "c2.h5", 2)
+        assert n_bare == n1 == n2, (n_bare, n1, n2)
+        bare_fps, c1_fps, c2_fps = n_bare / s_bare, n1 / s1, n2 / s2
+        ms = {k: 1000 * c / n_bare for k, c in (("bare", cpu_bare), ("collect1", cpu1), ("collect2", cpu2))}
+        print(f"bare loop   {bare_fps:8.0f} frames/s  ({n_bare} frames, {s_bare:.1f}s, {ms['bare']:.3f} CPU ms/frame)")
+        print(f"collect K=1 {c1_fps:8.0f} frames/s  ({s1:.1f}s, {ms['collect1']:.3f} CPU ms/frame)")
+        print(f"collect K=2 {c2_fps:8.0f} frames/s  ({s2:.1f}s incl. worker start-up, {ms['collect2']:.3f} CPU ms/frame)")
+        rss20, rss200 = peak_rss_kb(20, tmp / "r20.h5"), peak_rss_kb(200, tmp / "r200.h5")
+        print(f"peak RSS: 20 tiny episodes {rss20 / 1024:.1f} MiB, 200: {rss200 / 1024:.1f} MiB")
+    figures = {
+        "env": args.env, "episodes": episodes, "frames": n_bare,
+        "bare_fps": round(bare_fps, 1), "collect1_fps": round(c1_fps, 1), "collect2_fps": round(c2_fps, 1),
+        "overhead": round(1 - c1_fps / bare_fps, 4), "scaling": round(c2_fps / c1_fps, 4),
+        **{f"{k}_cpu_ms_per_frame": round(v, 4) for k, v in ms.items()},
+        "cpu_overhead": round(1 - ms["bare"] / ms["collect1"], 4),
+        "rss20_mib": round(rss20 / 1024, 1), "rss200_mib": round(rss200 / 1024, 1),
+        "rss_ratio": round(rss200 / rss20, 4),
+    }
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,605 @@
+"""The dream: M as the environment (ref §7), batched over a whole CMA-ES generation, and `wm dream`.
+
+Semantics (ref §7, §C items 6-7). A rollout starts from the first frame of a random real episode: its stored
+(μ, logσ²) give z0 = μ + exp(logσ²/2)·ε; the LSTM state is zero and the restart flag is set at the first step.
+Each step: C acts on [z, c, h] (or [z, h], [z]); M steps on (z, a, restart); done when the done logit > 0
+(τ never touches done); z' is sampled from M's mixture at temperature τ (ref §4.4). Reward: +1 per step including
+the terminal one; with a reward head (CarRacing) the head's value instead: the regression value, or ±1 from the
+sign logit (never a survival probability, §C.7). At most `max_steps` steps.
+
+Two implementations of the same thing:
+
+- `reference_rollout`: one rollout at a time, batch 1, through the plain `MDNRNN.step`, `sample_next` and
+  `Controller.act`, as the original evaluated a member.
+- `dream_rollouts`: one tensor program for P members × R trials at once. Each row carries its own member's
+  controller weights (a per-row product, `Controller.forward_batched` with R = 1), its own random stream and its
+  own done flag; every `compact_every` steps the finished rows are gathered out, so they stop costing compute.
+  M runs as one fused matmul per step, [z, h, a, restart] @ W (B × (In+H) × 4H), then one head matmul; the
+  rest is a few elementwise ops on the whole batch (see `FusedM`).
+
+Random streams (`block_bits`). Each rollout draws all its noise from a counter-based generator keyed by its own
+seed: the 64-bit word j of block b is splitmix64(key + (b·stride + j + 1)·γ), γ the golden-ratio increment, computed
+with exact integer tensor ops. Block 0 holds the start (episode index, ε0), block t+1 the noise of step t (Z
+uniforms for the mixture component, Z for ε through the inverse normal CDF, A for a random policy's action).
+A rollout's noise therefore depends only on (seed, step), never on which other rollouts share the batch or when
+they were compacted away, and it costs a dozen integer ops on the batch per step with no per-rollout Python, on
+CPU and CUDA alike. Uniforms have 23 bits, u = (2k+1)·2⁻²⁴, exactly representable in float32 and float64, and
+strictly inside (0, 1).
+
+Exactness. With the same seeds both implementations make the same random draws, and compute the same functions;
+in floating point they differ in the last bits (BLAS picks other kernels for other batch sizes, SIMD lanes
+versus scalar tails, tanh(x) computed as 2σ(2x) − 1 in the fused step). Those differences could flip a discrete
+choice only on a knife edge; tests/test_dream.py runs both in float64, where returns agree rollout by rollout,
+with and without compaction.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .models.controller import Controller, car_action
+from .models.mdnrnn import MDNRNN, sample_next
+
+log = logging.getLogger(__name__)
+
+# splitmix64 (Steele, Lea & Flood 2014): increment and finaliser constants
+_GAMMA = 0x9E3779B97F4A7C15
+_MIX1 = 0xBF58476D1CE4E5B9
+_MIX2 = 0x94D049BB133111EB
+_KEY_DOMAIN = 0x6A09E667F3BCC909  # keys differ from any stream word made with the same numbers
+_BITS = 23  # per uniform: (2k+1)·2^-24 is exact in float32
+_MASK23 = (1 << _BITS) - 1
+
+
+# ------------------------------------------------------------------------------------------ random streams
+def _i64(x: int) -> int:
+    """A Python int wrapped to a signed 64-bit value (torch int64 arithmetic wraps the same way)."""
+    x &= (1 << 64) - 1
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+def _lsr(x: Tensor, s: int) -> Tensor:
+    """Logical right shift of int64 bits (torch's >> is arithmetic)."""
+    return (x >> s) & ((1 << (64 - s)) - 1)
+
+
+def _mix64(x: Tensor) -> Tensor:
+    """splitmix64's finaliser on int64 tensors (wrapping multiplication)."""
+    x = (x ^ _lsr(x, 30)) * _i64(_MIX1)
+    x = (x ^ _lsr(x, 27)) * _i64(_MIX2)
+    return x ^ _lsr(x, 31)
+
+
+def rollout_keys(seeds, device=None) -> Tensor:
+    """One 64-bit stream key (N,) int64 per rollout seed."""
+    s = torch.as_tensor(np.asarray(seeds, dtype=np.int64).reshape(-1), device=device)
+    return _mix64(s * _i64(_GAMMA) + _i64(_KEY_DOMAIN))
+
+
+@dataclass(frozen=True)
+class NoiseLayout:
+    """Where each draw lies in a rollout's stream: block 0 = start, block t+1 = step t."""
+
+    z_dim: int
+    action_dim: int
+
+    @property
+    def step_uniforms(self) -> int:
+        return 2 * self.z_dim + self.action_dim  # [component u (Z) | ε (Z) | random action (A)]
+
+    @property
+    def stride(self) -> int:
+        """64-bit words per block; each word gives two 23-bit uniforms."""
+        return (max(self.step_uniforms, 1 + self.z_dim) + 1) // 2
+
+
+def block_bits(keys: Tensor, block: int, n: int, layout: NoiseLayout) -> Tensor:
+    """The first n 23-bit integers (B, n) int64 of block `block` of each rollout's stream."""
+    words = (n + 1) // 2
+    ctr = torch.arange(words, device=keys.device, dtype=torch.int64) + (block * layout.stride + 1)
+    w = _mix64(keys.unsqueeze(1) + ctr * _i64(_GAMMA))  # (B, words)
+    bits = torch.stack([_lsr(w, 64 - _BITS), (w >> 9) & _MASK23], dim=-1)  # (B, words, 2)
+    return bits.view(keys.shape[0], 2 * words)[:, :n]
+
+
+def to_uniform(bits: Tensor, dtype: torch.dtype) -> Tensor:
+    """23-bit integers -> u = (2k+1)·2^-24 in (0, 1), exact in float32 and float64."""
+    return bits.to(dtype).mul_(2.0**-_BITS).add_(2.0 ** -(_BITS + 1))
+
+
+def start_z(keys: Tensor, initial_mu: Tensor, initial_logvar: Tensor, layout: NoiseLayout) -> tuple[Tensor, Tensor]:
+    """Dream starts (ref §7 reset): per rollout a uniformly chosen real first frame i and z0 = μ_i + exp(logσ²_i/2)·ε.
+    initial_mu/logvar (E, Z) -> (z0 (B, Z), i (B,))."""
+    bits = block_bits(keys, 0, 1 + layout.z_dim, layout)
+    idx = (bits[:, 0] * initial_mu.shape[0]) >> _BITS  # floor(k·E / 2^23): uniform over the E first frames
+    eps = torch.special.ndtri(to_uniform(bits[:, 1:], initial_mu.dtype))
+    return initial_mu[idx] + torch.exp(0.5 * initial_logvar[idx]) * eps, idx  # as vae.reparameterize
+
+
+def step_noise(keys: Tensor, t: int, layout: NoiseLayout, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """Step t's draws: component uniforms u (B, Z), normals ε (B, Z), action bits (B, A) (23-bit ints)."""
+    z = layout.z_dim
+    bits = block_bits(keys, t + 1, layout.step_uniforms, layout)
+    u = to_uniform(bits[:, :z], dtype)
+    # ndtri is an elementwise scalar kernel: the same bits give the same ε wherever the row sits in the batch
+    eps = torch.special.ndtri(to_uniform(bits[:, z : 2 * z], dtype))
+    return u, eps, bits[:, 2 * z :]
+
+
+def random_action(bits: Tensor, env: str, dtype: torch.dtype) -> Tensor:
+    """The dream's random policy from a step's action bits (B, A): Doom a uniform choice of -1 / 0 / 1 each step
+    (left / none / right after the env's ±1/3 threshold, the paper's random baseline, ref §B); otherwise tanh
+    outputs uniform in [-1, 1] mapped like C's (CarRacing: steer, gas = (a+1)/2, brake = clip(a, 0, 1))."""
+    if env == "doom":
+        return ((bits * 3) >> _BITS).to(dtype) - 1.0  # floor(3u) - 1
+    raw = to_uniform(bits, dtype) * 2.0 - 1.0
+    return car_action(raw) if env == "carracing" else raw
+
+
+def reward_of(kind: str, value: Tensor | None, like: Tensor) -> Tensor:
+    """Per-step dream reward: +1 without a reward head (ref §7); the regression head's value; or ±1 from the
+    sign head's logit (a sign, never a survival probability: ref §C.7)."""
+    if kind == "none" or value is None:
+        return torch.ones_like(like)
+    if kind == "regression":
+        return value
+    return torch.where(value > 0, 1.0, -1.0).to(like.dtype)
+
+
+# ------------------------------------------------------------------------------------------ the fused M
+class FusedM:
+    """M's weights rearranged for the batched dream, read from an `MDNRNN` (same function, other layout).
+
+    Each row's state lives in one buffer S (B, H + Z + H + A [+1]) = [c | z | h | a | restart], so that
+    S[:, H:] = [z, h, a, r] is the LSTM's whole input: one matmul [z, h, a, r] @ W (In+H, 4H) gives all gates.
+    Gate columns are reordered to (i, f, o, g) with g's scaled by 2, so one in-place sigmoid serves all four:
+    tanh(g) = 2σ(2g) − 1 (tanh is several times slower than sigmoid on CPU). The head's columns are reordered to
+    [done?, reward?, logits (K, Z), μ (K, Z), logσ (K, Z)] so the mixture math works on K contiguous (B, Z) slices.
+    The forget bias (+1, ref §4.1) is already folded into M's bias."""
+
+    def __init__(self, mdn: MDNRNN, dtype: torch.dtype, device: torch.device | str) -> None:
+        cfg = mdn.cfg
+        z, a, h, k = cfg.z_dim, cfg.action_dim, cfg.hidden, cfg.mixtures
+        self.z_dim, self.action_dim, self.hidden, self.mixtures = z, a, h, k
+        self.restart = cfg.restart_input
+        self.done_head = cfg.done_head
+        self.reward_head = cfg.reward_head
+        self.width = h + z + h + a + (1 if self.restart else 0)
+        self.c_, self.z_, self.h_ = slice(0, h), slice(h, h + z), slice(h + z, 2 * h + z)
+        self.a_ = slice(2 * h + z, 2 * h + z + a)
+        self.r_col = 2 * h + z + a
+        with torch.no_grad():
+            gates = torch.cat([torch.arange(0, 2 * h), torch.arange(3 * h, 4 * h), torch.arange(2 * h, 3 * h)])
+            scale = torch.ones(4 * h, dtype=torch.float64)
+            scale[3 * h :] = 2.0  # tanh(g) = 2σ(2g) − 1
+            w_ih = mdn.weight_ih.detach().double()[gates] * scale[:, None]  # (4H, In) rows (i, f, o, 2g)
+            w_hh = mdn.weight_hh.detach().double()[gates] * scale[:, None]  # (4H, H)
+            self.W = torch.cat([w_ih[:, :z].T, w_hh.T, w_ih[:, z:].T], 0).to(device, dtype).contiguous()  # (Z+H+A+r, 4H)
+            self.b = (mdn.bias.detach().double()[gates] * scale).to(device, dtype)
+            cols = []
+            if cfg.done_head:
+                cols.append(torch.tensor([0]))
+            off = 1 if cfg.done_head else 0
+            if cfg.reward_head != "none":
+                cols.append(torch.tensor([off + mdn.mdn_dim]))
+            d, kk = torch.meshgrid(torch.arange(z), torch.arange(k), indexing="ij")
+            for part in range(3):  # head layout: Z rows of [logπ(K), μ(K), logσ(K)]
+                cols.append((off + d * 3 * k + part * k + kk).T.reshape(-1))  # (K, Z) order
+            perm = torch.cat(cols)
+            self.Wo = mdn.head.weight.detach()[perm].T.to(device, dtype).contiguous()  # (H, O)
+            self.bo = mdn.head.bias.detach()[perm].to(device, dtype)
+        self.mix0 = (1 if cfg.done_head else 0) + (1 if cfg.reward_head != "none" else 0)
+        self.out_dim = self.Wo.shape[1]
+
+    def buffers(self, batch: int, dtype: torch.dtype, device) -> dict[str, Tensor]:
+        """Scratch tensors for up to `batch` rows (the program uses their first B rows)."""
+        h, z, k = self.hidden, self.z_dim, self.mixtures
+        return {"G": torch.empty(batch, 4 * h, dtype=dtype, device=device),
+                "T": torch.empty(batch, h, dtype=dtype, device=device),
+                "O": torch.empty(batch, self.out_dim, dtype=dtype, device=device),
+                "E": torch.empty(batch, k, z, dtype=dtype, device=device)}
+
+    def step(self, S: Tensor, buf: dict[str, Tensor]) -> Tensor:
+        """Advance every row of S in place: LSTM on (z, a, restart) from (h, c); returns the head (B, O)."""
+        b, h = S.shape[0], self.hidden
+        G, T, O = buf["G"][:b], buf["T"][:b], buf["O"][:b]
+        torch.addmm(self.b, S[:, h:], self.W, out=G)  # (B, 4H): the one big matmul
+        G.sigmoid_()
+        i, f, o, g = G[:, :h], G[:, h : 2 * h], G[:, 2 * h : 3 * h], G[:, 3 * h :]
+        g.mul_(2.0).sub_(1.0)  # tanh(g)
+        c = S[:, self.c_]
+        c.mul_(f).addcmul_(i, g)  # c' = σ(f)·c + σ(i)·tanh(g)
+        torch.mul(c, 2.0, out=T).sigmoid_().mul_(2.0).sub_(1.0)  # tanh(c')
+        torch.mul(T, o, out=S[:, self.h_])  # h' = σ(o)·tanh(c')
+        torch.addmm(self.bo, S[:, self.h_], self.Wo, out=O)  # (B, O)
+        return O
+
+    def sample(self, O: Tensor, u: Tensor, eps: Tensor, tau: float, out: Tensor, buf: dict[str, Tensor]) -> None:
+        """z' (B, Z) into `out` from the head O: per dimension, component by inverse CDF of softmax(logits/τ) at u,
+        then μ_k + exp(logσ_k)·√τ·ε (ref §4.4, the same rule as `mdnrnn.sample_next`)."""
+        b, z, k = O.shape[0], self.z_dim, self.mixtures
+        m0 = self.mix0
+        logits = O[:, m0 : m0 + k * z].view(b, k, z)  # (B, K, Z)
+        mu = O[:, m0 + k * z : m0 + 2 * k * z].view(b, k, z)
+        logsigma = O[:, m0 + 2 * k * z : m0 + 3 * k * z].view(b, k, z)
+        if tau <= 0:
+            idx = logits.argmax(dim=1, keepdim=True)  # (B, 1, Z)
+            out.copy_(mu.gather(1, idx).squeeze(1))
+            return
+        E = buf["E"][:b]
+        # softmax(logπ/τ) = softmax(logits/τ): log_softmax only shifts each row. Unnormalised running sums.
+        torch.sub(logits, logits.amax(dim=1, keepdim=True), out=E).mul_(1.0 / tau).exp_()
+        for j in range(1, k):
+            E[:, j].add_(E[:, j - 1])
+        thr = (u * E[:, k - 1]).unsqueeze(1)  # (B, 1, Z): u·total
+        idx = (E[:, : k - 1] <= thr).sum(dim=1, keepdim=True)  # (B, 1, Z): #{j : cdf_j <= u}
+        sigma = logsigma.gather(1, idx).squeeze(1).exp_()
+        torch.addcmul(mu.gather(1, idx).squeeze(1), sigma, eps, value=math.sqrt(tau), out=out)
+
+
+# ------------------------------------------------------------------------------------------ the batched program
+@dataclass
+class DreamResult:
+    """Per rollout (P, R): returns (float64) and lengths (steps); figures of the run."""
+
+    returns: np.ndarray
+    lengths: np.ndarray
+    seconds: float
+    row_steps: int  # rows stepped in total (what was computed, finished-but-not-yet-compacted rows included)
+    z: np.ndarray | None = field(default=None, repr=False)  # (P, R, max_steps+1, Z) with NaN after the end
+
+    @property
+    def rollout_steps(self) -> int:
+        return int(self.lengths.sum())
+
+
+def _policy_env(controller: Controller | None, mdn: MDNRNN, env: str | None) -> str:
+    if controller is not None:
+        return controller.env
+    if env:
+        return env
+    return "doom" if mdn.cfg.action_dim == 1 else "carracing"
+
+
+def _feature_slice(features: str, fm: FusedM) -> slice:
+    h, z = fm.hidden, fm.z_dim
+    return {"z": slice(h, h + z), "zh": slice(h, 2 * h + z), "zch": slice(0, 2 * h + z)}[features]
+
+
+def _buffer_order(controller: Controller, params: Tensor) -> Tensor:
+    """Params (P, n) with the first layer's rows reordered from [z, c, h] to the buffer's [c, z, h]."""
+    if controller.cfg.features != "zch":
+        return params
+    z, h, n = controller.z_dim, controller.hidden, controller.param_count
+    idx = torch.arange(n)
+    layers = controller.unflatten(idx)
+    w0, b0 = layers[0]
+    rows = torch.cat([torch.arange(z, z + h), torch.arange(0, z), torch.arange(z + h, z + 2 * h)])
+    layers[0] = (w0[rows], b0)
+    return params[:, controller.flatten(layers).to(params.device)]
+
+
+@torch.no_grad()
+def dream_rollouts(
+    mdn: MDNRNN,
+    seeds,
+    initial_mu,
+    initial_logvar,
+    *,
+    controller: Controller | None = None,
+    params=None,
+    env: str | None = None,
+    tau: float = 1.15,
+    max_steps: int = 2100,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    compact: bool = True,
+    compact_every: int = 8,
+    record_z: bool = False,
+) -> DreamResult:
+    """P members × R trials of the dream at once -> DreamResult with (P, R) returns and lengths.
+
+    seeds (P, R) ints, one stream per rollout; controller + params (P, n) give member p's weights to its R rows
+    (without a controller: the random policy of `random_action` for `env`). initial_mu/logvar (E, Z): the first
+    frames of real episodes. `compact` gathers the unfinished rows every `compact_every` steps; record_z keeps every
+    z (tests, `wm dream`). Runs on `device` (default M's) in `dtype` (default M's)."""
+    seeds = np.asarray(seeds, dtype=np.int64)
+    if seeds.ndim != 2:
+        raise ValueError(f"seeds must be (P, R), got shape {seeds.shape}")
+    P, R = seeds.shape
+    n_rows = P * R
+    device = torch.device(device) if device is not None else mdn.bias.device
+    dtype = dtype or mdn.bias.dtype
+    fm = FusedM(mdn, dtype, device)
+    layout = NoiseLayout(fm.z_dim, fm.action_dim)
+    env_name = _policy_env(controller, mdn, env)
+    t_start = time.perf_counter()
+
+    keys = rollout_keys(seeds, device)  # (N,)
+    mu0 = torch.as_tensor(np.asarray(initial_mu), device=device).to(dtype)
+    lv0 = torch.as_tensor(np.asarray(initial_logvar), device=device).to(dtype)
+    S = torch.zeros(n_rows, fm.width, dtype=dtype, device=device)  # zero LSTM state (ref §7)
+    S[:, fm.z_], _ = start_z(keys, mu0, lv0, layout)
+    if fm.restart:
+        S[:, fm.r_col] = 1.0  # restart flag at the first step (ref §7)
+    prow = feats = None
+    if controller is not None:
+        p = torch.as_tensor(np.asarray(params) if not isinstance(params, Tensor) else params, device=device)
+        p = _buffer_order(controller, p.to(dtype).reshape(P, controller.param_count))
+        prow = p.repeat_interleave(R, dim=0)  # (N, n): row r runs member r // R
+        feats = _feature_slice(controller.cfg.features, fm)
+    buf = fm.buffers(n_rows, dtype, device)
+    rows = torch.arange(n_rows, device=device)  # each row's rollout id
+    alive = torch.ones(n_rows, dtype=torch.bool, device=device)
+    ret = torch.zeros(n_rows, dtype=torch.float64, device=device)
+    length = torch.zeros(n_rows, dtype=torch.int64, device=device)
+    out_ret = torch.zeros(n_rows, dtype=torch.float64, device=device)
+    out_len = torch.zeros(n_rows, dtype=torch.int64, device=device)
+    zs = None
+    if record_z:
+        zs = torch.full((max_steps + 1, n_rows, fm.z_dim), math.nan, dtype=dtype, device=device)
+        zs[0] = S[:, fm.z_]
+    row_steps = 0
+
+    for t in range(max_steps):
+        B = S.shape[0]
+        row_steps += B
+        u, eps, abits = step_noise(keys, t, layout, dtype)
+        if controller is None:
+            S[:, fm.a_] = random_action(abits, env_name, dtype)
+        else:
+            raw = controller.forward_batched(prow, S[:, feats].unsqueeze(1))  # (B, 1, A)
+            S[:, fm.a_] = controller.to_action(raw.squeeze(1))
+        O = fm.step(S, buf)
+        if t == 0 and fm.restart:
+            S[:, fm.r_col] = 0.0
+        reward = reward_of(fm.reward_head, O[:, 1 if fm.done_head else 0] if fm.reward_head != "none" else None,
+                           ret)
+        ret.add_(reward.to(torch.float64) * alive)
+        length.add_(alive)
+        if fm.done_head:
+            alive &= ~(O[:, 0] > 0)  # done when the done logit > 0; τ plays no part (ref §7)
+        fm.sample(O, u, eps, tau, S[:, fm.z_], buf)
+        if zs is not None:
+            zs[t + 1, rows[alive]] = S[alive][:, fm.z_]
+        if (t + 1) % compact_every == 0 and t + 1 < max_steps:
+            n_alive = int(alive.sum())
+            if n_alive == 0:
+                break
+            if compact and B - n_alive >= max(1, B // 32):
+                done_rows = (~alive).nonzero().squeeze(1)
+                out_ret[rows[done_rows]] = ret[done_rows]
+                out_len[rows[done_rows]] = length[done_rows]
+                keep = alive.nonzero().squeeze(1)
+                S, keys, rows, ret, length = S[keep], keys[keep], rows[keep], ret[keep], length[keep]
+                alive = alive[keep]
+                if prow is not None:
+                    prow = prow[keep]
+    out_ret[rows] = ret
+    out_len[rows] = length
+    seconds = time.perf_counter() - t_start
+    return DreamResult(
+        returns=out_ret.cpu().numpy().reshape(P, R),
+        lengths=out_len.cpu().numpy().reshape(P, R),
+        seconds=seconds,
+        row_steps=row_steps,
+        z=None if zs is None else zs.permute(1, 0, 2).reshape(P, R, max_steps + 1, fm.z_dim).cpu().numpy(),
+    )
+
+
+def dream_fitness(mdn: MDNRNN, controller: Controller, params, seeds, initial_mu, initial_logvar, *,
+                  tau: float, max_steps: int, device=None) -> np.ndarray:
+    """Fitness of each member (P,): the mean dream return over its R trials (ref §6)."""
+    res = dream_rollouts(mdn, seeds, initial_mu, initial_logvar, controller=controller, params=params, tau=tau,
+                         max_steps=max_steps, device=device)
+    return res.returns.mean(axis=1)
+
+
+class DreamFitness:
+    """`evolve.Fitness` in the dream: (params (P, n), seeds (P, R)) -> returns (P, R), one batched program per call."""
+
+    def __init__(self, mdn: MDNRNN, controller: Controller, initial_mu, initial_logvar, *, tau: float,
+                 max_steps: int, device=None) -> None:
+        self.mdn, self.controller = mdn, controller
+        self.initial_mu, self.initial_logvar = initial_mu, initial_logvar
+        self.tau, self.max_steps, self.device = tau, max_steps, device
+        self.last: DreamResult | None = None
+
+    @classmethod
+    def from_artifact(cls, mdn_path: str | os.PathLike, controller: Controller, *, tau: float, max_steps: int,
+                      device: str = "cpu") -> DreamFitness:
+        from .models.mdnrnn import load_initial_z, load_mdn
+
+        mdn, _ = load_mdn(mdn_path, device)
+        mu, logvar = load_initial_z(mdn_path)
+        return cls(mdn, controller, mu, logvar, tau=tau, max_steps=max_steps, device=device)
+
+    def __call__(self, params: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+        self.last = dream_rollouts(self.mdn, seeds, self.initial_mu, self.initial_logvar, controller=self.controller,
+                                   params=np.asarray(params), tau=self.tau, max_steps=self.max_steps,
+                                   device=self.device)
+        return self.last.returns
+
+    def close(self) -> None:
+        pass
+
+
+# ------------------------------------------------------------------------------------------ the plain loop
+@torch.no_grad()
+def reference_rollout(
+    mdn: MDNRNN,
+    seed: int,
+    initial_mu,
+    initial_logvar,
+    *,
+    controller: Controller | None = None,
+    params=None,
+    env: str | None = None,
+    tau: float = 1.15,
+    max_steps: int = 2100,
+    record_z: bool = False,
+) -> tuple[float, int, np.ndarray | None]:
+    """One dream rollout, batch 1, as the original's DoomCoverRNNEnv + Model.get_action (ref §7):
+    -> (return, length, z (length+1, Z) if record_z, i.e. z0 and every z the dream produced before the end)."""
+    cfg = mdn.cfg
+    dtype, device = mdn.bias.dtype, mdn.bias.device
+    layout = NoiseLayout(cfg.z_dim, cfg.action_dim)
+    env_name = _policy_env(controller, mdn, env)
+    keys = rollout_keys([seed], device)
+    mu0 = torch.as_tensor(np.asarray(initial_mu), device=device).to(dtype)
+    lv0 = torch.as_tensor(np.asarray(initial_logvar), device=device).to(dtype)
+    z, _ = start_z(keys, mu0, lv0, layout)  # (1, Z)
+    h, c = mdn.initial_state(1, device)  # zero state
+    restart = torch.ones(1, dtype=dtype, device=device)  # restart flag at the first step
+    if controller is not None:
+        controller = copy.deepcopy(controller).to(device=device, dtype=dtype)
+        controller.set_params(torch.as_tensor(np.asarray(params) if not isinstance(params, Tensor) else params))
+    total, steps = 0.0, 0
+    zs = [z[0].clone()] if record_z else None
+    for t in range(max_steps):
+        u, eps, abits = step_noise(keys, t, layout, dtype)
+        if controller is None:
+            a = random_action(abits, env_name, dtype)
+        else:
+            a = controller.act(controller.features(z, h, c))
+        out, (h, c) = mdn.step(z, a, restart, (h, c))
+        restart = torch.zeros_like(restart)
+        total += float(reward_of(cfg.reward_head, out.reward, restart)[0])
+        steps += 1
+        if out.done_logit is not None and bool(out.done_logit[0] > 0):
+            break
+        z = sample_next(out, tau, eps=eps, u=u)
+        if zs is not None:
+            zs.append(z[0].clone())
+    return total, steps, None if zs is None else torch.stack(zs).cpu().numpy()
+
+
+# ------------------------------------------------------------------------------------------ diagnostics
+def random_policy_done_rate(mdn: MDNRNN, initial_mu, initial_logvar, *, env: str | None = None, episodes: int = 64,
+                            tau: float = 1.0, max_steps: int = 2100, seed: int = 0) -> dict:
+    """How the dream ends under the random policy: mean ± std length, the fraction of episodes M ends by its
+    done head before the cap, and done events per step. A dream that never ends (rate 0) or ends at once is a
+    broken M. Shown by `wm info` on an mdn artifact."""
+    from . import seeding
+
+    seeds = np.array([[seeding.derive(seed, "done-rate", i) for i in range(episodes)]], dtype=np.int64)
+    res = dream_rollouts(mdn, seeds, initial_mu, initial_logvar, env=env, tau=tau, max_steps=max_steps)
+    lengths = res.lengths.reshape(-1).astype(np.float64)
+    ended = (lengths < max_steps) if mdn.cfg.done_head else np.zeros_like(lengths, dtype=bool)
+    return {"episodes": episodes, "temperature": tau, "max_steps": max_steps,
+            "mean_length": float(lengths.mean()), "std_length": float(lengths.std()),
+            "done_fraction": float(ended.mean()), "done_per_step": float(ended.sum() / lengths.sum())}
+
+
+# ------------------------------------------------------------------------------------------ wm dream
+@dataclass
+class DreamRunResult:
+    out: Path
+    episodes: int
+    lengths: list[int]
+    returns: list[float]
+    frames: int
+
+    def line(self) -> str:
+        mean = float(np.mean(self.returns))
+        return (f"{self.out}: {self.episodes} dream episode(s), {self.frames} frames, lengths {self.lengths}, "
+                f"mean return {mean:.1f}")
+
+
+def run(cfg, vae_path, mdn_path, out, *, controller_path=None, seed: int = 0, device: str = "auto") -> DreamRunResult:
+    """`wm dream`: dream `cfg.episodes` rollouts (the controller's, else the random policy) at `cfg.temperature`,
+    decode every z through V's decoder, and write them side by side as an animated GIF."""
+    from . import seeding
+    from .artifacts import check_writable
+    from .device import resolve
+    from .errors import ArtifactError
+    from .models.controller import load_controller
+    from .models.mdnrnn import load_initial_z, load_mdn
+    from .models.vae import load_vae
+
+    dev = resolve(device)
+    out = Path(out)
+    check_writable(out)
+    mdn, mdn_meta = load_mdn(mdn_path, dev)
+    mu0, lv0 = load_initial_z(mdn_path)
+    vae, _ = load_vae(vae_path, dev)
+    if vae.config.z_dim != mdn.cfg.z_dim:
+        raise ArtifactError(f"{vae_path}: V's latent size {vae.config.z_dim} differs from M's {mdn.cfg.z_dim} "
+                            f"({mdn_path}); use the V that M's series was encoded with")
+    controller = params = None
+    if controller_path is not None:
+        controller, params, _ = load_controller(controller_path)
+        want = (mdn.cfg.z_dim, mdn.cfg.hidden, mdn.cfg.action_dim)
+        if (controller.z_dim, controller.hidden, controller.action_dim) != want:
+            raise ArtifactError(f"{controller_path}: controller sizes (z {controller.z_dim}, h {controller.hidden}, "
+                                f"a {controller.action_dim}) do not match M's {want} ({mdn_path})")
+        params = params[None, :]
+    seeds = np.array([[seeding.derive(seed, "dream", i) for i in range(cfg.episodes)]], dtype=np.int64)
+    res = dream_rollouts(mdn, seeds, mu0, lv0, controller=controller, params=params, env=mdn_meta.env or None,
+                         tau=cfg.temperature, max_steps=cfg.max_steps, compact=False, record_z=True)
+    lengths = res.lengths[0].tolist()
+    frames = _decode_episodes(vae, res.z[0], lengths, dev)
+    _write_gif(out, frames, cfg.fps)
+    return DreamRunResult(out, cfg.episodes, lengths, res.returns[0].tolist(), len(frames))
+
+
+@torch.no_grad()
+def _decode_episodes(vae, z: np.ndarray, lengths: list[int], device: str, batch: int = 256) -> list[np.ndarray]:
+    """z (N, T+1, Z) -> GIF frames (H, W·N, 3) uint8: episodes side by side, each holding its last picture after
+    its end (a 2-pixel gap between them)."""
+    n, t_max = z.shape[0], max(lengths)  # episode i shows z0..z_{len-1}: the frames it saw before acting
+    tiles = []
+    for i in range(n):
+        zi = torch.as_tensor(z[i, : lengths[i]], dtype=torch.float32, device=device)
+        pics = torch.cat([vae.decode(zi[j : j + batch]) for j in range(0, len(zi), batch)])  # (L, 3, 64, 64)
+        tiles.append((pics.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+    gap = np.zeros((64, 2, 3), dtype=np.uint8)
+    frames = []
+    for t in range(t_max):
+        row = []
+        for i, tile in enumerate(tiles):
+            if i:
+                row.append(gap)
+            row.append(tile[min(t, len(tile) - 1)])
+        frames.append(np.concatenate(row, axis=1))
+    return frames
+
+
+def _write_gif(out: Path, frames: list[np.ndarray], fps: float) -> None:
+    """An animated GIF, written to a temp name and renamed (never a half-written file at `out`)."""
+    import imageio.v2 as imageio
+
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.gif")
+    try:
+        imageio.mimsave(tmp, frames, duration=1000.0 / fps, loop=0)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def mdn_dream_summary(path: str | os.PathLike, meta) -> dict | str:
+    """`wm info` on an mdn artifact: `random_policy_done_rate` at the temperature and cap its preset records
+    (default τ 1.15, 2100 steps); a one-line reason instead when the artifact cannot dream."""
+    from .errors import WorldModelsError
+    from .models.mdnrnn import load_initial_z, load_mdn
+
+    evolve = meta.config.get("evolve", {}) if isinstance(meta.config, dict) else {}
+    tau, cap = float(evolve.get("temperature", 1.15)), int(evolve.get("max_steps", 2100))
+    try:
+        mdn, _ = load_mdn(path, "cpu", allow_incomplete=True)
+        mu0, lv0 = load_initial_z(path)
+    except WorldModelsError as exc:
+        return f"n/a ({exc})"
+    r = random_policy_done_rate(mdn, mu0, lv0, env=meta.env or None, tau=tau, max_steps=cap)
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}

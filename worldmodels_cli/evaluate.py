@@ -1,0 +1,149 @@
+"""`wm evaluate`: a controller (or a random baseline) over N real episodes with fixed seeds (ref §6, §8).
+
+A controller artifact records its V and M (path and checksum) and C's sizes, so the agent is rebuilt from it
+alone. Episode i runs from seed `derive(seed, "evaluate", i)`: the same `--seed` gives every policy the same games,
+which is how the paper's table compares them. `--policy random` is the paper's baseline (Doom: left / none /
+right uniformly every tic); `--policy data` is the data-collection policy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import artifacts as A
+from . import seeding
+from .agent import agent_spec
+from .config import EnvConfig, Preset
+from .episodes import POLICIES, EpisodeRunner
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    out: Path | None
+    policy: str
+    env: str
+    returns: np.ndarray
+    lengths: np.ndarray
+    seeds: np.ndarray
+    video: Path | None = None
+
+    @property
+    def mean(self) -> float:
+        return float(self.returns.mean())
+
+    @property
+    def std(self) -> float:
+        return float(self.returns.std())
+
+    def line(self) -> str:
+        what = "steps survived" if self.env == "doom" else "return"
+        return (f"{self.policy} on {self.env}: {what} {self.mean:.1f} ± {self.std:.1f} over {len(self.returns)} "
+                f"episodes (min {self.returns.min():.1f}, max {self.returns.max():.1f})"
+                + (f" -> {self.out}" if self.out else ""))
+
+
+def episode_seeds(seed: int, episodes: int) -> np.ndarray:
+    return np.array([seeding.derive(seed, "evaluate", i) for i in range(episodes)], dtype=np.int64)
+
+
+def run(
+    out: Path | None,
+    *,
+    controller: str | os.PathLike | None = None,
+    policy: str = "agent",
+    preset: Preset | None = None,
+    episodes: int = 100,
+    seed: int = 0,
+    workers: int = 1,
+    backend: str = "local",
+    address: str | None = None,
+    video: str | os.PathLike | None = None,
+    vae: str | None = None,
+    mdn: str | None = None,
+    which: str = "best",
+) -> EvalResult:
+    """Evaluate `controller` (policy 'agent') or a baseline policy on `preset.env`; write an eval artifact."""
+    if policy not in POLICIES:
+        raise ConfigError(f"--policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+    if episodes < 1:
+        raise ConfigError(f"--episodes must be >= 1, got {episodes}")
+    if out is not None:
+        A.check_writable(Path(out))
+    spec, params, inputs = None, None, {}
+    if policy == "agent":
+        if controller is None:
+            raise ConfigError("--controller is required unless --policy random or data")
+        spec, params, meta = agent_spec(controller, which=which, vae=vae, mdn=mdn)
+        env_cfg = EnvConfig.from_dict(meta.config["env"])
+        if preset is not None and preset.env.fake != env_cfg.fake:
+            env_cfg = env_cfg.replace(fake=preset.env.fake)
+        collect_cfg = None
+        inputs = A.inputs_record({"controller": controller, "vae": spec.vae, "mdn": spec.mdn})
+        label = f"controller {Path(controller).name}"
+    else:
+        if controller is not None:
+            raise ConfigError(f"--controller and --policy {policy} exclude each other")
+        if preset is None:
+            raise ConfigError(f"--policy {policy} needs --env")
+        env_cfg, collect_cfg = preset.env, preset.collect
+        label = f"{policy} policy"
+    seeds = episode_seeds(seed, episodes)
+    with EpisodeRunner(env_cfg, policy=policy, agent=spec, collect=collect_cfg, workers=workers, backend=backend,
+                       address=address) as runner:
+        returns, lengths = runner.episodes(None if params is None else params[None, :], seeds[None, :])
+    returns, lengths = returns[0], lengths[0]
+    video_path = None
+    if video is not None:
+        video_path = record_video(video, env_cfg, spec, params, policy, collect_cfg, int(seeds[0]))
+    if out is not None:
+        record = {"env": env_cfg.to_dict(), "policy": policy, "episodes": episodes, "which": which}
+        with A.atomic_write(out, "eval", config=record, seed=seed, inputs=inputs, env=env_cfg.name) as fh:
+            fh.create_dataset(A.RETURNS, data=returns)
+            fh.create_dataset(A.LENGTHS, data=lengths)
+            fh.create_dataset(A.EPISODE_SEEDS, data=seeds)
+            A.set_summary(fh, {"policy": label, "episodes": episodes, "mean": returns.mean(), "std": returns.std(),
+                               "min": returns.min(), "max": returns.max(), "mean_length": lengths.mean()})
+    return EvalResult(Path(out) if out else None, label, env_cfg.name, returns, lengths, seeds, video_path)
+
+
+def record_video(path, env_cfg: EnvConfig, spec, params, policy: str, collect_cfg, seed: int) -> Path:
+    """One episode from `seed`: the real frames, and beside them V's reconstruction of each (what C saw)."""
+    import torch
+
+    from .collect import rollout
+    from .envs import make_env
+    from .models.vae import to_input
+    from .policies import baseline_policy, random_policy
+    from .video import check_video_path, side_by_side, write_video
+
+    check_video_path(path)
+    env = make_env(env_cfg)
+    try:
+        if policy == "agent":
+            agent = spec.build()
+            agent.set_params(params)
+            steps = rollout(env, agent, seed, env_cfg.max_steps)
+        else:
+            pol = baseline_policy(env_cfg) if policy == "random" else random_policy(env_cfg, collect_cfg)
+            steps = rollout(env, pol, seed, env_cfg.max_steps)
+    finally:
+        env.close()
+    frames = steps[A.FRAMES]
+    columns = [frames]
+    if policy == "agent":
+        recon = []
+        with torch.no_grad():
+            for i in range(0, len(frames), 256):
+                mu, _ = agent.vae.encode(to_input(torch.from_numpy(frames[i:i + 256])))
+                recon.append((agent.vae.decode(mu).permute(0, 2, 3, 1) * 255).round().byte().numpy())
+        columns.append(np.concatenate(recon))
+    fps = 35.0 if env_cfg.name == "doom" else 50.0
+    return write_video(path, side_by_side(*columns), fps=fps)

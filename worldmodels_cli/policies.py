@@ -1,0 +1,125 @@
+"""Data policies: what acts in the real env while `wm collect` records, and the random evaluation baseline.
+
+Interface: ``reset(rng)`` once per episode, then ``act(obs, rng) -> action`` every step, where ``obs`` is the
+uint8 (64, 64, 3) frame and the action is the continuous one the env and M see (CarRacing (3,), Doom (1,)),
+float32. All randomness comes from the ``rng`` the caller derives from (seed, episode), so an episode's data do
+not depend on which worker ran it.
+
+- ``CarRacingRandom``: the original's randomly parameterised agent (ref §2.1).
+- ``DoomHeldRandom``: the original's held-uniform action (ref §2.2), the Doom data policy.
+- ``DoomUniformRandom``: left / none / right uniformly every tic, the paper's random baseline (ref §B).
+- ``NoisyPolicy``: Gaussian exploration noise around another policy, clipped to the env's bounds; the hook for
+  issue 7's controller-driven collection (``wm collect --controller C --noise σ``), whose controller policy is
+  built by ``make_policy`` once models/controller.py provides one.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from .config import CollectConfig, EnvConfig
+from .errors import ConfigError
+
+
+class Policy(Protocol):
+    def reset(self, rng: np.random.Generator) -> None: ...
+
+    def act(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray: ...
+
+
+class CarRacingRandom:
+    """ref §2.1: per episode s ~ U(0, 0.01), W (3x288) and b ~ Cauchy·s; per step z ~ N(0, I_32), h = 0,
+    a = tanh(W[z, h] + b), steer = a0, gas = (a1 + 1)/2, brake = clip(a2, 0, 1).
+
+    The original drew random V and M weights too, scaled by 1e-4, so z was fresh N(0, I) noise and h ≈ 0."""
+
+    Z, H = 32, 256
+
+    def __init__(self) -> None:
+        self.w = np.zeros((3, self.Z + self.H))
+        self.b = np.zeros(3)
+
+    def reset(self, rng: np.random.Generator) -> None:
+        s = rng.uniform(0.0, 0.01)
+        self.w = rng.standard_cauchy((3, self.Z + self.H)) * s
+        self.b = rng.standard_cauchy(3) * s
+
+    def act(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        z = rng.standard_normal(self.Z)
+        a = np.tanh(self.w[:, : self.Z] @ z + self.b)  # h = 0: its columns contribute nothing
+        return np.array([a[0], (a[1] + 1.0) / 2.0, np.clip(a[2], 0.0, 1.0)], dtype=np.float32)
+
+
+class DoomHeldRandom:
+    """ref §2.2, the original's logic: ``repeat = randint(1, 11)``; at every frame with ``frame % repeat == 0``
+    draw a ∈ U(-1, 1) and a new repeat. An action is thus held for 1..repeat_max frames."""
+
+    def __init__(self, repeat_min: int = 1, repeat_max: int = 10) -> None:
+        self.repeat_min, self.repeat_max = repeat_min, repeat_max
+        self.frame, self.repeat, self.action = 0, 1, 0.0
+
+    def _draw_repeat(self, rng: np.random.Generator) -> int:
+        return int(rng.integers(self.repeat_min, self.repeat_max + 1))
+
+    def reset(self, rng: np.random.Generator) -> None:
+        self.frame, self.repeat, self.action = 0, self._draw_repeat(rng), 0.0
+
+    def act(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if self.frame % self.repeat == 0:
+            self.action = rng.uniform(-1.0, 1.0)
+            self.repeat = self._draw_repeat(rng)
+        self.frame += 1
+        return np.array([self.action], dtype=np.float32)
+
+
+class DoomUniformRandom:
+    """ref §B: a uniform choice of left / none / right every tic (as -1, 0, 1): the paper's random baseline."""
+
+    def reset(self, rng: np.random.Generator) -> None:
+        pass
+
+    def act(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return np.array([rng.integers(-1, 2)], dtype=np.float32)
+
+
+class NoisyPolicy:
+    """``base``'s action plus N(0, sigma²) noise per component, clipped to [low, high] (issue 7)."""
+
+    def __init__(self, base: Policy, sigma: float, low: np.ndarray, high: np.ndarray) -> None:
+        self.base, self.sigma, self.low, self.high = base, sigma, low, high
+
+    def reset(self, rng: np.random.Generator) -> None:
+        self.base.reset(rng)
+
+    def act(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        a = self.base.act(obs, rng)
+        if self.sigma > 0:
+            a = a + rng.normal(0.0, self.sigma, size=a.shape)
+        return np.clip(a, self.low, self.high).astype(np.float32)
+
+
+def random_policy(env: EnvConfig, collect: CollectConfig | None = None) -> Policy:
+    """The original's random data policy for `env` (ref §2.1, §2.2)."""
+    if env.name == "carracing":
+        return CarRacingRandom()
+    collect = collect or CollectConfig()
+    return DoomHeldRandom(collect.repeat_min, collect.repeat_max)
+
+
+def baseline_policy(env: EnvConfig) -> Policy:
+    """The random policy the paper's results compare with (`wm evaluate --policy random`)."""
+    return DoomUniformRandom() if env.name == "doom" else CarRacingRandom()
+
+
+def make_policy(env: EnvConfig, collect: CollectConfig, controller: str | None = None) -> Policy:
+    """The data policy `collect.policy` names. `controller` is the path of a controller artifact (issue 7)."""
+    if collect.policy == "random":
+        if controller is not None:
+            raise ConfigError("--controller given but CollectConfig.policy is 'random'")
+        return random_policy(env, collect)
+    if controller is None:
+        raise ConfigError("CollectConfig.policy 'controller' needs a controller artifact (--controller PATH)")
+    # issue 7 plugs in here: NoisyPolicy(<policy of V+M+C from `controller`>, collect.noise, low, high)
+    raise ConfigError("controller-driven collection is not available yet (issue 7)")

@@ -1,0 +1,382 @@
+"""`wm train-mdn`: train M on one or more series artifacts (ref §4). V never runs: only the stored (μ, logσ²) are
+read, and z is drawn afresh from them for every batch (ref §4.1, §C.3).
+
+Objective per batch (ref §4.1, §4.3):  loss = z_nll + done_bce (+ reward_weight·reward_loss), Adam with
+lr = (lr0 − lr_min)·decay^step + lr_min, gradients clipped by value to [−c, c].
+
+The output artifact (kind ``mdn``) is rewritten atomically every `checkpoint_steps`; it holds the weights, the
+model config, everything an exact resume needs (optimizer, step, batcher RNG and position, carried LSTM state) and
+the first-frame (μ, logσ²) of every episode (dream starts, ref §7). Rerunning the same command resumes; on CPU a
+resumed run ends with the same weights as an uninterrupted one. A NaN/inf loss stops the run and keeps the last
+good checkpoint; Ctrl-C checkpoints at the next step boundary and re-raises KeyboardInterrupt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import artifacts as A
+from . import checkpoint, metrics, seeding
+from . import device as devices
+from .config import MDNConfig, MDNTrainConfig, Preset
+from .errors import ArtifactError, ConfigError, TrainingDiverged
+from .models.mdnrnn import MDNRNN, count_parameters, done_bce, load_mdn, mdn_nll, reward_loss
+from .series_data import Batch, SeriesData, load_series, make_batcher, split_episodes, validation_batches
+
+log = logging.getLogger(__name__)
+STAGE = "mdn"
+
+
+@dataclass
+class MDNResult:
+    out: Path
+    steps: int
+    parameters: int
+    nll: float | None
+    val_nll: float | None
+    done_bce: float | None
+    resumed_from: int = 0
+    summary: dict = field(default_factory=dict)
+
+
+def lr_at(cfg: MDNTrainConfig, step: int) -> float:
+    """ref §4.1: lr = (lr0 − lr_min)·decay^step + lr_min."""
+    return (cfg.lr - cfg.lr_min) * cfg.lr_decay**step + cfg.lr_min
+
+
+def run(
+    preset: Preset,
+    series: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    seed: int = 0,
+    device: str = "auto",
+    init: str | os.PathLike | None = None,
+    *,
+    on_step: Callable[[int], None] | None = None,
+) -> MDNResult:
+    """Train (or resume training) M into `out` from `series` (several artifacts of one env are concatenated).
+
+    `init` warm-starts the weights from another mdn artifact with the same architecture (iterative training).
+    `on_step(step)` is called after each completed step (tests use it to inject interruptions)."""
+    out = Path(out)
+    A.check_writable(out)  # before any work: a missing folder is a one-line error, not a late failure
+    series = [Path(p) for p in series]
+    data = load_series(series)
+    if data.env and preset.env.name != data.env:
+        raise ConfigError(f"{series[0]}: series of env {data.env!r}, but the preset is for {preset.env.name!r}")
+    mcfg = preset.mdn.replace(z_dim=data.z_dim, action_dim=data.action_dim)  # sizes come from the data
+    tcfg = preset.mdn_train
+    if mcfg.done_head and tcfg.batching != "streams":
+        raise ConfigError("a done head needs batching 'streams': episode ends are only seen across episode boundaries")
+    dev = torch.device(devices.resolve(device))
+    run_config = {"env": preset.env.name, "mdn": mcfg.to_dict(), "mdn_train": tcfg.to_dict()}
+    inputs = A.inputs_record({"series": series, **({"init": init} if init is not None else {})})
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seeding.derive(seed, STAGE, 0))
+        model = MDNRNN(mcfg)
+    model.to(dev)
+    params = count_parameters(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
+    train_eps, val_eps = split_episodes(data.episodes, tcfg.val_episodes, seed)
+    batcher = make_batcher(tcfg.batching, data, train_eps, tcfg.batch_size, tcfg.seq_len, seed)
+    trainer = _Trainer(model, optimizer, batcher, tcfg, dev)
+
+    writer = metrics.MetricsWriter(metrics.metrics_path(out))
+    start = 0
+    if out.exists():
+        start, previous = _resume(out, trainer, run_config, seed, inputs)
+        if start >= tcfg.steps and previous.get("complete"):
+            log.info("%s: already trained for %d steps", out, start)
+            return MDNResult(out=out, steps=start, parameters=params, nll=previous.get("nll"),
+                             val_nll=previous.get("val_nll"), done_bce=previous.get("done_bce"),
+                             resumed_from=start, summary=previous)
+        writer.truncate_after("step", start)
+        log.info("resuming %s at step %d of %d", out, start, tcfg.steps)
+    else:
+        writer = metrics.MetricsWriter(metrics.metrics_path(out), truncate=True)
+        if init is not None:
+            _warm_start(model, Path(init), mcfg)
+
+    ckpt = _Checkpointer(out, trainer, mcfg, run_config, seed, inputs, data, train_eps, val_eps, params)
+    ckpt.last_step = start
+    trainer.step = start
+    done_fraction = _done_fraction(data, train_eps) if mcfg.done_head else None
+    ckpt.extra = {"done_positive_fraction": done_fraction} if done_fraction is not None else {}
+
+    bar = metrics.progress(tcfg.steps, "train-mdn", unit="step", initial=start)
+    t0, s0 = time.perf_counter(), start
+    consistent = True
+    try:
+        with _deferred_sigint() as sigint:
+            while trainer.step < tcfg.steps:
+                consistent = False  # from here until the step counter moves, weights and counters disagree
+                losses = trainer.train_step()
+                if not math.isfinite(losses["mdn/loss"]):
+                    kept = (f"the last good checkpoint (step {ckpt.last_step}) is kept in {out}" if out.exists()
+                            else "no checkpoint had been written")
+                    raise TrainingDiverged(f"M loss became {losses['mdn/loss']} at step {trainer.step + 1}; stopped, {kept}")
+                trainer.step += 1
+                consistent = True
+                bar.update(1)
+                step = trainer.step
+                if step % tcfg.log_steps == 0 or step == tcfg.steps:
+                    rate = (step - s0) / max(time.perf_counter() - t0, 1e-9)
+                    writer.write({"step": step, **losses, "steps/s": rate})
+                    log.info(metrics.kv(step=step, **{k.split("/")[-1]: v for k, v in losses.items()}, steps_s=rate))
+                if step % tcfg.checkpoint_steps == 0 and step < tcfg.steps:
+                    val = trainer.validate(data, val_eps, seed)
+                    if val is not None:
+                        writer.write({"step": step, "mdn/val_nll": val})
+                    ckpt.save(losses, val, complete=False)
+                if on_step is not None:
+                    on_step(step)
+                if sigint.requested:
+                    raise KeyboardInterrupt
+            val = trainer.validate(data, val_eps, seed)
+            if val is not None:
+                writer.write({"step": trainer.step, "mdn/val_nll": val})
+            ckpt.save(trainer.last_losses, val, complete=True)
+    except KeyboardInterrupt:
+        if consistent and trainer.step > ckpt.last_step:
+            ckpt.save(trainer.last_losses, None, complete=False)
+        log.warning("interrupted at step %d; checkpoint in %s; rerun the same command to resume", ckpt.last_step, out)
+        raise
+    finally:
+        bar.close()
+
+    _plot(writer, out)
+    s = ckpt.summary
+    return MDNResult(out=out, steps=trainer.step, parameters=params, nll=s.get("nll"), val_nll=s.get("val_nll"),
+                     done_bce=s.get("done_bce"), resumed_from=start, summary=s)
+
+
+# -------------------------------------------------------------------------------------------- training
+class _Trainer:
+    def __init__(self, model: MDNRNN, optimizer, batcher, cfg: MDNTrainConfig, dev: torch.device) -> None:
+        self.model, self.optimizer, self.batcher, self.cfg, self.dev = model, optimizer, batcher, cfg, dev
+        self.step = 0
+        self.carried: tuple[torch.Tensor, torch.Tensor] | None = None  # streams: LSTM state across chunks
+        self.last_losses: dict[str, float] = {}
+
+    def _tensors(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(np.ascontiguousarray(getattr(batch, k))).to(self.dev)
+                for k in ("z", "actions", "rewards", "restart", "mask")}
+
+    def losses(self, batch: Batch, state) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple]:
+        """Teacher forcing: inputs frames [:-1], targets frames [1:] (ref §4.1)."""
+        m, cfg = self.model.cfg, self.cfg
+        x = self._tensors(batch)
+        out, state = self.model(x["z"][:, :-1], x["actions"][:, :-1], x["restart"][:, :-1], state)
+        mask = x["mask"]
+        nll = mdn_nll(x["z"][:, 1:], out, mask)
+        parts = {"mdn/nll": nll}
+        loss = nll
+        if m.done_head:
+            # ref §4.3, §C.1: the target of input t is whether frame t+1 starts a new episode
+            bce = done_bce(out.done_logit, x["restart"][:, 1:], cfg.done_weight, mask)
+            parts["mdn/done_bce"] = bce
+            loss = loss + bce
+        if m.reward_head != "none":
+            rl = reward_loss(out.reward, x["rewards"][:, :-1], m.reward_head, mask)  # reward after action t
+            parts["mdn/reward_loss"] = rl
+            loss = loss + cfg.reward_weight * rl
+        return loss, parts, state
+
+    def train_step(self) -> dict[str, float]:
+        self.model.train()
+        batch = self.batcher.next()
+        state = None if batch.reset or self.carried is None else self.carried
+        loss, parts, state = self.losses(batch, state)
+        lr = lr_at(self.cfg, self.step)
+        result = {"mdn/loss": float(loss.detach()), **{k: float(v.detach()) for k, v in parts.items()}, "mdn/lr": lr}
+        if not math.isfinite(result["mdn/loss"]):
+            return result
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_value_(self.model.parameters(), self.cfg.grad_clip)  # ref §4.1: by value
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        if self.cfg.batching == "streams":
+            self.carried = (state[0].detach(), state[1].detach())  # ref §4.3: truncated BPTT
+        self.last_losses = result
+        return result
+
+    @torch.no_grad()
+    def validate(self, data: SeriesData, val_eps: np.ndarray, seed: int) -> float | None:
+        """Mean z NLL over held-out whole episodes (position-weighted)."""
+        if len(val_eps) == 0:
+            return None
+        self.model.eval()
+        total, count = 0.0, 0.0
+        for batch in validation_batches(data, val_eps, self.cfg.batch_size, seed):
+            x = self._tensors(batch)
+            out, _ = self.model(x["z"][:, :-1], x["actions"][:, :-1], x["restart"][:, :-1])
+            n = float(x["mask"].sum())
+            total += float(mdn_nll(x["z"][:, 1:], out, x["mask"])) * n
+            count += n
+        self.model.train()
+        return total / count if count else None
+
+    # ---- exact-resume state (stored as data via artifacts.write_tree, never pickled)
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            "step": self.step,
+            "optimizer": checkpoint.optimizer_state_to_tree(self.optimizer.state_dict()),
+            "batcher": self.batcher.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "last_losses": self.last_losses,
+        }
+        if self.carried is not None:
+            state["carried"] = {"h": self.carried[0], "c": self.carried[1]}
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.optimizer.load_state_dict(checkpoint.optimizer_state_from_tree(state["optimizer"]))
+        self.batcher.load_state_dict(state["batcher"])
+        torch.set_rng_state(torch.from_numpy(np.asarray(state["torch_rng"], dtype=np.uint8)))
+        self.last_losses = dict(state.get("last_losses") or {})
+        carried = state.get("carried")
+        self.carried = None if not carried else tuple(torch.from_numpy(carried[k]).to(self.dev) for k in ("h", "c"))
+
+
+# ------------------------------------------------------------------------------------------- checkpoint
+class _Checkpointer:
+    """Atomic rewrites of the mdn artifact (weights, model config, train state, summary, initial z)."""
+
+    def __init__(self, out: Path, trainer: _Trainer, mcfg: MDNConfig, run_config: dict, seed: int, inputs: dict,
+                 data: SeriesData, train_eps: np.ndarray, val_eps: np.ndarray, params: int) -> None:
+        self.out, self.trainer, self.mcfg, self.run_config, self.seed, self.inputs = out, trainer, mcfg, run_config, seed, inputs
+        self.data, self.train_eps, self.val_eps, self.params = data, train_eps, val_eps, params
+        self.last_step = 0
+        self.complete = False
+        self.losses: dict[str, float] = {}
+        self.summary: dict[str, Any] = {}
+        self.extra: dict[str, Any] = {}
+        self.val: float | None = None
+
+    def save(self, losses: dict[str, float], val: float | None, *, complete: bool) -> None:
+        self.losses = losses or self.losses
+        self.val = val if val is not None else self.val
+        self.summary = self._summary(complete)
+        mu0, logvar0 = self.data.initial()
+        checkpoint.save(
+            self.out, "mdn", state_dict=self.trainer.model.state_dict(), model_config=self.mcfg,
+            train_state=self.trainer.state_dict(), summary=self.summary, complete=complete, config=self.run_config,
+            seed=self.seed, inputs=self.inputs, env=self.run_config["env"],
+            extra=lambda fh: A.write_initial_z(fh, mu0, logvar0),  # ref §7: dreams start from real first frames
+        )
+        self.last_step, self.complete = self.trainer.step, complete
+
+    def _summary(self, complete: bool) -> dict[str, Any]:
+        ls = self.losses
+        s: dict[str, Any] = {
+            "parameters": self.params, "steps": self.trainer.step,
+            "nll": ls.get("mdn/nll"), "loss": ls.get("mdn/loss"), "lr": ls.get("mdn/lr"),
+            "val_nll": self.val, "episodes": int(self.data.episodes), "frames": int(self.data.index.frames),
+            "train_episodes": len(self.train_eps), "val_episodes": len(self.val_eps),
+        }
+        if "mdn/done_bce" in ls:
+            s["done_bce"] = ls["mdn/done_bce"]
+        if "mdn/reward_loss" in ls:
+            s["reward_loss"] = ls["mdn/reward_loss"]
+        s.update(self.extra)
+        return s
+
+
+def _resume(out: Path, trainer: _Trainer, run_config: dict, seed: int, inputs: dict) -> tuple[int, dict]:
+    """Restore the train state from an existing `out`, refusing one made by a different run; (step, summary)."""
+    meta = A.validate(out, "mdn")
+    mine = {**run_config, "mdn_train": {k: v for k, v in run_config["mdn_train"].items() if k != "steps"}}
+    theirs = {**meta.config, "mdn_train": {k: v for k, v in meta.config.get("mdn_train", {}).items() if k != "steps"}}
+    differs = [k for k in sorted(set(mine) | set(theirs)) if _norm(mine.get(k)) != _norm(theirs.get(k))]
+    if meta.seed != seed:
+        differs.append(f"seed {meta.seed} vs {seed}")
+    if _shas(meta.inputs) != _shas(inputs):
+        differs.append("input artifacts")
+    if differs:
+        raise ArtifactError(f"{out}: exists from a different run (differs in: {', '.join(differs)}); "
+                            "use another --out or delete it")
+    ckpt = checkpoint.load(out, "mdn")
+    if "optimizer" not in ckpt.train_state:
+        raise ArtifactError(f"{out}: exists without a train state, cannot resume; use another --out")
+    checkpoint.load_weights(trainer.model, ckpt.weights, out)
+    trainer.load_state_dict(ckpt.train_state)
+    return trainer.step, meta.summary
+
+
+def _norm(x: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(x, sort_keys=True))
+
+
+def _shas(inputs: dict) -> dict:
+    out = {}
+    for role, v in inputs.items():
+        out[role] = [q["sha256"] for q in v] if isinstance(v, list) else v["sha256"]
+    return out
+
+
+def _warm_start(model: MDNRNN, init: Path, mcfg: MDNConfig) -> None:
+    """Iterative training (ref §9): start from another M of the same architecture."""
+    other, _ = load_mdn(init, "cpu")
+    if other.cfg != mcfg:
+        raise ConfigError(f"{init}: its M {other.cfg.to_dict()} differs from this run's {mcfg.to_dict()}")
+    model.load_state_dict(other.state_dict())
+
+
+def _done_fraction(data: SeriesData, train_eps: np.ndarray) -> float:
+    """Fraction of positive done targets in the training stream: about episodes / frames."""
+    frames = int(data.index.lengths[train_eps].sum())
+    return len(train_eps) / max(frames, 1)
+
+
+def _plot(writer: metrics.MetricsWriter, out: Path) -> None:
+    """PNG of the loss curves beside the artifact."""
+    from . import plots
+
+    plots.loss_curves(writer.read(), ("mdn/nll", "mdn/val_nll", "mdn/done_bce", "mdn/reward_loss", "mdn/lr"),
+                      checkpoint.beside(out, ".losses.png"), title=f"M: {out.name}")
+
+
+@contextlib.contextmanager
+def _deferred_sigint() -> Iterator[Any]:
+    """The first Ctrl-C sets a flag checked at step boundaries (so the checkpoint is consistent); a second one
+    interrupts at once. Outside the main thread nothing is installed."""
+
+    class Flag:
+        requested = False
+
+    flag = Flag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):  # noqa: ARG001
+        if flag.requested:
+            raise KeyboardInterrupt
+        flag.requested = True
+        log.warning("Ctrl-C: checkpointing at the end of this step (press again to stop now)")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)

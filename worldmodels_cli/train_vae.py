@@ -1,0 +1,464 @@
+"""`wm train-vae`: train V (ref §3) on frames streamed from one or more rollouts artifacts.
+
+Adam (lr 1e-4), batch 100, `epochs` passes over the training frames (a float: 0.5 is half an epoch); frames are
+shuffled across the whole dataset every epoch without loading it (frames.py). Whole episodes are held out for a
+validation loss per epoch. On CUDA the forward pass runs under autocast (bf16 where supported, else fp16 with a
+gradient scaler); the loss is always computed in float32.
+
+The output artifact is also the checkpoint: it is rewritten atomically at the start, at the end of every epoch,
+every `checkpoint_minutes`, and on Ctrl-C, with `summary.complete` false until training ends. Rerunning the same
+command resumes from it; on CPU a resumed run ends with exactly the weights of an uninterrupted one, because the
+frame order is a function of (seed, epoch), the reparameterisation noise of step s is drawn from a generator
+seeded with (seed, s), and the optimizer state is saved exactly.
+
+An existing output is handled as follows: unfinished and made from the same settings -> resume; finished and made
+from the same settings -> nothing to do (the result says `already_done`); anything else -> refused (delete it or
+choose another --out). "Same settings" means the same env, architecture, training hyper-parameters (except
+num_workers / checkpoint_minutes / log_steps, which do not change the result), seed and input checksums.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import artifacts as A
+from . import checkpoint, frames, metrics, plots, seeding
+from . import device as device_mod
+from .config import Preset, VAEConfig
+from .errors import ArtifactError, ConfigError, Interrupted, TrainingDiverged
+from .models.vae import ConvVAE, parameter_count, reparameterize, to_input, vae_loss
+
+log = logging.getLogger(__name__)
+
+KIND = "vae"
+VOLATILE = ("num_workers", "checkpoint_minutes", "log_steps")  # do not change the result: free to differ on resume
+GRID_FRAMES = 16
+
+
+@dataclass(frozen=True)
+class Result:
+    out: Path
+    steps: int
+    epochs: float
+    train_loss: float | None
+    val_loss: float | None
+    recon: float | None
+    kl: float | None
+    parameters: int
+    frames_per_s: float
+    resumed_from: int  # step the run started from (0: fresh)
+    already_done: bool = False
+
+    def line(self) -> str:
+        """The one summary line `wm train-vae` prints."""
+        if self.already_done:
+            return f"{self.out}: already complete ({self.steps} steps, {self.epochs:g} epochs); nothing to do"
+        resumed = f", resumed from step {self.resumed_from}" if self.resumed_from else ""
+        val = f" val_loss={self.val_loss:.2f}" if self.val_loss is not None else ""
+        return (f"{self.out}: vae {self.parameters:,} params, {self.steps} steps ({self.epochs:g} epochs{resumed}) "
+                f"loss={_fmt(self.train_loss)} recon={_fmt(self.recon)} kl={_fmt(self.kl)}{val} "
+                f"{self.frames_per_s:.0f} frames/s")
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+def _identity(train_config: dict, seed: int, env: str, model_config: dict, inputs: dict) -> dict:
+    """What must match for an existing output to be resumed (or reported as done), as plain JSON values."""
+    train = {k: v for k, v in train_config.items() if k not in VOLATILE}
+    try:
+        shas = {role: ([q["sha256"] for q in v] if isinstance(v, list) else v["sha256"]) for role, v in inputs.items()}
+    except (KeyError, TypeError):
+        shas = inputs
+    return json.loads(json.dumps({"env": env, "model": model_config, "train": train, "seed": int(seed),
+                                  "inputs": shas}, sort_keys=True))
+
+
+def _identity_of(meta: A.Meta) -> dict:
+    return _identity(meta.config.get("vae_train") or {}, meta.seed, meta.env, meta.model_config, meta.inputs)
+
+
+def _first_difference(a: dict, b: dict) -> str:
+    for key in a:
+        if a[key] != b.get(key):
+            if isinstance(a[key], dict) and isinstance(b.get(key), dict):
+                sub = [k for k in a[key] if a[key][k] != b[key].get(k)]
+                if sub:
+                    return f"{key}.{sub[0]}: {b[key].get(sub[0])!r} there, {a[key][sub[0]]!r} now"
+            return f"{key} differs"
+    return "settings differ"
+
+
+# ------------------------------------------------------------------------------------------------ Ctrl-C
+class _StopFlag:
+    """The first Ctrl-C asks the loop to stop after the current step (then checkpoint); a second one aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._prev = None
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._prev = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("interrupt: stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
+
+    def __exit__(self, *exc) -> None:
+        if self._prev is not None:
+            signal.signal(signal.SIGINT, self._prev)
+
+
+# ------------------------------------------------------------------------------------------------ steps
+@dataclass
+class _Amp:
+    dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler | None
+
+    def autocast(self, device: str):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device, dtype=self.dtype)
+
+
+def _make_amp(mode: str, device: str) -> _Amp:
+    if device != "cuda" or mode == "off":
+        return _Amp(None, None)
+    if mode == "bf16" or (mode == "auto" and torch.cuda.is_bf16_supported()):
+        return _Amp(torch.bfloat16, None)
+    return _Amp(torch.float16, torch.amp.GradScaler("cuda"))
+
+
+def _noise(shape, generator: torch.Generator, seed: int, stage: str, index: int, device: str) -> torch.Tensor:
+    """ε ~ N(0, I) from a generator seeded with (seed, stage, index): the noise of a step depends on nothing else."""
+    generator.manual_seed(seeding.derive(seed, stage, index))
+    return torch.randn(shape, generator=generator, device=device)
+
+
+def _forward_loss(model: ConvVAE, batch: torch.Tensor, eps_fn: Callable[[tuple], torch.Tensor], amp: _Amp,
+                  device: str, kl_tolerance: float):
+    x = to_input(batch.to(device, non_blocking=True))  # (B, 3, 64, 64) in [0, 1]
+    with amp.autocast(device):
+        mu, logvar = model.encode(x)
+        z = reparameterize(mu.float(), logvar.float(), eps_fn(tuple(mu.shape)))
+        y = model.decode(z)
+    return vae_loss(x, y.float(), mu.float(), logvar.float(), kl_tolerance)  # float32 loss (ref §3)
+
+
+def train_step(model: ConvVAE, optimizer: torch.optim.Optimizer, batch: torch.Tensor, eps_fn, amp: _Amp,
+               device: str, kl_tolerance: float) -> torch.Tensor:
+    """One Adam step on a uint8 batch (B, 64, 64, 3); returns the detached (loss, recon, kl) (3,)."""
+    loss, r, kl = _forward_loss(model, batch, eps_fn, amp, device, kl_tolerance)
+    optimizer.zero_grad(set_to_none=True)
+    if amp.scaler is not None:
+        amp.scaler.scale(loss).backward()
+        amp.scaler.step(optimizer)
+        amp.scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return torch.stack([loss, r, kl]).detach()
+
+
+@torch.no_grad()
+def evaluate(model: ConvVAE, batches, *, seed: int, epoch: int, amp: _Amp, device: str,
+             kl_tolerance: float) -> dict[str, float] | None:
+    """Mean loss, recon and KL over the given batches, with noise seeded by (seed, epoch): repeatable."""
+    model.eval()
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seeding.derive(seed, "vae-val-noise", epoch))
+    sums, n = torch.zeros(3, dtype=torch.float64, device=device), 0
+    try:
+        for batch in batches:
+            b = torch.from_numpy(batch)
+            out = _forward_loss(model, b, lambda s: torch.randn(s, generator=gen, device=device), amp, device,
+                                kl_tolerance)
+            sums += torch.stack(out).double() * len(b)
+            n += len(b)
+    finally:
+        model.train()
+    if n == 0:
+        return None
+    loss, r, kl = (sums / n).tolist()
+    return {"loss": loss, "recon": r, "kl": kl}
+
+
+@torch.no_grad()
+def reconstruct(model: ConvVAE, frames_u8: np.ndarray, device: str) -> np.ndarray:
+    """Decode(mu) of uint8 frames (N, 64, 64, 3) -> uint8 (N, 64, 64, 3)."""
+    model.eval()
+    try:
+        mu, _ = model.encode(to_input(torch.from_numpy(frames_u8).to(device)))
+        y = model.decode(mu).permute(0, 2, 3, 1)  # (N, 64, 64, 3)
+    finally:
+        model.train()
+    return (y.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+# ------------------------------------------------------------------------------------------------ run
+def run(
+    config: Preset,
+    rollouts: Sequence[str | Path],
+    out: str | Path,
+    *,
+    seed: int = 0,
+    device: str = "auto",
+    init: str | Path | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> Result:
+    """Train V on `rollouts` into the `vae` artifact `out` (resuming it if it is an unfinished run of the same
+    settings). `init`: start from another VAE artifact's weights (and architecture). `on_step(step)` is called after
+    every optimizer step (progress, tests); a KeyboardInterrupt raised there stops the run like Ctrl-C."""
+    out = Path(out)
+    rollouts = [Path(p) for p in rollouts]
+    env = frames.rollouts_env(rollouts)
+    if env != config.env.name:
+        raise ConfigError(f"the rollouts are {env} data but the preset is for {config.env.name}")
+    dev = device_mod.resolve(device)
+    tc = config.vae_train
+    A.check_writable(out)
+
+    init_ckpt = None
+    if init is not None:
+        init_ckpt = checkpoint.load(init, KIND)
+        if init_ckpt.meta.env != env:
+            raise ConfigError(f"--init {init}: a {init_ckpt.meta.env} VAE, but the rollouts are {env} data")
+        try:
+            init_cfg = VAEConfig.from_dict(init_ckpt.meta.model_config)
+        except (ConfigError, TypeError) as exc:
+            raise ArtifactError(f"{init}: invalid model_config ({exc})") from None
+        if init_cfg != config.vae:
+            log.warning("--init %s: using its architecture %s instead of the preset's", init, init_cfg.to_json())
+        config = config.replace(vae=init_cfg)
+    inputs = A.inputs_record({"rollouts": rollouts, **({"init": init} if init is not None else {})})
+    identity = _identity(tc.to_dict(), seed, env, config.vae.to_dict(), inputs)
+
+    # ---- an existing output: resume, already done, or refuse
+    resume = None
+    if out.exists():
+        try:
+            resume = checkpoint.load(out, KIND)
+        except ArtifactError as exc:
+            raise ArtifactError(f"{out}: exists but is not a readable VAE checkpoint ({exc}); delete it to start "
+                                "over") from None
+        if _identity_of(resume.meta) != identity:
+            raise ArtifactError(f"{out}: exists and was trained with other settings "
+                                f"({_first_difference(identity, _identity_of(resume.meta))}); delete it, or choose "
+                                "another --out (with --init to continue from its weights)")
+        if resume.complete:
+            s = resume.meta.summary
+            return Result(out, int(s.get("steps", 0)), float(s.get("epochs", 0)), s.get("train_loss"),
+                          s.get("val_loss"), s.get("recon"), s.get("kl"), int(s.get("parameters", 0)),
+                          0.0, int(s.get("steps", 0)), already_done=True)
+
+    # ---- data
+    sources = frames.split_episodes(rollouts, tc.val_episodes, seed)
+    plan = frames.TrainFrames(sources, tc.block_frames, tc.buffer_blocks, seed)
+    n_train, n_val = plan.frames, frames.val_frames(sources)
+    if n_train == 0:
+        raise ConfigError(f"no training frames in {', '.join(map(str, rollouts))} "
+                          f"({n_val} frames held out for validation)")
+    spe = math.ceil(n_train / tc.batch_size)  # steps per epoch; the last batch of an epoch may be short
+    total = math.ceil(tc.epochs * spe)
+
+    # ---- model, optimizer
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seeding.derive(seed, "vae-init"))
+        model = ConvVAE(config.vae)
+    if init_ckpt is not None:
+        checkpoint.load_weights(model, init_ckpt.weights, init)
+    if resume is not None:
+        checkpoint.load_weights(model, resume.weights, out)
+    model.to(dev)
+    if dev == "cuda":
+        model.to(memory_format=torch.channels_last)
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    amp = _make_amp(tc.amp, dev)
+    n_params = parameter_count(model)
+
+    counters = {"step": 0, "epoch_sums": [0.0, 0.0, 0.0, 0.0], "window": [0.0, 0.0, 0.0, 0.0], "window_start": 0}
+    history: dict[str, list] = {k: [] for k in ("epoch", "train_loss", "train_recon", "train_kl", "val_loss",
+                                                 "val_recon", "val_kl")}
+    if resume is not None:
+        ts = resume.train_state
+        try:
+            optimizer.load_state_dict(checkpoint.optimizer_state_from_tree(ts["optimizer"]))
+            counters.update({k: ts["counters"][k] for k in counters})
+            history.update(ts.get("history", {}))
+            if amp.scaler is not None and "scaler" in ts:
+                amp.scaler.load_state_dict(ts["scaler"])
+        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+            raise ArtifactError(f"{out}: corrupt training state ({type(exc).__name__}: {exc}); delete it to start "
+                                "over") from None
+    step = start_step = int(counters["step"])
+    if resume is not None:
+        log.info("resuming %s at step %d of %d", out, step, total)
+
+    mw = metrics.MetricsWriter(metrics.metrics_path(out), truncate=resume is None)
+    if resume is not None:
+        mw.truncate_after("step", step)
+    grid_frames = frames.sample_frames(sources, GRID_FRAMES, val=n_val > 0)
+    base_summary = {"total_steps": total, "steps_per_epoch": spe, "train_frames": n_train, "val_frames": n_val,
+                    "parameters": n_params, "z_dim": config.vae.z_dim, "device": dev,
+                    "rollouts_episodes": int(sum(len(s.starts) for s in sources))}
+    last_saved = {"step": step if resume is not None else -1}
+
+    def save(complete: bool) -> None:
+        bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise TrainingDiverged(_diverged(out, f"weights became non-finite ({bad[0]})", step, last_saved["step"]))
+        ep = counters["epoch_sums"]
+        last = history["val_loss"][-1] if history["val_loss"] else None
+        summary = {**base_summary, "steps": step, "epochs": round(step / spe, 4),
+                   "train_loss": (history["train_loss"][-1] if history["train_loss"] else
+                                  (ep[0] / ep[3] if ep[3] else None)),
+                   "recon": (ep[1] / ep[3]) if ep[3] else _last(history, "train_recon"),
+                   "kl": (ep[2] / ep[3]) if ep[3] else _last(history, "train_kl"),
+                   "val_loss": last, "val_recon": _last(history, "val_recon"), "val_kl": _last(history, "val_kl")}
+        train_state = {"optimizer": checkpoint.optimizer_state_to_tree(optimizer.state_dict()),
+                       "counters": {**counters, "step": step}, "history": history}
+        if amp.scaler is not None:
+            train_state["scaler"] = amp.scaler.state_dict()
+        checkpoint.save(out, KIND, state_dict=model.state_dict(), model_config=config.vae, train_state=train_state,
+                        summary=summary, complete=complete, config=config, seed=seed, inputs=inputs, env=env)
+        last_saved["step"] = step
+
+    if resume is None:
+        save(complete=total == 0)  # the file exists from the start: writable, and resumable from step 0
+
+    gen = torch.Generator(device=dev)
+    acc = torch.zeros(3, dtype=torch.float32, device=dev)  # window sums of (loss, recon, kl) x frames
+    acc_frames = 0
+    t_start, t_window = time.perf_counter(), time.perf_counter()
+    t_ckpt = time.monotonic()
+    trained = 0
+
+    def flush_window() -> None:
+        nonlocal acc, acc_frames, t_window
+        if acc_frames == 0:
+            return
+        loss, r, kl = (acc / acc_frames).tolist()
+        if not all(math.isfinite(v) for v in (loss, r, kl)):
+            raise TrainingDiverged(_diverged(out, f"loss became {loss}", step, last_saved["step"],
+                                             first=int(counters["window_start"]) + 1))
+        now = time.perf_counter()
+        fps = acc_frames / max(now - t_window, 1e-9)
+        for i, v in enumerate((loss * acc_frames, r * acc_frames, kl * acc_frames, acc_frames)):
+            counters["epoch_sums"][i] += v
+        mw.write({"step": step, "epoch": round(step / spe, 4), "vae/loss": loss, "vae/recon": r, "vae/kl": kl,
+                  "frames/s": fps})
+        log.info(metrics.kv(step=step, epoch=round(step / spe, 3), loss=loss, recon=r, kl=kl, fps=fps))
+        acc = torch.zeros_like(acc)
+        acc_frames, t_window = 0, now
+        counters["window_start"] = step
+
+    bar = metrics.progress(total, "train-vae", unit="step", initial=step)
+    with _StopFlag() as stop, bar:
+        while step < total:
+            epoch, in_epoch = divmod(step, spe)
+            if in_epoch == 0:
+                counters["epoch_sums"] = [0.0, 0.0, 0.0, 0.0]
+            batches = frames.train_batches(plan, epoch, tc.batch_size, skip_frames=in_epoch * tc.batch_size,
+                                           num_workers=tc.num_workers)
+            try:
+                for batch in batches:
+                    b = torch.from_numpy(batch)
+                    if dev == "cuda":
+                        b = b.pin_memory()
+                    idx = step
+                    out3 = train_step(model, optimizer, b, lambda s, i=idx: _noise(s, gen, seed, "vae-noise", i, dev),
+                                      amp, dev, tc.kl_tolerance)
+                    acc += out3 * len(b)
+                    acc_frames += len(b)
+                    step += 1
+                    trained += len(b)
+                    bar.update(1)
+                    if on_step is not None:
+                        try:
+                            on_step(step)
+                        except KeyboardInterrupt:
+                            stop.requested = True
+                    if step % tc.log_steps == 0:
+                        flush_window()
+                    if step % spe == 0 or step == total:
+                        break  # epoch end: validation and checkpoint below
+                    if stop.requested:
+                        flush_window()
+                        save(complete=False)
+                        raise Interrupted(f"interrupted at step {step} of {total}; checkpoint saved in {out}: "
+                                          "rerun the same command to resume")
+                    if tc.checkpoint_minutes > 0 and time.monotonic() - t_ckpt > tc.checkpoint_minutes * 60:
+                        flush_window()
+                        save(complete=False)
+                        t_ckpt = time.monotonic()
+            finally:
+                batches.close()  # shuts the data-loader workers down
+            # ---- epoch end (or the end of a fractional last epoch)
+            flush_window()
+            ep = counters["epoch_sums"]
+            val = evaluate(model, frames.val_batches(sources, tc.batch_size), seed=seed, epoch=epoch, amp=amp,
+                           device=dev, kl_tolerance=tc.kl_tolerance)
+            history["epoch"].append(round(step / spe, 4))
+            history["train_loss"].append(ep[0] / ep[3] if ep[3] else None)
+            history["train_recon"].append(ep[1] / ep[3] if ep[3] else None)
+            history["train_kl"].append(ep[2] / ep[3] if ep[3] else None)
+            for k in ("loss", "recon", "kl"):
+                history[f"val_{k}"].append(val[k] if val else None)
+            if val is not None and not math.isfinite(val["loss"]):
+                raise TrainingDiverged(_diverged(out, f"validation loss became {val['loss']}", step, last_saved["step"]))
+            rec = {"step": step, "epoch": round(step / spe, 4), "vae/train_loss": history["train_loss"][-1]}
+            if val:
+                rec.update({"vae/val_loss": val["loss"], "vae/val_recon": val["recon"], "vae/val_kl": val["kl"]})
+                log.info(metrics.kv(epoch=round(step / spe, 3), val_loss=val["loss"], val_recon=val["recon"],
+                                    val_kl=val["kl"]))
+            mw.write(rec)
+            save(complete=step >= total)
+            t_ckpt = time.monotonic()
+            _write_plots(out, model, grid_frames, mw, dev)
+            if stop.requested and step < total:
+                raise Interrupted(f"interrupted at step {step} of {total}; checkpoint saved in {out}: "
+                                  "rerun the same command to resume")
+
+    if total == 0:
+        _write_plots(out, model, grid_frames, mw, dev)
+    elapsed = time.perf_counter() - t_start
+    s = checkpoint.load(out, KIND).meta.summary
+    return Result(out, step, round(step / spe, 4), s.get("train_loss"), s.get("val_loss"), s.get("recon"),
+                  s.get("kl"), n_params, trained / elapsed if trained else 0.0, start_step)
+
+
+def _last(history: dict, key: str):
+    v = history.get(key) or []
+    return v[-1] if v else None
+
+
+def _diverged(out: Path, what: str, step: int, saved: int, first: int | None = None) -> str:
+    where = f"between steps {first} and {step}" if first is not None and first < step else f"at step {step}"
+    kept = (f"kept the last good checkpoint in {out} (step {saved})" if saved >= 0 else "no checkpoint was written")
+    return f"training diverged: {what} {where}; {kept}; try a lower vae_train.lr or check the data"
+
+
+def _write_plots(out: Path, model: ConvVAE, grid_frames: np.ndarray, mw: metrics.MetricsWriter, dev: str) -> None:
+    """<out>.recon.png: frames (top) above their reconstructions; <out>.loss.png: the loss curves."""
+    if len(grid_frames):
+        plots.recon_grid(grid_frames, reconstruct(model, grid_frames, dev), checkpoint.beside(out, ".recon.png"))
+    plots.loss_curves(mw.read(), ("vae/loss", "vae/val_loss", "vae/recon", "vae/kl"), checkpoint.beside(out, ".loss.png"))
