@@ -11,7 +11,8 @@ collecting 20 vs 200 tiny episodes.
     python benchmarks/collect.py [--quick] [--env doom|carracing|fake-doom|fake-carracing] [--episodes N]
 
 The last line is one JSON object: overhead = 1 - collect1/bare (target <= 0.10), scaling = collect2/collect1
-(target >= 1.8), rss_ratio = rss200/rss20 (target <= 1.10), and the figures behind them.
+(target >= 1.8; scaling_excl_startup leaves out the time to start the 2 worker processes, measured
+separately), rss_ratio = rss200/rss20 (target <= 1.10), and the figures behind them.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 from worldmodels_cli import collect
 from worldmodels_cli.config import Preset, preset
 from worldmodels_cli.envs import make_env
+from worldmodels_cli.executor import make_executor
 from worldmodels_cli.policies import random_policy
 
 _RSS_CHILD = """
@@ -83,6 +85,19 @@ def timed_collect(cfg: Preset, out: Path, workers: int) -> tuple[int, float, flo
     return res.frames, time.perf_counter() - t0, _cpu() - c0
 
 
+def _noop(state, task):
+    return task
+
+
+def pool_startup(cfg: Preset, workers: int) -> tuple[float, float]:
+    """(wall, cpu) seconds to start and stop `workers` collect workers running nothing (spawn, imports, env)."""
+    payload = collect._Payload(cfg.env, cfg.collect, 0, tempfile.gettempdir(), None)
+    c0, t0 = _cpu(), time.perf_counter()
+    with make_executor(workers, collect._init_worker, payload) as ex:
+        list(ex.run(_noop, list(range(workers))))
+    return time.perf_counter() - t0, _cpu() - c0
+
+
 def peak_rss_kb(episodes: int, out: Path) -> int:
     proc = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(episodes), str(out)], check=True,
                           capture_output=True, text=True)
@@ -115,12 +130,17 @@ def main() -> None:
         print(f"bare loop   {bare_fps:8.0f} frames/s  ({n_bare} frames, {s_bare:.1f}s, {ms['bare']:.3f} CPU ms/frame)")
         print(f"collect K=1 {c1_fps:8.0f} frames/s  ({s1:.1f}s, {ms['collect1']:.3f} CPU ms/frame)")
         print(f"collect K=2 {c2_fps:8.0f} frames/s  ({s2:.1f}s incl. worker start-up, {ms['collect2']:.3f} CPU ms/frame)")
+        start_wall, start_cpu = pool_startup(cfg, 2)
+        steady2 = n2 / max(s2 - start_wall, 1e-9)
+        print(f"  of which starting 2 workers: {start_wall:.1f}s wall, {start_cpu:.1f}s CPU; "
+              f"without it {steady2:.0f} frames/s")
         rss20, rss200 = peak_rss_kb(20, tmp / "r20.h5"), peak_rss_kb(200, tmp / "r200.h5")
         print(f"peak RSS: 20 tiny episodes {rss20 / 1024:.1f} MiB, 200: {rss200 / 1024:.1f} MiB")
     figures = {
         "env": args.env, "episodes": episodes, "frames": n_bare,
         "bare_fps": round(bare_fps, 1), "collect1_fps": round(c1_fps, 1), "collect2_fps": round(c2_fps, 1),
         "overhead": round(1 - c1_fps / bare_fps, 4), "scaling": round(c2_fps / c1_fps, 4),
+        "pool_startup_s": round(start_wall, 2), "scaling_excl_startup": round(steady2 / c1_fps, 4),
         **{f"{k}_cpu_ms_per_frame": round(v, 4) for k, v in ms.items()},
         "cpu_overhead": round(1 - ms["bare"] / ms["collect1"], 4),
         "rss20_mib": round(rss20 / 1024, 1), "rss200_mib": round(rss200 / 1024, 1),

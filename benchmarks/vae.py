@@ -124,13 +124,25 @@ def one_core(path: Path, steps: int) -> float:
         torch.set_num_threads(threads)
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS. Linux: VmHWM, which starts afresh at exec (ru_maxrss would carry the parent's
+    high-water mark over fork + exec and hide the figure)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def rss_child(path: str, out: str) -> None:
     """Run a whole train-vae epoch over `path` (tiny VAE, streaming) and print this process's peak RSS in MB."""
     cfg = preset("carracing", "tiny")
     cfg = cfg.replace(vae_train=cfg.vae_train.replace(epochs=1, batch_size=BATCH, block_frames=256, buffer_blocks=4,
                                                       val_episodes=0.05, num_workers=0, log_steps=50))
     train_vae.run(cfg, [path], out, seed=0, device="cpu")
-    print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"rss_mb": peak_rss_mb()}))
 
 
 def rss(path: Path, out: Path) -> float:
@@ -152,8 +164,8 @@ def main() -> None:
         return
     gpu = args.device == "cuda"
     steps = args.steps or (40 if gpu else 1)
-    rounds = 3 if gpu else (4 if args.quick else 8)
-    small, large = (1000, 8000) if args.quick else (2000, 16000)
+    rounds = 3 if gpu else (3 if args.quick else 6)
+    small, large = (1000, 8000) if args.quick else (1500, 12000)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()

@@ -302,3 +302,12 @@ def test_a_damaged_shard_is_removed_and_recollected(tmp_path, monkeypatch):
     assert res.reused == 3 and res.ran == 1  # only the damaged episode is run again
     collect.run(cfg, tmp_path / "ref.h5", seed=0)
     _assert_same(tmp_path / "ref.h5", out)
+
+
+@pytest.mark.slow
+def test_real_doom_same_data_with_1_and_2_workers(tmp_path):
+    p = preset("doom", "paper")
+    cfg = p.replace(env=p.env.replace(max_steps=200), collect=p.collect.replace(episodes=3, min_length=0))
+    collect.run(cfg, tmp_path / "a.h5", seed=1, workers=1)
+    collect.run(cfg, tmp_path / "b.h5", seed=1, workers=2)
+    _assert_same(tmp_path / "a.h5", tmp_path / "b.h5")

@@ -12,7 +12,7 @@ import click
 
 from . import __version__
 from .config import ENVS, SCALES
-from .errors import WorldModelsError
+from .errors import Interrupted, WorldModelsError
 
 log = logging.getLogger("worldmodels_cli")
 
@@ -109,16 +109,24 @@ def presets(env_name: str, preset: str) -> None:
 @seed_option
 @preset_option()
 @out_option
+@click.option("--controller", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="collect with this trained controller (V+M+C) instead of the random policy (ref §9)")
+@click.option("--noise", type=click.FloatRange(min=0), default=None,
+              help="with --controller: std of Gaussian exploration noise on its actions")
 @backend_options
-def collect(env_name: str, episodes: int | None, workers: int, seed: int, preset: str, out: Path, backend: str,
-            ray_address: str | None) -> None:
-    """Record episodes of the random data policy (ref §2); rerun the same command to resume."""
+def collect(env_name: str, episodes: int | None, workers: int, seed: int, preset: str, out: Path,
+            controller: Path | None, noise: float | None, backend: str, ray_address: str | None) -> None:
+    """Record episodes of the random data policy (ref §2), or of a controller; rerun the same command to resume."""
     from . import collect as collect_stage
     from .config import preset as get_preset
 
+    if noise is not None and controller is None:
+        raise click.UsageError("--noise needs --controller")
     cfg = get_preset(env_name, preset)
-    cfg = cfg.replace(collect=cfg.collect.replace(episodes=episodes))
-    res = collect_stage.run(cfg, out, seed=seed, workers=workers, backend=backend, address=ray_address)
+    cfg = cfg.replace(collect=cfg.collect.replace(
+        episodes=episodes, noise=noise, policy="controller" if controller is not None else None))
+    res = collect_stage.run(cfg, out, seed=seed, workers=workers, backend=backend, address=ray_address,
+                            controller=controller)
     click.echo(res.summary_line())
 
 
@@ -317,6 +325,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_ERROR)
     except KeyboardInterrupt:
         click.echo("interrupted; the state on disk is resumable: rerun the same command", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except Interrupted as exc:
+        click.echo(f"interrupted: {exc}", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except WorldModelsError as exc:
         click.echo(f"error: {exc}", err=True)

@@ -47,7 +47,7 @@ from . import artifacts as A
 from . import metrics, seeding
 from .config import CollectConfig, EnvConfig, Preset
 from .envs import FRAME_SHAPE, Env, check_env_config, make_env
-from .errors import ArtifactError, ConfigError, WorkerError
+from .errors import ArtifactError, ConfigError
 from .executor import make_executor
 from .policies import Policy, make_policy
 
@@ -294,6 +294,8 @@ def run(
     controller = None if controller is None else str(controller)
     make_policy(env_cfg, col, controller)  # a bad policy setting fails here, in one line, not in a worker
     record = _record(cfg)
+    if controller is not None:  # a different controller file makes different data: part of the identity
+        record["controller"] = A.inputs_record({"controller": controller})["controller"]
     ident = _identity(record, seed)
     needed = col.episodes
 
@@ -379,8 +381,8 @@ def _collect(env_cfg: EnvConfig, col: CollectConfig, seed: int, parts: Path, sta
         with make_executor(workers, _init_worker, payload, backend=backend, address=address) as ex:
             while len(_selected(done, start, needed)[0]) < needed:
                 if ran >= budget:
-                    raise WorkerError(f"only {sum(done.values())} of {ran} episodes were longer than "
-                                      f"min_length {col.min_length}; lower it")
+                    raise ConfigError(f"only {sum(done.values())} of {ran} episodes were longer than "
+                                      f"CollectConfig.min_length {col.min_length}; lower it")
                 batch = _next_batch(done, start, needed, workers)
                 for _, ep in ex.run(_run_episode, batch, describe=describe):
                     done[ep.index] = ep.kept
@@ -473,7 +475,8 @@ def _merge(out: Path, old: A.EpisodeIndex | None, parts: Path, chosen: list[int]
            env_cfg: EnvConfig, col: CollectConfig, threads: int) -> dict[str, Any]:
     """Stream the old artifact's episodes (if appending) and then the chosen shards, in index order, into `out`."""
     starts, lengths, seeds, ids, returns = [], [], [], [], []
-    with A.atomic_write(out, "rollouts", config=record, seed=seed, env=env_cfg.name) as fh:
+    inputs = {"controller": record["controller"]} if "controller" in record else {}
+    with A.atomic_write(out, "rollouts", config=record, seed=seed, env=env_cfg.name, inputs=inputs) as fh:
         frames = _FrameWriter(A.create_frames_dataset(fh, col.chunk_frames), col.chunk_frames, threads)
         A.create_step_datasets(fh, env_cfg.action_dim, env_actions=env_cfg.name == "doom")
         step_ds = {key: fh[key] for key in (*A.STEP_DATA, A.ENV_ACTIONS) if key in fh}

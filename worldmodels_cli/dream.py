@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .models.controller import Controller, car_action
+from .models.controller import FEATURE_PARTS, Controller, apply_layers, car_action
 from .models.mdnrnn import MDNRNN, sample_next
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ _MIX2 = 0x94D049BB133111EB
 _KEY_DOMAIN = 0x6A09E667F3BCC909  # keys differ from any stream word made with the same numbers
 _BITS = 23  # per uniform: (2k+1)·2^-24 is exact in float32
 _MASK23 = (1 << _BITS) - 1
+_SMALL_BATCH = 64  # below this many rows the CPU program runs on one thread
 
 
 # ------------------------------------------------------------------------------------------ random streams
@@ -74,10 +75,14 @@ def _lsr(x: Tensor, s: int) -> Tensor:
 
 
 def _mix64(x: Tensor) -> Tensor:
-    """splitmix64's finaliser on int64 tensors (wrapping multiplication)."""
-    x = (x ^ _lsr(x, 30)) * _i64(_MIX1)
-    x = (x ^ _lsr(x, 27)) * _i64(_MIX2)
-    return x ^ _lsr(x, 31)
+    """splitmix64's finaliser on int64 tensors (wrapping multiplication), in place on x; returns x."""
+    tmp = torch.empty_like(x)
+    for shift, mult in ((30, _MIX1), (27, _MIX2), (31, None)):
+        torch.bitwise_right_shift(x, shift, out=tmp).bitwise_and_((1 << (64 - shift)) - 1)  # logical shift
+        x.bitwise_xor_(tmp)
+        if mult is not None:
+            x.mul_(_i64(mult))
+    return x
 
 
 def rollout_keys(seeds, device=None) -> Tensor:
@@ -103,13 +108,19 @@ class NoiseLayout:
         return (max(self.step_uniforms, 1 + self.z_dim) + 1) // 2
 
 
-def block_bits(keys: Tensor, block: int, n: int, layout: NoiseLayout) -> Tensor:
-    """The first n 23-bit integers (B, n) int64 of block `block` of each rollout's stream."""
+def block_bits(keys: Tensor, block: int, n: int, layout: NoiseLayout, count: int = 1) -> Tensor:
+    """The first n 23-bit integers of blocks block..block+count-1 of each rollout's stream: (B, n) int64, or
+    (B, count, n) when count > 1. A block's integers are the top 23 bits of its words 0..W-1, then bits 9..31 of
+    the same words."""
     words = (n + 1) // 2
-    ctr = torch.arange(words, device=keys.device, dtype=torch.int64) + (block * layout.stride + 1)
-    w = _mix64(keys.unsqueeze(1) + ctr * _i64(_GAMMA))  # (B, words)
-    bits = torch.stack([_lsr(w, 64 - _BITS), (w >> 9) & _MASK23], dim=-1)  # (B, words, 2)
-    return bits.view(keys.shape[0], 2 * words)[:, :n]
+    first = torch.arange(block, block + count, device=keys.device, dtype=torch.int64) * layout.stride + 1
+    ctr = (first.unsqueeze(1) + torch.arange(words, device=keys.device, dtype=torch.int64)) * _i64(_GAMMA)
+    w = _mix64(keys.view(-1, 1, 1) + ctr)  # (B, count, words)
+    bits = torch.empty(keys.shape[0], count, 2, words, dtype=torch.int64, device=keys.device)
+    torch.bitwise_right_shift(w, 64 - _BITS, out=bits[:, :, 0]).bitwise_and_(_MASK23)
+    torch.bitwise_right_shift(w, 9, out=bits[:, :, 1]).bitwise_and_(_MASK23)
+    bits = bits.view(keys.shape[0], count, 2 * words)[..., :n]
+    return bits[:, 0] if count == 1 else bits
 
 
 def to_uniform(bits: Tensor, dtype: torch.dtype) -> Tensor:
@@ -117,23 +128,32 @@ def to_uniform(bits: Tensor, dtype: torch.dtype) -> Tensor:
     return bits.to(dtype).mul_(2.0**-_BITS).add_(2.0 ** -(_BITS + 1))
 
 
+def to_normal(bits: Tensor, dtype: torch.dtype) -> Tensor:
+    """23-bit integers -> ε = Φ⁻¹(u) = √2·erfinv(2u − 1), u as `to_uniform`. 2u − 1 = (2k + 1 − 2²³)·2⁻²³ is exact,
+    so no precision is lost near the tails (|ε| < 5.4); erfinv is an elementwise scalar kernel on CPU: the same
+    bits give the same ε wherever the row sits in the batch, and it is several times faster than ndtri."""
+    v = bits.to(dtype).mul_(2.0 ** (1 - _BITS)).add_(2.0**-_BITS - 1.0)
+    return v.erfinv_().mul_(math.sqrt(2.0))
+
+
 def start_z(keys: Tensor, initial_mu: Tensor, initial_logvar: Tensor, layout: NoiseLayout) -> tuple[Tensor, Tensor]:
     """Dream starts (ref §7 reset): per rollout a uniformly chosen real first frame i and z0 = μ_i + exp(logσ²_i/2)·ε.
     initial_mu/logvar (E, Z) -> (z0 (B, Z), i (B,))."""
     bits = block_bits(keys, 0, 1 + layout.z_dim, layout)
     idx = (bits[:, 0] * initial_mu.shape[0]) >> _BITS  # floor(k·E / 2^23): uniform over the E first frames
-    eps = torch.special.ndtri(to_uniform(bits[:, 1:], initial_mu.dtype))
+    eps = to_normal(bits[:, 1:], initial_mu.dtype)
     return initial_mu[idx] + torch.exp(0.5 * initial_logvar[idx]) * eps, idx  # as vae.reparameterize
 
 
-def step_noise(keys: Tensor, t: int, layout: NoiseLayout, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-    """Step t's draws: component uniforms u (B, Z), normals ε (B, Z), action bits (B, A) (23-bit ints)."""
+def step_noise(keys: Tensor, t: int, layout: NoiseLayout, dtype: torch.dtype, steps: int = 1
+               ) -> tuple[Tensor, Tensor, Tensor]:
+    """The draws of steps t..t+steps-1: component uniforms u (B, [steps,] Z), normals ε (B, [steps,] Z) and the
+    random policy's action bits (B, [steps,] A) (23-bit ints); the step axis only when steps > 1."""
     z = layout.z_dim
-    bits = block_bits(keys, t + 1, layout.step_uniforms, layout)
-    u = to_uniform(bits[:, :z], dtype)
-    # ndtri is an elementwise scalar kernel: the same bits give the same ε wherever the row sits in the batch
-    eps = torch.special.ndtri(to_uniform(bits[:, z : 2 * z], dtype))
-    return u, eps, bits[:, 2 * z :]
+    bits = block_bits(keys, t + 1, layout.step_uniforms, layout, steps)
+    u = to_uniform(bits[..., :z], dtype)
+    eps = to_normal(bits[..., z : 2 * z], dtype)
+    return u, eps, bits[..., 2 * z :]
 
 
 def random_action(bits: Tensor, env: str, dtype: torch.dtype) -> Tensor:
@@ -160,32 +180,38 @@ def reward_of(kind: str, value: Tensor | None, like: Tensor) -> Tensor:
 class FusedM:
     """M's weights rearranged for the batched dream, read from an `MDNRNN` (same function, other layout).
 
-    Each row's state lives in one buffer S (B, H + Z + H + A [+1]) = [c | z | h | a | restart], so that
-    S[:, H:] = [z, h, a, r] is the LSTM's whole input: one matmul [z, h, a, r] @ W (In+H, 4H) gives all gates.
-    Gate columns are reordered to (i, f, o, g) with g's scaled by 2, so one in-place sigmoid serves all four:
-    tanh(g) = 2σ(2g) − 1 (tanh is several times slower than sigmoid on CPU). The head's columns are reordered to
-    [done?, reward?, logits (K, Z), μ (K, Z), logσ (K, Z)] so the mixture math works on K contiguous (B, Z) slices.
-    The forget bias (+1, ref §4.1) is already folded into M's bias."""
+    Each row's state lives in one buffer S (B, H + Z + A [+1] + 1 + H) = [c | z | a | restart | 1 | h]:
+    S[:, H:] = [z, a, r, 1, h] is the LSTM's whole input and S[:, one:] = [1, h] the head's, so each is ONE
+    bias-free matmul per step: [z, a, r, 1, h] @ W (In+1+H, 4H) for all gates, [1, h] @ Wo (1+H, O) for the head
+    (the biases are the rows that meet the constant-1 column). Gate columns are reordered to (i, f, o, g) with g's
+    scaled by 2, so one in-place sigmoid serves all four: tanh(g) = 2σ(2g) − 1 (tanh is several times slower than
+    sigmoid on CPU). The head's columns are reordered to [done?, reward?, logits (K, Z), μ (K, Z), logσ (K, Z)] so
+    the mixture math works on K contiguous (B, Z) slices, and for τ > 0 the logits' columns are divided by τ
+    (softmax(logπ/τ) = softmax(logits/τ): log_softmax only shifts a row). The forget bias (+1, ref §4.1) is
+    already in M's bias."""
 
-    def __init__(self, mdn: MDNRNN, dtype: torch.dtype, device: torch.device | str) -> None:
+    def __init__(self, mdn: MDNRNN, dtype: torch.dtype, device: torch.device | str, tau: float = 1.0) -> None:
         cfg = mdn.cfg
         z, a, h, k = cfg.z_dim, cfg.action_dim, cfg.hidden, cfg.mixtures
-        self.z_dim, self.action_dim, self.hidden, self.mixtures = z, a, h, k
+        self.z_dim, self.action_dim, self.hidden, self.mixtures, self.tau = z, a, h, k, tau
         self.restart = cfg.restart_input
         self.done_head = cfg.done_head
         self.reward_head = cfg.reward_head
-        self.width = h + z + h + a + (1 if self.restart else 0)
-        self.c_, self.z_, self.h_ = slice(0, h), slice(h, h + z), slice(h + z, 2 * h + z)
-        self.a_ = slice(2 * h + z, 2 * h + z + a)
-        self.r_col = 2 * h + z + a
+        r = 1 if self.restart else 0
+        self.one_col = h + z + a + r
+        self.width = self.one_col + 1 + h
+        self.c_, self.z_, self.a_ = slice(0, h), slice(h, h + z), slice(h + z, h + z + a)
+        self.r_col = h + z + a
+        self.h_ = slice(self.one_col + 1, self.width)
         with torch.no_grad():
             gates = torch.cat([torch.arange(0, 2 * h), torch.arange(3 * h, 4 * h), torch.arange(2 * h, 3 * h)])
             scale = torch.ones(4 * h, dtype=torch.float64)
             scale[3 * h :] = 2.0  # tanh(g) = 2σ(2g) − 1
             w_ih = mdn.weight_ih.detach().double()[gates] * scale[:, None]  # (4H, In) rows (i, f, o, 2g)
             w_hh = mdn.weight_hh.detach().double()[gates] * scale[:, None]  # (4H, H)
-            self.W = torch.cat([w_ih[:, :z].T, w_hh.T, w_ih[:, z:].T], 0).to(device, dtype).contiguous()  # (Z+H+A+r, 4H)
-            self.b = (mdn.bias.detach().double()[gates] * scale).to(device, dtype)
+            bias = mdn.bias.detach().double()[gates] * scale  # (4H,)
+            # rows in S[:, H:] order: z, a, r (= M's input order), 1 (bias), h
+            self.W = torch.cat([w_ih.T, bias[None, :], w_hh.T], 0).to(device, dtype).contiguous()  # (In+1+H, 4H)
             cols = []
             if cfg.done_head:
                 cols.append(torch.tensor([0]))
@@ -196,24 +222,37 @@ class FusedM:
             for part in range(3):  # head layout: Z rows of [logπ(K), μ(K), logσ(K)]
                 cols.append((off + d * 3 * k + part * k + kk).T.reshape(-1))  # (K, Z) order
             perm = torch.cat(cols)
-            self.Wo = mdn.head.weight.detach()[perm].T.to(device, dtype).contiguous()  # (H, O)
-            self.bo = mdn.head.bias.detach()[perm].to(device, dtype)
-        self.mix0 = (1 if cfg.done_head else 0) + (1 if cfg.reward_head != "none" else 0)
+            wo = torch.cat([mdn.head.bias.detach().double()[None, :], mdn.head.weight.detach().double().T], 0)
+            wo = wo[:, perm]  # (1+H, O): rows [1, h]
+            self.mix0 = (1 if cfg.done_head else 0) + (1 if cfg.reward_head != "none" else 0)
+            if tau > 0:
+                wo[:, self.mix0 : self.mix0 + k * z] /= tau
+            self.Wo = wo.to(device, dtype).contiguous()
         self.out_dim = self.Wo.shape[1]
 
-    def buffers(self, batch: int, dtype: torch.dtype, device) -> dict[str, Tensor]:
+    def new_state(self, z0: Tensor) -> Tensor:
+        """S for rows starting at z0 (B, Z): zero LSTM state, restart flag set (ref §7)."""
+        S = torch.zeros(z0.shape[0], self.width, dtype=self.W.dtype, device=self.W.device)
+        S[:, self.z_] = z0
+        S[:, self.one_col] = 1.0
+        if self.restart:
+            S[:, self.r_col] = 1.0
+        return S
+
+    def buffers(self, batch: int) -> dict[str, Tensor]:
         """Scratch tensors for up to `batch` rows (the program uses their first B rows)."""
         h, z, k = self.hidden, self.z_dim, self.mixtures
-        return {"G": torch.empty(batch, 4 * h, dtype=dtype, device=device),
-                "T": torch.empty(batch, h, dtype=dtype, device=device),
-                "O": torch.empty(batch, self.out_dim, dtype=dtype, device=device),
-                "E": torch.empty(batch, k, z, dtype=dtype, device=device)}
+        dt, dev = self.W.dtype, self.W.device
+        return {"G": torch.empty(batch, 4 * h, dtype=dt, device=dev),
+                "T": torch.empty(batch, h, dtype=dt, device=dev),
+                "Y": torch.empty(batch, self.out_dim, dtype=dt, device=dev),
+                "E": torch.empty(batch, k, z, dtype=dt, device=dev)}
 
     def step(self, S: Tensor, buf: dict[str, Tensor]) -> Tensor:
-        """Advance every row of S in place: LSTM on (z, a, restart) from (h, c); returns the head (B, O)."""
+        """Advance every row of S in place: LSTM on (z, a, restart) from (h, c); returns the head Y (B, O)."""
         b, h = S.shape[0], self.hidden
-        G, T, O = buf["G"][:b], buf["T"][:b], buf["O"][:b]
-        torch.addmm(self.b, S[:, h:], self.W, out=G)  # (B, 4H): the one big matmul
+        G, T, Y = buf["G"][:b], buf["T"][:b], buf["Y"][:b]
+        torch.mm(S[:, h:], self.W, out=G)  # (B, 4H): the one big matmul
         G.sigmoid_()
         i, f, o, g = G[:, :h], G[:, h : 2 * h], G[:, 2 * h : 3 * h], G[:, 3 * h :]
         g.mul_(2.0).sub_(1.0)  # tanh(g)
@@ -221,30 +260,47 @@ class FusedM:
         c.mul_(f).addcmul_(i, g)  # c' = σ(f)·c + σ(i)·tanh(g)
         torch.mul(c, 2.0, out=T).sigmoid_().mul_(2.0).sub_(1.0)  # tanh(c')
         torch.mul(T, o, out=S[:, self.h_])  # h' = σ(o)·tanh(c')
-        torch.addmm(self.bo, S[:, self.h_], self.Wo, out=O)  # (B, O)
-        return O
+        torch.mm(S[:, self.one_col :], self.Wo, out=Y)  # (B, O)
+        return Y
 
-    def sample(self, O: Tensor, u: Tensor, eps: Tensor, tau: float, out: Tensor, buf: dict[str, Tensor]) -> None:
-        """z' (B, Z) into `out` from the head O: per dimension, component by inverse CDF of softmax(logits/τ) at u,
+    def sample(self, Y: Tensor, u: Tensor, eps: Tensor, out: Tensor, buf: dict[str, Tensor]) -> None:
+        """z' (B, Z) into `out` from the head Y: per dimension, component by inverse CDF of softmax(logits/τ) at u,
         then μ_k + exp(logσ_k)·√τ·ε (ref §4.4, the same rule as `mdnrnn.sample_next`)."""
-        b, z, k = O.shape[0], self.z_dim, self.mixtures
-        m0 = self.mix0
-        logits = O[:, m0 : m0 + k * z].view(b, k, z)  # (B, K, Z)
-        mu = O[:, m0 + k * z : m0 + 2 * k * z].view(b, k, z)
-        logsigma = O[:, m0 + 2 * k * z : m0 + 3 * k * z].view(b, k, z)
-        if tau <= 0:
+        b, z, k, m0 = Y.shape[0], self.z_dim, self.mixtures, self.mix0
+        logits = Y[:, m0 : m0 + k * z].view(b, k, z)  # (B, K, Z), already divided by τ
+        mu = Y[:, m0 + k * z : m0 + 2 * k * z].view(b, k, z)
+        logsigma = Y[:, m0 + 2 * k * z : m0 + 3 * k * z].view(b, k, z)
+        if self.tau <= 0:
             idx = logits.argmax(dim=1, keepdim=True)  # (B, 1, Z)
             out.copy_(mu.gather(1, idx).squeeze(1))
             return
         E = buf["E"][:b]
-        # softmax(logπ/τ) = softmax(logits/τ): log_softmax only shifts each row. Unnormalised running sums.
-        torch.sub(logits, logits.amax(dim=1, keepdim=True), out=E).mul_(1.0 / tau).exp_()
+        torch.sub(logits, logits.amax(dim=1, keepdim=True), out=E).exp_()  # unnormalised mixture weights
         for j in range(1, k):
-            E[:, j].add_(E[:, j - 1])
+            E[:, j].add_(E[:, j - 1])  # running sums
         thr = (u * E[:, k - 1]).unsqueeze(1)  # (B, 1, Z): u·total
         idx = (E[:, : k - 1] <= thr).sum(dim=1, keepdim=True)  # (B, 1, Z): #{j : cdf_j <= u}
         sigma = logsigma.gather(1, idx).squeeze(1).exp_()
-        torch.addcmul(mu.gather(1, idx).squeeze(1), sigma, eps, value=math.sqrt(tau), out=out)
+        torch.addcmul(mu.gather(1, idx).squeeze(1), sigma, eps, value=math.sqrt(self.tau), out=out)
+
+    def row_layers(self, controller: Controller, params: Tensor) -> tuple[list, slice]:
+        """C's layers (P, in, out) for features read straight from S, and the slice of S they read.
+
+        The first layer gets one row per column of the slice: C's z, c, h rows where S holds z, c, h, zero rows
+        where S holds a, restart and the constant 1 (so [z, c, h] need not be gathered every step)."""
+        layers = controller.unflatten(params)
+        parts = {"z": self.z_, "c": self.c_, "h": self.h_}
+        used = [parts[p] for p in FEATURE_PARTS[controller.cfg.features]]
+        lo, hi = min(sl.start for sl in used), max(sl.stop for sl in used)
+        w0, b0 = layers[0]
+        wide = torch.zeros(w0.shape[0], hi - lo, w0.shape[2], dtype=w0.dtype, device=w0.device)
+        row = 0
+        for sl in used:  # C's rows in feature order [z, c, h]
+            n = sl.stop - sl.start
+            wide[:, sl.start - lo : sl.stop - lo] = w0[:, row : row + n]
+            row += n
+        layers[0] = (wide, b0)
+        return layers, slice(lo, hi)
 
 
 # ------------------------------------------------------------------------------------------ the batched program
@@ -269,24 +325,6 @@ def _policy_env(controller: Controller | None, mdn: MDNRNN, env: str | None) -> 
     if env:
         return env
     return "doom" if mdn.cfg.action_dim == 1 else "carracing"
-
-
-def _feature_slice(features: str, fm: FusedM) -> slice:
-    h, z = fm.hidden, fm.z_dim
-    return {"z": slice(h, h + z), "zh": slice(h, 2 * h + z), "zch": slice(0, 2 * h + z)}[features]
-
-
-def _buffer_order(controller: Controller, params: Tensor) -> Tensor:
-    """Params (P, n) with the first layer's rows reordered from [z, c, h] to the buffer's [c, z, h]."""
-    if controller.cfg.features != "zch":
-        return params
-    z, h, n = controller.z_dim, controller.hidden, controller.param_count
-    idx = torch.arange(n)
-    layers = controller.unflatten(idx)
-    w0, b0 = layers[0]
-    rows = torch.cat([torch.arange(z, z + h), torch.arange(0, z), torch.arange(z + h, z + 2 * h)])
-    layers[0] = (w0[rows], b0)
-    return params[:, controller.flatten(layers).to(params.device)]
 
 
 @torch.no_grad()
@@ -320,7 +358,7 @@ def dream_rollouts(
     n_rows = P * R
     device = torch.device(device) if device is not None else mdn.bias.device
     dtype = dtype or mdn.bias.dtype
-    fm = FusedM(mdn, dtype, device)
+    fm = FusedM(mdn, dtype, device, tau)
     layout = NoiseLayout(fm.z_dim, fm.action_dim)
     env_name = _policy_env(controller, mdn, env)
     t_start = time.perf_counter()
@@ -328,17 +366,15 @@ def dream_rollouts(
     keys = rollout_keys(seeds, device)  # (N,)
     mu0 = torch.as_tensor(np.asarray(initial_mu), device=device).to(dtype)
     lv0 = torch.as_tensor(np.asarray(initial_logvar), device=device).to(dtype)
-    S = torch.zeros(n_rows, fm.width, dtype=dtype, device=device)  # zero LSTM state (ref §7)
-    S[:, fm.z_], _ = start_z(keys, mu0, lv0, layout)
-    if fm.restart:
-        S[:, fm.r_col] = 1.0  # restart flag at the first step (ref §7)
-    prow = feats = None
+    S = fm.new_state(start_z(keys, mu0, lv0, layout)[0])  # zero state, restart flag set (ref §7)
+    feats = layers = None
     if controller is not None:
         p = torch.as_tensor(np.asarray(params) if not isinstance(params, Tensor) else params, device=device)
-        p = _buffer_order(controller, p.to(dtype).reshape(P, controller.param_count))
-        prow = p.repeat_interleave(R, dim=0)  # (N, n): row r runs member r // R
-        feats = _feature_slice(controller.cfg.features, fm)
-    buf = fm.buffers(n_rows, dtype, device)
+        member_layers, feats = fm.row_layers(controller, p.to(dtype).reshape(P, controller.param_count))
+        # row r runs member r // R: its weights repeated per row, so rows can be compacted freely
+        layers = [(w.repeat_interleave(R, 0), None if b is None else b.repeat_interleave(R, 0))
+                  for w, b in member_layers]
+    buf = fm.buffers(n_rows)
     rows = torch.arange(n_rows, device=device)  # each row's rollout id
     alive = torch.ones(n_rows, dtype=torch.bool, device=device)
     ret = torch.zeros(n_rows, dtype=torch.float64, device=device)
@@ -351,42 +387,53 @@ def dream_rollouts(
         zs[0] = S[:, fm.z_]
     row_steps = 0
 
-    for t in range(max_steps):
-        B = S.shape[0]
-        row_steps += B
-        u, eps, abits = step_noise(keys, t, layout, dtype)
-        if controller is None:
-            S[:, fm.a_] = random_action(abits, env_name, dtype)
-        else:
-            raw = controller.forward_batched(prow, S[:, feats].unsqueeze(1))  # (B, 1, A)
-            S[:, fm.a_] = controller.to_action(raw.squeeze(1))
-        O = fm.step(S, buf)
-        if t == 0 and fm.restart:
-            S[:, fm.r_col] = 0.0
-        reward = reward_of(fm.reward_head, O[:, 1 if fm.done_head else 0] if fm.reward_head != "none" else None,
-                           ret)
-        ret.add_(reward.to(torch.float64) * alive)
-        length.add_(alive)
-        if fm.done_head:
-            alive &= ~(O[:, 0] > 0)  # done when the done logit > 0; τ plays no part (ref §7)
-        fm.sample(O, u, eps, tau, S[:, fm.z_], buf)
-        if zs is not None:
-            zs[t + 1, rows[alive]] = S[alive][:, fm.z_]
-        if (t + 1) % compact_every == 0 and t + 1 < max_steps:
-            n_alive = int(alive.sum())
-            if n_alive == 0:
-                break
-            if compact and B - n_alive >= max(1, B // 32):
-                done_rows = (~alive).nonzero().squeeze(1)
-                out_ret[rows[done_rows]] = ret[done_rows]
-                out_len[rows[done_rows]] = length[done_rows]
-                keep = alive.nonzero().squeeze(1)
-                S, keys, rows, ret, length = S[keep], keys[keep], rows[keep], ret[keep], length[keep]
-                alive = alive[keep]
-                if prow is not None:
-                    prow = prow[keep]
+    per_step_reward = fm.reward_head != "none"  # else +1 per step: the return is the length (ref §7)
+    threads = torch.get_num_threads()
+    try:
+        for t in range(max_steps):
+            B = S.shape[0]
+            row_steps += B
+            if B < _SMALL_BATCH and device.type == "cpu":
+                torch.set_num_threads(1)  # a few rows: splitting tiny ops only adds synchronisation
+            j = t % compact_every
+            if j == 0:  # the noise of the next `compact_every` steps at once: rows only change between such chunks
+                k = min(compact_every, max_steps - t)
+                U, EPS, AB = (x.view(B, k, -1) for x in step_noise(keys, t, layout, dtype, steps=k))  # (B, k, ·)
+            if layers is None:
+                S[:, fm.a_] = random_action(AB[:, j], env_name, dtype)
+            else:
+                raw = apply_layers(layers, S[:, feats].unsqueeze(1))  # (B, 1, A): member weights per row
+                S[:, fm.a_] = controller.to_action(raw.squeeze(1))
+            Y = fm.step(S, buf)
+            if t == 0 and fm.restart:
+                S[:, fm.r_col] = 0.0
+            if per_step_reward:
+                ret.add_(reward_of(fm.reward_head, Y[:, 1 if fm.done_head else 0], ret).to(torch.float64) * alive)
+            length.add_(alive)
+            if fm.done_head:
+                alive &= ~(Y[:, 0] > 0)  # done when the done logit > 0; τ plays no part (ref §7)
+            fm.sample(Y, U[:, j], EPS[:, j], S[:, fm.z_], buf)
+            if zs is not None:
+                zs[t + 1, rows[alive]] = S[alive][:, fm.z_]
+            if j == compact_every - 1 and t + 1 < max_steps:
+                n_alive = int(alive.sum())
+                if n_alive == 0:
+                    break
+                if compact and B - n_alive >= max(1, B // 32):
+                    done_rows = (~alive).nonzero().squeeze(1)
+                    out_ret[rows[done_rows]] = ret[done_rows]
+                    out_len[rows[done_rows]] = length[done_rows]
+                    keep = alive.nonzero().squeeze(1)
+                    S, keys, rows, ret, length = S[keep], keys[keep], rows[keep], ret[keep], length[keep]
+                    alive = alive[keep]
+                    if layers is not None:
+                        layers = [(w[keep], None if b is None else b[keep]) for w, b in layers]
+    finally:
+        torch.set_num_threads(threads)
     out_ret[rows] = ret
     out_len[rows] = length
+    if not per_step_reward:
+        out_ret = out_len.to(torch.float64)
     seconds = time.perf_counter() - t_start
     return DreamResult(
         returns=out_ret.cpu().numpy().reshape(P, R),

@@ -11,9 +11,11 @@ never a silent hang.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import logging
 import multiprocessing as mp
 import os
+import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
@@ -31,12 +33,13 @@ class _TaskFailed(Exception):
 
 
 def _worker_init(init: Callable[[Any], Any], payload: Any) -> None:
-    import torch
-
-    torch.set_num_threads(1)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # one thread per worker: set before torch is imported (stages that need no torch never pay its import)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
     _STATE.clear()
     _STATE["state"] = init(payload)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
 
 
 def _worker_call(fn: Callable[[Any, Any], Any], task: Any) -> tuple[bool, Any]:
@@ -50,6 +53,21 @@ def _worker_close() -> None:
     close = getattr(_STATE.get("state"), "close", None)
     if close is not None:
         close()
+
+
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Episode tasks are batch-1 torch calls: one thread is ~50x faster than two fighting on a busy machine."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class LocalExecutor:
@@ -113,6 +131,10 @@ class LocalExecutor:
     def _run_inline(self, fn, tasks, describe) -> Iterator[tuple[int, Any]]:
         if self._inline_state is None:
             self._inline_state = self.init(self.payload)
+        with _one_torch_thread():
+            yield from self._inline_tasks(fn, tasks, describe)
+
+    def _inline_tasks(self, fn, tasks, describe) -> Iterator[tuple[int, Any]]:
         for i, task in enumerate(tasks):
             for attempt in range(self.retries + 1):
                 try:

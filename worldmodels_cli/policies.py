@@ -121,5 +121,13 @@ def make_policy(env: EnvConfig, collect: CollectConfig, controller: str | None =
         return random_policy(env, collect)
     if controller is None:
         raise ConfigError("CollectConfig.policy 'controller' needs a controller artifact (--controller PATH)")
-    # issue 7 plugs in here: NoisyPolicy(<policy of V+M+C from `controller`>, collect.noise, low, high)
-    raise ConfigError("controller-driven collection is not available yet (issue 7)")
+    from .agent import agent_spec
+    from .envs import CarRacingEnv, DoomEnv
+
+    spec, params, meta = agent_spec(controller)
+    if meta.env != env.name:
+        raise ConfigError(f"{controller}: a controller for {meta.env}, but collecting {env.name}")
+    agent = spec.build()
+    agent.set_params(params)
+    bounds = CarRacingEnv if env.name == "carracing" else DoomEnv
+    return NoisyPolicy(agent, collect.noise, bounds.action_low, bounds.action_high)

@@ -96,7 +96,7 @@ def run(
     trainer = _Trainer(model, optimizer, batcher, tcfg, dev)
 
     writer = metrics.MetricsWriter(metrics.metrics_path(out))
-    start = 0
+    start, previous = 0, {}
     if out.exists():
         start, previous = _resume(out, trainer, run_config, seed, inputs)
         if start >= tcfg.steps and previous.get("complete"):
@@ -113,6 +113,7 @@ def run(
 
     ckpt = _Checkpointer(out, trainer, mcfg, run_config, seed, inputs, data, train_eps, val_eps, params)
     ckpt.last_step = start
+    ckpt.val = previous.get("val_nll") if start else None
     trainer.step = start
     done_fraction = _done_fraction(data, train_eps) if mcfg.done_head else None
     ckpt.extra = {"done_positive_fraction": done_fraction} if done_fraction is not None else {}

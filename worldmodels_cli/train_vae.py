@@ -225,7 +225,8 @@ def run(
     on_step: Callable[[int], None] | None = None,
 ) -> Result:
     """Train V on `rollouts` into the `vae` artifact `out` (resuming it if it is an unfinished run of the same
-    settings). `init`: start from another VAE artifact's weights (and architecture). `on_step(step)` is called after
+    settings). `init`: start from another VAE artifact's weights and architecture (a fresh optimizer; an unfinished
+    one is accepted too). `on_step(step)` is called after
     every optimizer step (progress, tests); a KeyboardInterrupt raised there stops the run like Ctrl-C."""
     out = Path(out)
     rollouts = [Path(p) for p in rollouts]
@@ -277,7 +278,7 @@ def run(
         raise ConfigError(f"no training frames in {', '.join(map(str, rollouts))} "
                           f"({n_val} frames held out for validation)")
     spe = math.ceil(n_train / tc.batch_size)  # steps per epoch; the last batch of an epoch may be short
-    total = math.ceil(tc.epochs * spe)
+    total = math.ceil(round(tc.epochs * spe, 6))  # round: 0.3 * 10 must give 3 steps, not 4
 
     # ---- model, optimizer
     with torch.random.fork_rng(devices=[]):
@@ -295,7 +296,8 @@ def run(
     amp = _make_amp(tc.amp, dev)
     n_params = parameter_count(model)
 
-    counters = {"step": 0, "epoch_sums": [0.0, 0.0, 0.0, 0.0], "window": [0.0, 0.0, 0.0, 0.0], "window_start": 0}
+    # epoch_sums: (loss, recon, kl) x frames and frames of the current epoch; window_start: step of the last log
+    counters = {"step": 0, "epoch_sums": [0.0, 0.0, 0.0, 0.0], "window_start": 0}
     history: dict[str, list] = {k: [] for k in ("epoch", "train_loss", "train_recon", "train_kl", "val_loss",
                                                  "val_recon", "val_kl")}
     if resume is not None:
@@ -415,7 +417,8 @@ def run(
             # ---- epoch end (or the end of a fractional last epoch)
             flush_window()
             ep = counters["epoch_sums"]
-            val = evaluate(model, frames.val_batches(sources, tc.batch_size), seed=seed, epoch=epoch, amp=amp,
+            val = evaluate(model, frames.val_batches(sources, tc.batch_size, read_frames=tc.block_frames),
+                           seed=seed, epoch=epoch, amp=amp,
                            device=dev, kl_tolerance=tc.kl_tolerance)
             history["epoch"].append(round(step / spe, 4))
             history["train_loss"].append(ep[0] / ep[3] if ep[3] else None)

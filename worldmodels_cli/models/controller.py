@@ -95,16 +95,7 @@ class Controller(nn.Module):
 
         A batched matmul per layer (member p's weights on its R rows). With R = 1 (one row per weight vector, as
         the dream's per-rollout rows) the same product is a multiply-and-sum over F, which is faster there."""
-        y = x
-        for w, b in self.unflatten(params):
-            if y.shape[-2] == 1:
-                y = (y.transpose(-1, -2) * w).sum(dim=-2, keepdim=True)  # (P, 1, out)
-            else:
-                y = torch.bmm(y, w)  # (P, R, out)
-            if b is not None:
-                y = y + b.unsqueeze(-2)
-            y = torch.tanh(y)
-        return y
+        return apply_layers(self.unflatten(params), x)
 
     def to_action(self, raw: Tensor) -> Tensor:
         """The action M and the env receive (ref §5): CarRacing steer = a0, gas = (a1+1)/2, brake = clip(a2, 0, 1);
@@ -116,6 +107,20 @@ class Controller(nn.Module):
     def act(self, x: Tensor) -> Tensor:
         """Features (B, F) -> action (B, A) as M and the env receive it."""
         return self.to_action(self.forward(x))
+
+
+def apply_layers(layers: list[tuple[Tensor, Tensor | None]], x: Tensor) -> Tensor:
+    """`Controller.forward_batched` on already unflattened layers (P, in, out) / (P, out): x (P, R, F) -> (P, R, A)."""
+    y = x
+    for w, b in layers:
+        if y.shape[-2] == 1:
+            y = (y.transpose(-1, -2) * w).sum(dim=-2, keepdim=True)  # (P, 1, out)
+        else:
+            y = torch.bmm(y, w)  # (P, R, out)
+        if b is not None:
+            y = y + b.unsqueeze(-2)
+        y = torch.tanh(y)
+    return y
 
 
 def car_action(raw: Tensor) -> Tensor:

@@ -1,0 +1,5 @@
+"""`python -m worldmodels_cli` == `wm`."""
+
+from .cli import main
+
+main()
