@@ -12,7 +12,7 @@ DATA   ?= data
 RESULTS ?= results
 WORKERS ?= 2
 
-.PHONY: install test test-slow test-faults lint format bench demo reproduce clean
+.PHONY: install test test-slow test-faults lint format bench demo clean
 
 install: $(VENV)/.installed
 
@@ -43,10 +43,9 @@ bench: install
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 demo: install
-	$(PY) -m worldmodels_cli.pipeline demo --out $(RESULTS)/demo --data $(DATA)/demo --seed $(SEED) --workers $(WORKERS)
+	$(WM) demo --data $(DATA)/demo-seed$(SEED) --results $(RESULTS)/demo --seed $(SEED) --workers $(WORKERS)
 
-reproduce: install
-	$(PY) -m worldmodels_cli.pipeline reproduce --out $(RESULTS)/paper --data $(DATA)/paper --seed $(SEED) --workers $(WORKERS)
+include reproduce.mk
 
 clean:
 	rm -rf $(VENV) build *.egg-info

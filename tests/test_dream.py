@@ -144,7 +144,8 @@ def test_fused_step_equals_mdnrnn_step(cfg):
         logits = Y[:, m0 : m0 + k * zd].view(b, k, zd).transpose(1, 2)  # (B, Z, K)
         assert torch.allclose(torch.log_softmax(logits, -1), out.logpi, atol=1e-12)
         assert torch.allclose(Y[:, m0 + k * zd : m0 + 2 * k * zd].view(b, k, zd).transpose(1, 2), out.mu, atol=1e-12)
-        assert torch.allclose(Y[:, m0 + 2 * k * zd :].view(b, k, zd).transpose(1, 2), out.logsigma, atol=1e-12)
+        assert torch.allclose(Y[:, m0 + 2 * k * zd : m0 + 3 * k * zd].view(b, k, zd).transpose(1, 2), out.logsigma,
+                              atol=1e-12)
         assert torch.allclose(S[:, fm.h_], state[0], atol=1e-12) and torch.allclose(S[:, fm.c_], state[1], atol=1e-12)
         if cfg.done_head:
             assert torch.allclose(Y[:, 0], out.done_logit, atol=1e-12)

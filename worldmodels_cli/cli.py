@@ -224,13 +224,17 @@ def train_mdn_cmd(series: tuple[Path, ...], out: Path, preset: str, steps: int |
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None, help="dream temperature tau")
 @click.option("--eval-real", type=click.IntRange(min=0), default=None,
               help="with --in-dream: also evaluate the CMA mean on N real episodes")
+@click.option("--features", type=click.Choice(["z", "zh", "zch"]), default=None,
+              help="C's inputs (z only: the paper's V-only rows; default: the preset's)")
+@click.option("--hidden-units", type=click.IntRange(min=0), default=None,
+              help="a tanh hidden layer in C (the paper's V-only row with 40); 0 = linear")
 @workers_option
 @seed_option
 @device_option
 @backend_options
 def evolve(vae: Path, mdn: Path, out: Path, preset: str, pop, trials, generations, sigma0, eval_every, eval_episodes,
-           in_dream, temperature, eval_real, workers: int, seed: int, device: str, backend: str,
-           ray_address: str | None) -> None:
+           in_dream, temperature, eval_real, features, hidden_units, workers: int, seed: int, device: str,
+           backend: str, ray_address: str | None) -> None:
     """Evolve C with CMA-ES in the real env or in M's dream; rerun the same command to resume."""
     from . import artifacts
     from . import evolve as evolve_stage
@@ -240,7 +244,8 @@ def evolve(vae: Path, mdn: Path, out: Path, preset: str, pop, trials, generation
     cfg = get_preset(env, preset)
     cfg = cfg.replace(evolve=cfg.evolve.replace(
         pop=pop, trials=trials, generations=generations, sigma0=sigma0, eval_every=eval_every,
-        eval_episodes=eval_episodes, in_dream=in_dream, temperature=temperature, eval_real=eval_real))
+        eval_episodes=eval_episodes, in_dream=in_dream, temperature=temperature, eval_real=eval_real),
+        controller=cfg.controller.replace(features=features, hidden=hidden_units))
     res = evolve_stage.run(cfg, vae, mdn, out, seed=seed, workers=workers, device=device, backend=backend,
                            address=ray_address)
     where = f"dream tau={cfg.evolve.temperature}" if cfg.evolve.in_dream else "real env"
@@ -305,6 +310,82 @@ def dream(vae: Path, mdn: Path, controller: Path | None, temperature: float | No
     cfg = DreamConfig().replace(temperature=temperature, episodes=episodes, max_steps=max_steps)
     res = dream_stage.run(cfg, vae, mdn, out, controller_path=controller, seed=seed, device=device)
     click.echo(res.line())
+
+
+# ------------------------------------------------------------------------------------------ iterate / demo
+def iterate_options(f):
+    f = click.option("--rounds", type=click.IntRange(min=1), default=2, show_default=True,
+                     help="rounds: the first on random data, each later one on its controller's data too")(f)
+    f = click.option("--controller-episodes", type=click.IntRange(min=1), default=300, show_default=True,
+                     help="episodes collected with the controller in each later round")(f)
+    f = click.option("--noise", type=click.FloatRange(min=0), default=0.1, show_default=True,
+                     help="exploration noise on the controller's action while collecting")(f)
+    f = click.option("--eval-episodes", type=click.IntRange(min=1), default=100, show_default=True,
+                     help="real episodes evaluating each round's controller")(f)
+    return click.option("--data", type=click.Path(file_okay=False, path_type=Path), required=True,
+                        help="folder of the rounds' artifacts (created)")(f)
+
+
+@cli.command()
+@env_option()
+@preset_option(default="small")
+@iterate_options
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None, help="dream temperature tau")
+@workers_option
+@seed_option
+@device_option
+@backend_options
+def iterate(env_name, preset, rounds, controller_episodes, noise, eval_episodes, data, temperature, workers, seed,
+            device, backend, ray_address) -> None:
+    """The iterative procedure (ref §9): collect -> V -> M -> C in the dream -> evaluate, then again on the
+    controller's own data; rerun the same command to continue."""
+    from . import iterate as iterate_stage
+    from .config import preset as get_preset
+
+    cfg = get_preset(env_name, preset)
+    cfg = cfg.replace(evolve=cfg.evolve.replace(temperature=temperature))
+    it = iterate_stage.IterateConfig(rounds=rounds, controller_episodes=controller_episodes, noise=noise,
+                                     eval_episodes=eval_episodes)
+    recs = iterate_stage.run(cfg, data, it, seed=seed, workers=workers, device=device, backend=backend,
+                             address=ray_address)
+    click.echo("; ".join(f"round {r.round}: dream {r.dream_score:.0f}, real {r.real_mean:.0f} ± {r.real_std:.0f}"
+                         for r in recs))
+
+
+@cli.command()
+@preset_option(default="small")
+@iterate_options
+@click.option("--results", type=click.Path(file_okay=False, path_type=Path), default=Path("results/demo"),
+              show_default=True, help="folder of the table and pictures")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None, help="dream temperature tau")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="worker processes")
+@seed_option
+@device_option
+def demo(preset, rounds, controller_episodes, noise, eval_episodes, data, results, temperature, workers, seed,
+         device) -> None:
+    """`make demo`: the small Doom pipeline end to end, baselines, a results table and pictures."""
+    from . import demo as demo_stage
+    from . import iterate as iterate_stage
+    from .config import preset as get_preset
+
+    cfg = get_preset("doom", preset)
+    cfg = cfg.replace(evolve=cfg.evolve.replace(temperature=temperature))
+    it = iterate_stage.IterateConfig(rounds=rounds, controller_episodes=controller_episodes, noise=noise,
+                                     eval_episodes=eval_episodes)
+    _, _, table = demo_stage.run(cfg, data, results, it, seed=seed, workers=workers, device=device)
+    click.echo(table.rstrip())
+
+
+@cli.command()
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=Path("data/paper"), show_default=True,
+              help="the data folder `make reproduce` fills")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("results/REPORT.md"),
+              show_default=True, help="the report")
+def report(data: Path, out: Path) -> None:
+    """Write the paper's tables with our numbers beside them (rows not yet run say so)."""
+    from . import report as report_stage
+
+    click.echo(f"wrote {report_stage.run(data, out)}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -266,13 +266,14 @@ def _small(env: str) -> Preset:
             mdn_train=p.mdn_train.replace(steps=600, batch_size=16),
             evolve=p.evolve.replace(pop=16, trials=4, generations=30, eval_every=10, eval_episodes=16),
         )
+    # Doom: half-width V (4x fewer FLOPs) and the reference trial's M size (ref §B), sized for 2 cores in < 60 min
     return p.replace(
-        collect=p.collect.replace(episodes=600),
-        vae=VAEConfig(z_dim=32),
-        vae_train=p.vae_train.replace(epochs=3),
+        collect=p.collect.replace(episodes=500),
+        vae=VAEConfig(z_dim=32, enc_channels=(16, 32, 64, 128), dec_channels=(64, 32, 16)),
+        vae_train=p.vae_train.replace(epochs=2),
         mdn=p.mdn.replace(z_dim=32, hidden=256),
-        mdn_train=p.mdn_train.replace(steps=1500, batch_size=32, seq_len=200),
-        evolve=p.evolve.replace(pop=32, trials=16, generations=40, eval_every=10, eval_episodes=256, temperature=1.15),
+        mdn_train=p.mdn_train.replace(steps=1000, batch_size=32, seq_len=200, checkpoint_steps=100),
+        evolve=p.evolve.replace(pop=32, trials=16, generations=30, eval_every=10, eval_episodes=128),
     )
 
 

@@ -1,0 +1,68 @@
+"""The iterative procedure, `wm demo`, `wm report` and `make -n reproduce` at the tiny scale."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from worldmodels_cli import artifacts as A
+from worldmodels_cli import demo, iterate, report
+from worldmodels_cli.config import preset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_two_rounds_then_rerun_continues(tmp_path):
+    p = preset("doom", "tiny")
+    it = iterate.IterateConfig(rounds=2, controller_episodes=4, eval_episodes=5)
+    rows, recs, table = demo.run(p, tmp_path / "data", tmp_path / "results", it, seed=0, workers=1, device="cpu")
+    assert [r.round for r in recs] == [0, 1]
+    assert all(r.real_mean > 0 for r in recs)
+    # round 1 collected with round 0's controller and trained V and M on old + new data
+    r1 = A.validate(tmp_path / "data/round1/rollouts.h5", "rollouts")
+    assert r1.inputs["controller"]["sha256"] == A.sha256(tmp_path / "data/round0/controller.h5")
+    assert r1.config["collect"]["policy"] == "controller"
+    v1 = A.validate(tmp_path / "data/round1/vae.h5", "vae")
+    assert len(v1.inputs["rollouts"]) == 2
+    for name in ("results.md", "results.json", "dream.gif", "episode.mp4", "reconstructions.png", "fitness.png"):
+        assert (tmp_path / "results" / name).stat().st_size > 0, name
+    assert "× uniform random" in table and len(rows) == 4
+    saved = json.loads((tmp_path / "data" / iterate.RECORD).read_text())
+    assert [r["round"] for r in saved] == [0, 1]
+    # rerunning finds every artifact complete: nothing is retrained
+    mtime = (tmp_path / "data/round1/mdn.h5").stat().st_mtime
+    t0 = time.monotonic()
+    iterate.run(p, tmp_path / "data", it, seed=0, workers=1, device="cpu")
+    assert (tmp_path / "data/round1/mdn.h5").stat().st_mtime == mtime
+    assert time.monotonic() - t0 < 60
+
+
+def test_report_fills_rows_that_ran(tiny_world, tmp_path):
+    from worldmodels_cli import evaluate
+
+    doom = tmp_path / "doom"
+    doom.mkdir()
+    shutil.copy(tiny_world.vae, doom / "vae.h5")
+    evaluate.run(doom / "eval_random.h5", policy="random", preset=preset("doom", "tiny"), episodes=3)
+    text = report.build(tmp_path)
+    assert "| random policy (uniform per tic) | N/A | 210 ± 108 | N/A |" in text
+    line = next(x for x in text.splitlines() if x.startswith("| random policy (uniform"))
+    assert "not run" not in line and "(3 episodes)" in line
+    assert "| 1.15 | 918 ± 546 | 1092 ± 556 | not run | not run |" in text
+    assert "doom/vae" in text
+
+
+def test_make_n_reproduce_lists_every_stage():
+    out = subprocess.run(["make", "-n", "reproduce", "WM=wm", "VENV=/nonexistent"], cwd=ROOT, capture_output=True,
+                         text=True, check=False)
+    cmds = [line for line in out.stdout.splitlines() if line.startswith("wm ")]
+    verbs = [c.split()[1] for c in cmds]
+    assert verbs.count("collect") == 2 and verbs.count("train-vae") == 2 and verbs.count("encode") == 2
+    assert verbs.count("train-mdn") == 2
+    assert verbs.count("evolve") == 5 + 3  # Doom tau sweep; CarRacing full model and the two V-only rows
+    assert verbs.count("evaluate") == 5 + 2 + 3 + 1
+    assert cmds[-1].startswith("wm report")
+    assert any("--temperature 1.15" in c for c in out.stdout.replace("\\\n", " ").splitlines())

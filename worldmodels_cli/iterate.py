@@ -1,0 +1,147 @@
+"""`wm iterate`: the paper's iterative training procedure (ref §9), round after round, resumable.
+
+Round 0 is the paper's experiment: random-policy data -> V -> series -> M -> C evolved in M's dream -> real
+evaluation. Each later round collects new episodes with the previous round's controller (plus exploration noise),
+so M sees what the random policy never showed it (walls, long survivals: ref §B), retrains V and M on old + new data
+starting from the previous weights (so M does not forget), and evolves C again in the new dream. Every round
+records its dream and real scores and the wall time of each stage in `<data>/iterate.json`.
+
+Every stage resumes or skips itself when its artifact is complete, so rerunning the same command continues where
+it stopped; the stage functions are called in-process (no subprocess per stage).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import artifacts as A
+from .config import Preset
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+RECORD = "iterate.json"
+
+
+@dataclass(frozen=True)
+class IterateConfig:
+    """What a round does beyond the stage presets."""
+
+    rounds: int = 2
+    controller_episodes: int = 300  # episodes collected with the controller in each later round
+    noise: float = 0.1  # exploration noise on the controller's action while collecting (ref §9: C should explore)
+    later_vae_epochs: float = 1.0  # V continues from the previous round's weights: fewer passes suffice
+    later_mdn_steps_fraction: float = 0.6  # likewise M
+    eval_episodes: int = 100  # real episodes per round (ref §6: 100)
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ConfigError(f"--rounds must be >= 1, got {self.rounds}")
+        if self.controller_episodes < 1:
+            raise ConfigError(f"--controller-episodes must be >= 1, got {self.controller_episodes}")
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    dream_score: float = float("nan")  # best evaluation of the CMA mean in the dream (ref §6)
+    real_mean: float = float("nan")
+    real_std: float = float("nan")
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def round_dir(data: Path, k: int) -> Path:
+    return data / f"round{k}"
+
+
+def _timed(rec: RoundRecord, stage: str, fn, *args, **kwargs):
+    t0 = time.monotonic()
+    out = fn(*args, **kwargs)
+    rec.seconds[stage] = rec.seconds.get(stage, 0.0) + round(time.monotonic() - t0, 1)
+    return out
+
+
+def run(preset: Preset, data: Path, it: IterateConfig, *, seed: int = 0, workers: int = 1, device: str = "auto",
+        backend: str = "local", address: str | None = None, on_round=None) -> list[RoundRecord]:
+    """Run (or continue) `it.rounds` rounds under `data/round<k>/`; returns one record per round."""
+    from . import collect, encode, evaluate, evolve, train_mdn, train_vae
+
+    data = Path(data)
+    if not data.is_dir():
+        data.mkdir(parents=True)
+    record_path = data / RECORD
+    records = _load_records(record_path)
+    rollouts: list[Path] = []
+    prev: dict[str, Path] = {}
+    for k in range(it.rounds):
+        d = round_dir(data, k)
+        d.mkdir(exist_ok=True)
+        rec = records[k] if k < len(records) else RoundRecord(k)
+        r, v, s, m, c, e = (d / n for n in ("rollouts.h5", "vae.h5", "series.h5", "mdn.h5", "controller.h5", "eval.h5"))
+        p = preset
+        if k == 0:
+            _timed(rec, "collect", collect.run, p, r, seed=seed, workers=workers, backend=backend, address=address)
+        else:
+            pc = p.replace(collect=p.collect.replace(episodes=it.controller_episodes, policy="controller",
+                                                     noise=it.noise, min_length=0))
+            _timed(rec, "collect", collect.run, pc, r, seed=seed + k, workers=workers, backend=backend,
+                   address=address, controller=prev["controller"])
+            p = p.replace(vae_train=p.vae_train.replace(epochs=it.later_vae_epochs),
+                          mdn_train=p.mdn_train.replace(steps=max(1, int(p.mdn_train.steps * it.later_mdn_steps_fraction))))
+        rollouts.append(r)
+        _timed(rec, "train-vae", train_vae.run, p, list(rollouts), v, seed=seed + k, device=device,
+               init=prev.get("vae"))
+        _timed(rec, "encode", encode.run, list(rollouts), v, s, device=device, seed=seed + k)
+        _timed(rec, "train-mdn", train_mdn.run, p, [s], m, seed=seed + k, device=device, init=prev.get("mdn"))
+        ev = _timed(rec, "evolve", evolve.run, p, v, m, c, seed=seed + k, workers=workers, device=device,
+                    backend=backend, address=address)
+        rec.dream_score = ev.best_score
+        if not _complete_eval(e, it.eval_episodes):
+            _timed(rec, "evaluate", evaluate.run, e, controller=c, episodes=it.eval_episodes, seed=seed,
+                   workers=workers, backend=backend, address=address)
+        with A.open_artifact(e, "eval") as fh:
+            returns = fh[A.RETURNS][()]
+        rec.real_mean, rec.real_std = float(returns.mean()), float(returns.std())
+        records[k:k + 1] = [rec]
+        _save_records(record_path, records)
+        log.info("round %d: dream %.1f, real %.1f ± %.1f", k, rec.dream_score, rec.real_mean, rec.real_std)
+        if on_round is not None:
+            on_round(rec)
+        prev = {"vae": v, "mdn": m, "controller": c}
+    return records[: it.rounds]
+
+
+def _complete_eval(path: Path, episodes: int) -> bool:
+    if not path.exists():
+        return False
+    try:
+        return A.validate(path, "eval").summary.get("episodes") == episodes
+    except A.ArtifactError:
+        return False
+
+
+def _load_records(path: Path) -> list[RoundRecord]:
+    if not path.exists():
+        return []
+    try:
+        return [RoundRecord(**r) for r in json.loads(path.read_text())]
+    except (json.JSONDecodeError, TypeError):
+        log.warning("%s is unreadable; round records start afresh (artifacts are reused)", path)
+        return []
+
+
+def _save_records(path: Path, records: list[RoundRecord]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps([r.__dict__ for r in records], indent=2, default=_nan_safe))
+    os.replace(tmp, path)
+
+
+def _nan_safe(x):
+    return float(x) if isinstance(x, np.floating) else str(x)
