@@ -582,8 +582,10 @@ def run(cfg, vae_path, mdn_path, out, *, controller_path=None, seed: int = 0, de
     from .models.controller import load_controller
     from .models.mdnrnn import load_initial_z, load_mdn
     from .models.vae import load_vae
+    from .video import check_video_path, write_video
 
     dev = resolve(device)
+    check_video_path(out)
     out = Path(out)
     check_writable(out)
     mdn, mdn_meta = load_mdn(mdn_path, dev)
@@ -605,7 +607,7 @@ def run(cfg, vae_path, mdn_path, out, *, controller_path=None, seed: int = 0, de
                          tau=cfg.temperature, max_steps=cfg.max_steps, compact=False, record_z=True)
     lengths = res.lengths[0].tolist()
     frames = _decode_episodes(vae, res.z[0], lengths, dev)
-    _write_gif(out, frames, cfg.fps)
+    write_video(out, frames, fps=cfg.fps)
     return DreamRunResult(out, cfg.episodes, lengths, res.returns[0].tolist(), len(frames))
 
 
@@ -629,19 +631,6 @@ def _decode_episodes(vae, z: np.ndarray, lengths: list[int], device: str, batch:
             row.append(tile[min(t, len(tile) - 1)])
         frames.append(np.concatenate(row, axis=1))
     return frames
-
-
-def _write_gif(out: Path, frames: list[np.ndarray], fps: float) -> None:
-    """An animated GIF, written to a temp name and renamed (never a half-written file at `out`)."""
-    import imageio.v2 as imageio
-
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.gif")
-    try:
-        imageio.mimsave(tmp, frames, duration=1000.0 / fps, loop=0)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def mdn_dream_summary(path: str | os.PathLike, meta) -> dict | str:
