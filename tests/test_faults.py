@@ -300,10 +300,10 @@ def _plant(path: Path, marker: Path, where: str) -> None:
     """Replace one thing our readers read with a pickle payload (as an opaque blob or as a string)."""
     blob = np.void(_payload(marker))
     with h5py.File(path, "r+") as fh:
-        if where in (A.CONFIG, A.SUMMARY, A.MODEL_CONFIG, A.INPUTS, A.KIND, A.ENV, A.SCHEMA):
+        if where in (A.CONFIG, A.SUMMARY, A.MODEL_CONFIG, A.INPUTS, A.KIND, A.ENV, A.SCHEMA, A.BEST_SCORE):
             fh.attrs[where] = blob
-        elif where == "config-str":
-            fh.attrs[A.CONFIG] = _payload(marker).decode("latin-1")
+        elif where == "config-str":  # protocol 0 is text: a pickle where a JSON string is expected
+            fh.attrs[A.CONFIG] = pickle.dumps(_Marker(marker), protocol=0).decode("ascii")
         elif where == "weights":
             name = sorted(fh[A.WEIGHTS])[0]
             del fh[A.WEIGHTS][name]
@@ -339,7 +339,8 @@ def _plant(path: Path, marker: Path, where: str) -> None:
 _PLACES = {
     "vae": (A.CONFIG, "config-str", A.SUMMARY, A.MODEL_CONFIG, A.INPUTS, A.KIND, A.SCHEMA, "weights", "train_state"),
     "mdn": (A.CONFIG, A.SUMMARY, A.MODEL_CONFIG, A.ENV, "weights", "train_state"),
-    "controller": (A.CONFIG, A.SUMMARY, A.MODEL_CONFIG, A.INPUTS, A.MEAN, A.BEST_PARAMS, "history", "cma"),
+    "controller": (A.CONFIG, A.SUMMARY, A.MODEL_CONFIG, A.INPUTS, A.BEST_SCORE, A.MEAN, A.BEST_PARAMS, "history",
+                   "cma"),
     "series": (A.CONFIG, A.SUMMARY, A.MU),
     "rollouts": (A.CONFIG, A.SUMMARY, A.FRAMES),
     "eval": (A.SUMMARY, A.RETURNS),
@@ -351,7 +352,8 @@ def _commands(kind: str, bad: Path, w: World, d: Path) -> list[tuple]:
     info = [("info", bad)]
     if kind == "vae":
         return info + [_tiny("train-vae", "--rollouts", w.rollouts, "--out", bad, "--device", "cpu"),  # resume
-                       _tiny("train-vae", "--rollouts", w.rollouts, "--init", bad, "--out", d / "v.h5", "--device", "cpu"),
+                       _tiny("train-vae", "--rollouts", w.rollouts, "--init", bad, "--out", d / "v.h5", "--device", "cpu",
+                             "--epochs", "0.2"),
                        ("encode", "--rollouts", w.rollouts, "--vae", bad, "--out", d / "s.h5", "--device", "cpu"),
                        _tiny("evolve", "--vae", bad, "--mdn", w.mdn, "--out", d / "c.h5", "--generations", "1"),
                        ("evaluate", "--controller", w.controller, "--vae", bad, "--episodes", "1")]

@@ -79,6 +79,9 @@ def recorded_input(meta: A.Meta, role: str, override: str | os.PathLike | None) 
     still be the recorded ones (a retrained file at the same path would silently change the agent)."""
     rec = meta.inputs.get(role)
     if override is not None:
+        env = A.validate(override, role).env
+        if meta.env and env != meta.env:
+            raise ArtifactError(f"{override}: a {env} {role}, but {meta.path} is a {meta.env} controller")
         return Path(override)
     if not rec:
         raise ArtifactError(f"{meta.path}: records no {role} artifact; pass --{role} explicitly")

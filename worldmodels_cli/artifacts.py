@@ -25,10 +25,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
+import glob
 import hashlib
 import json
 import os
 import platform
+import re
+import sys
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -94,6 +98,10 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 }
 KINDS = tuple(REQUIRED)
 
+# rank of each required dataset: a blob, a string or a scalar in its place is a damaged (or crafted) artifact
+RANKS = {FRAMES: 4, ACTIONS: 2, MU: 2, LOGVAR: 2, REWARDS: 1, TERMINATED: 1, TRUNCATED: 1, EPISODE_STARTS: 1,
+         EPISODE_LENGTHS: 1, EPISODE_SEEDS: 1, EPISODE_IDS: 1, MEAN: 1, BEST_PARAMS: 1, RETURNS: 1, LENGTHS: 1}
+
 FRAME_COMPRESSION = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
 
 
@@ -147,9 +155,12 @@ def atomic_write(
         raise ValueError(f"unknown artifact kind {kind!r}")
     path = Path(path)
     check_writable(path)
+    remove_stale_temps(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fh = None
     try:
-        with h5py.File(tmp, "w") as fh:
+        with _dealloc_errors() as failed:
+            fh = h5py.File(tmp, "w")
             yield fh
             fh.attrs[KIND] = kind
             fh.attrs[SCHEMA] = SCHEMA_VERSION
@@ -161,13 +172,85 @@ def atomic_write(
             fh.attrs[ENV] = env or ""
             if SUMMARY not in fh.attrs:
                 fh.attrs[SUMMARY] = "{}"
+            fh.close()
+        if failed:  # a write that failed while h5py closed an object: raised nowhere, but the file is incomplete
+            raise failed[0]
         _fsync(tmp)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as exc:
+        if fh is not None:
+            close_quietly(fh)
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        full = disk_full(exc)
+        if full:
+            kept = "the previous version is untouched" if path.exists() else "nothing was written"
+            raise ArtifactError(f"{path}: write failed ({full}); {kept}") from None
         raise
+
+
+def close_quietly(fh: h5py.File) -> None:
+    """Close a file whose writes failed (HDF5 retries each failed flush while closing: more of the same error)."""
+    with _dealloc_errors(), contextlib.suppress(Exception):
+        fh.close()
+
+
+@contextlib.contextmanager
+def _dealloc_errors() -> Iterator[list[BaseException]]:
+    """Collect the errors h5py meets while it releases objects (a write that fails when HDF5 flushes a closing
+    dataset, e.g. on a full disk). h5py can only print those, as a traceback on stderr per object, and carry on; here
+    they are kept from stderr and listed, so the writer can fail in one line instead."""
+    errors: list[BaseException] = []
+    hook, excepthook = sys.unraisablehook, sys.excepthook
+
+    def unraisable(u) -> None:
+        if "h5py" in str(u.object):
+            errors.append(u.exc_value)
+        else:
+            hook(u)
+
+    def printed(kind, value, tb) -> None:  # Cython prints the traceback of an error in __dealloc__ this way first
+        if any("h5py" in f.filename for f in _frames(tb)):
+            return
+        excepthook(kind, value, tb)
+
+    sys.unraisablehook, sys.excepthook = unraisable, printed
+    try:
+        yield errors
+    finally:
+        sys.unraisablehook, sys.excepthook = hook, excepthook
+
+
+def _frames(tb) -> list:
+    import traceback
+
+    return traceback.extract_tb(tb) if tb is not None else []
+
+
+def disk_full(exc: BaseException) -> str | None:
+    """'No space left on device' / 'File too large' / quota: the reason when `exc` is such a write failure."""
+    if not isinstance(exc, OSError):
+        return None
+    codes = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+    found = [exc.errno] if exc.errno in codes else [int(c) for c in re.findall(r"errno = (\d+)", str(exc))]
+    code = next((c for c in found if c in codes), None)
+    return None if code is None else os.strerror(code)
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Delete the temp files of `path` left by writers that were killed (kill -9, out of memory): their pid is gone."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        pid = tmp.name.rsplit(".tmp-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        except PermissionError:  # alive, another user's
+            pass
 
 
 def check_writable(path: Path) -> None:
@@ -277,8 +360,10 @@ def validate(path: str | os.PathLike, kind: str | tuple[str, ...] | None = None)
                 raise ArtifactError(f"{p}: {got} artifact lacks {', '.join(missing)} (truncated or damaged)")
             for name in REQUIRED.get(got, ()):  # touch each dataset's metadata: catches a damaged object header
                 obj = fh[name]
-                if isinstance(obj, h5py.Dataset):
-                    _ = obj.shape, obj.dtype
+                rank = RANKS.get(name, getattr(obj, "ndim", 0))
+                if isinstance(obj, h5py.Dataset) and (obj.dtype.kind not in "biuf" or obj.ndim != rank):
+                    raise ArtifactError(f"{p}: {got} dataset {name} holds {obj.dtype} of shape {obj.shape}, not numbers "
+                                        f"of rank {rank} (damaged)")
             return Meta(
                 path=str(p),
                 kind=got,
@@ -508,8 +593,10 @@ def write_episode_shard(path: str | os.PathLike, steps: Mapping[str, np.ndarray]
     """One episode's per-step arrays (keys from SHARD_DATA) to `path`, atomically (temp name, then rename)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fh = None
     try:
-        with h5py.File(tmp, "w") as fh:
+        with _dealloc_errors() as failed:
+            fh = h5py.File(tmp, "w")
             for key, arr in steps.items():
                 if key not in SHARD_DATA:
                     raise ValueError(f"not a per-step dataset: {key!r}")
@@ -519,11 +606,19 @@ def write_episode_shard(path: str | os.PathLike, steps: Mapping[str, np.ndarray]
                     fh.create_dataset(key, data=arr)
             fh.attrs[SHARD_EPISODE_ID] = int(episode_id)
             fh.attrs[SHARD_EPISODE_SEED] = int(seed)
+            fh.close()
+        if failed:
+            raise failed[0]
         # no fsync: a kill cannot lose written pages; after an OS crash a damaged shard is found when merging
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        if fh is not None:
+            close_quietly(fh)
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        full = disk_full(exc)
+        if full:
+            raise ArtifactError(f"{path}: write failed ({full})") from None
         raise
 
 

@@ -77,6 +77,11 @@ def load(path: str | os.PathLike, kind: str) -> Checkpoint:
         raise ArtifactError(f"{path}: corrupt {kind} checkpoint ({A._first_line(exc)})") from None
     if not meta.model_config:
         raise ArtifactError(f"{path}: {kind} artifact has no model_config; cannot rebuild the model")
+    for name, arr in weights.items():  # a NaN weight would silently poison every later stage
+        if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
+            raise ArtifactError(f"{path}: {kind} weight {name} is not a numeric tensor (damaged artifact)")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise ArtifactError(f"{path}: {kind} weight {name} holds NaN or inf (damaged or diverged artifact)")
     return Checkpoint(meta=meta, weights=weights, train_state=train_state)
 
 
@@ -86,7 +91,7 @@ def load_weights(model, weights: Mapping[str, np.ndarray], path: str | os.PathLi
 
     try:
         model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()}, strict=True)
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, ValueError) as exc:
         raise ArtifactError(f"{path}: weights do not match the recorded model_config ({A._first_line(exc)})") from None
 
 

@@ -502,7 +502,11 @@ def _merge(out: Path, old: A.EpisodeIndex | None, parts: Path, chosen: list[int]
                     frames.copy_from(src[A.FRAMES], old.frames)
                     for e in range(old.episodes):
                         lo, hi = int(old.starts[e]), int(old.starts[e] + old.lengths[e])
-                        add_steps({key: src[key][lo:hi] for key in step_ds}, int(old.ids[e]), int(old.seeds[e]))
+                        steps = {key: src[key][lo:hi] for key in step_ds}
+                        if not all(np.isfinite(steps[k]).all() for k in (A.ACTIONS, A.REWARDS)):
+                            raise ArtifactError(f"{out}: episode {old.ids[e]} holds NaN or inf (damaged); "
+                                                "refusing to extend it (use another --out)")
+                        add_steps(steps, int(old.ids[e]), int(old.seeds[e]))
             for index in chosen:
                 path = shard_path(parts, index)
                 try:

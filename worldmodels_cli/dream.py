@@ -590,13 +590,17 @@ def run(cfg, vae_path, mdn_path, out, *, controller_path=None, seed: int = 0, de
     check_writable(out)
     mdn, mdn_meta = load_mdn(mdn_path, dev)
     mu0, lv0 = load_initial_z(mdn_path)
-    vae, _ = load_vae(vae_path, dev)
+    vae, vae_meta = load_vae(vae_path, dev)
+    if vae_meta.env != mdn_meta.env:
+        raise ArtifactError(f"{vae_path}: a {vae_meta.env} V, but {mdn_path} is a {mdn_meta.env} M")
     if vae.config.z_dim != mdn.cfg.z_dim:
         raise ArtifactError(f"{vae_path}: V's latent size {vae.config.z_dim} differs from M's {mdn.cfg.z_dim} "
                             f"({mdn_path}); use the V that M's series was encoded with")
     controller = params = None
     if controller_path is not None:
-        controller, params, _ = load_controller(controller_path)
+        controller, params, c_meta = load_controller(controller_path)
+        if c_meta.env != mdn_meta.env:
+            raise ArtifactError(f"{controller_path}: a {c_meta.env} controller, but {mdn_path} is a {mdn_meta.env} M")
         want = (mdn.cfg.z_dim, mdn.cfg.hidden, mdn.cfg.action_dim)
         if (controller.z_dim, controller.hidden, controller.action_dim) != want:
             raise ArtifactError(f"{controller_path}: controller sizes (z {controller.z_dim}, h {controller.hidden}, "

@@ -103,11 +103,15 @@ def _encode_block(model, fh: h5py.File, index: A.EpisodeIndex, block: _Block, pa
     frames = np.concatenate([fh[A.FRAMES][s : s + n] for s, n in spans]) if spans else np.zeros((0, 64, 64, 3), np.uint8)
     mu, logvar = encode_frames(model, frames, device, batch_size)
     step_keys = (*A.STEP_DATA, A.ENV_ACTIONS) if with_env_actions else A.STEP_DATA
+    steps = {key: np.concatenate([fh[key][s : s + n] for s, n in spans]) for key in step_keys}
+    for key in (A.ACTIONS, A.REWARDS):  # M trains on them: NaN here would only surface as a NaN loss
+        if not np.isfinite(steps[key]).all():
+            raise ArtifactError(f"{fh.filename}: {key} holds NaN or inf (damaged rollouts artifact)")
     with A.atomic_write(part, "series", env=env) as out:
         out.create_dataset(A.MU, data=mu)
         out.create_dataset(A.LOGVAR, data=logvar)
         for key in step_keys:
-            out.create_dataset(key, data=np.concatenate([fh[key][s : s + n] for s, n in spans]))
+            out.create_dataset(key, data=steps[key])
         lengths = index.lengths[block.episodes]
         A.write_episode_index(out, A.EpisodeIndex(
             starts=np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64), lengths=lengths,

@@ -20,7 +20,7 @@ from . import seeding
 from .agent import agent_spec
 from .config import EnvConfig, Preset
 from .episodes import POLICIES, EpisodeRunner
-from .errors import ConfigError
+from .errors import ArtifactError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +77,23 @@ def run(
         raise ConfigError(f"--episodes must be >= 1, got {episodes}")
     if out is not None:
         A.check_writable(Path(out))
+        if Path(out).exists():  # re-evaluating replaces an eval artifact; anything else is never overwritten
+            try:
+                A.validate(out, "eval")
+            except ArtifactError as exc:
+                raise ArtifactError(f"{exc}; refusing to overwrite it (use another --out)") from None
     spec, params, inputs = None, None, {}
     if policy == "agent":
         if controller is None:
             raise ConfigError("--controller is required unless --policy random or data")
         spec, params, meta = agent_spec(controller, which=which, vae=vae, mdn=mdn)
-        env_cfg = EnvConfig.from_dict(meta.config["env"])
+        try:
+            env_cfg = EnvConfig.from_dict(meta.config["env"])
+        except (KeyError, TypeError, ValueError, ConfigError):
+            raise ArtifactError(f"{controller}: records no valid env config (damaged artifact)") from None
+        if preset is not None and preset.env.name != env_cfg.name:
+            raise ConfigError(f"{controller}: a {env_cfg.name} controller, but --env {preset.env.name}")
+        spec.build()  # V and M load here: a damaged one fails in one line, not inside a worker
         if preset is not None and preset.env.fake != env_cfg.fake:
             env_cfg = env_cfg.replace(fake=preset.env.fake)
         collect_cfg = None

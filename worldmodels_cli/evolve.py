@@ -119,10 +119,17 @@ def _load_state(path: Path, n: int, config_json: dict, seed: int, es) -> _State:
         hist = {k: list(fh[A.HISTORY][k][()]) for k in HISTORY_KEYS}
         best_params = fh[A.BEST_PARAMS][()]
         mean = fh[A.MEAN][()]
-        best_score = float(fh.attrs.get(A.BEST_SCORE, -math.inf))
-        best_generation = int(fh.attrs.get(A.BEST_GENERATION, -1))
+        try:
+            best_score = float(fh.attrs.get(A.BEST_SCORE, -math.inf))
+            best_generation = int(fh.attrs.get(A.BEST_GENERATION, -1))
+        except (TypeError, ValueError):
+            raise ArtifactError(f"{path}: unreadable best_score/best_generation attributes (damaged)") from None
     if best_params.shape != (n,):
-        raise ArtifactError(f"{path}: holds {best_params.shape[0]} parameters, this controller has {n}")
+        raise ArtifactError(f"{path}: holds {best_params.size} parameters, this controller has {n}")
+    if fitness.dtype.kind not in "iuf" or fitness.ndim != 2 or (len(fitness) and fitness.shape[1] != es.popsize):
+        raise ArtifactError(f"{path}: cma/fitness is not a (generations, pop) array of numbers (damaged)")
+    if not all(np.isfinite(a).all() for a in (fitness, mean, best_params)):
+        raise ArtifactError(f"{path}: holds NaN or inf in its optimizer state (damaged); delete it to start over")
     replay(es, fitness)
     if len(fitness) and not np.array_equal(np.asarray(es.mean), mean):
         raise ArtifactError(f"{path}: the optimizer state could not be rebuilt exactly (mean differs after replay)")
@@ -251,6 +258,7 @@ def run(
     from .episodes import EpisodeRunner
     from .models.controller import Controller
     from .models.mdnrnn import load_mdn
+    from .models.vae import load_vae
 
     cfg = preset.evolve
     vae_meta, mdn_meta = A.validate(vae, "vae"), A.validate(mdn, "mdn")
@@ -258,6 +266,7 @@ def run(
         if meta.env != preset.env.name:
             raise ConfigError(f"{meta.path}: made for {meta.env}, but the preset is for {preset.env.name}")
     mdn_model, _ = load_mdn(mdn)
+    load_vae(vae)  # a damaged V fails here in one line, not later in a worker or at evaluation
     mc = mdn_model.cfg
     if mc.z_dim != vae_meta.model_config.get("z_dim", mc.z_dim):
         raise ConfigError(f"{vae} (z={vae_meta.model_config.get('z_dim')}) and {mdn} (z={mc.z_dim}) do not match")

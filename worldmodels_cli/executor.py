@@ -15,6 +15,7 @@ import contextlib
 import logging
 import multiprocessing as mp
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +34,10 @@ class _TaskFailed(Exception):
 
 
 def _worker_init(init: Callable[[Any], Any], payload: Any) -> None:
+    # Ctrl-C reaches the whole process group: the driver handles it (and kills the pool); a worker that raised
+    # KeyboardInterrupt too would print its own traceback under the driver's one-line message
+    with contextlib.suppress(ValueError):  # not the main thread (a Ray actor may be): nothing to do
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     # one thread per worker: set before torch is imported (stages that need no torch never pay its import)
     os.environ["OMP_NUM_THREADS"] = "1"
     os.environ["MKL_NUM_THREADS"] = "1"

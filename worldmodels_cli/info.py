@@ -15,6 +15,15 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
     """A flat-ish dict for display; `valid` is False (with `error`) when the artifact does not validate."""
     try:
         meta = A.validate(path)
+        if meta.kind in ("vae", "mdn"):  # the weights too: NaN or a non-numeric tensor makes it invalid
+            from .checkpoint import load
+
+            load(path, meta.kind)
+        elif meta.kind == "controller":
+            from .models.controller import load_controller
+
+            for which in ("best", "mean"):
+                load_controller(path, which)
     except ArtifactError as exc:
         return {"path": str(path), "valid": False, "error": str(exc)}
     report: dict[str, Any] = {"path": str(path), "valid": True, "kind": meta.kind, "env": meta.env,

@@ -80,6 +80,9 @@ def load_series(paths: Sequence[str | os.PathLike]) -> SeriesData:
             raise ArtifactError(f"{p}: mu/logvar must be (N, Z) and actions (N, A) (damaged series artifact)")
         if any(len(arrays[k]) != n for k in parts) or idx.frames != n or (idx.episodes and (idx.starts.min() < 0 or (idx.starts + idx.lengths).max() > n)):
             raise ArtifactError(f"{p}: per-step datasets and the episode index disagree (damaged series artifact)")
+        bad = [k for k in (A.MU, A.LOGVAR, A.ACTIONS, A.REWARDS) if not np.isfinite(arrays[k]).all()]
+        if bad:  # z sampled from a NaN μ poisons M at its first step
+            raise ArtifactError(f"{p}: {bad[0]} holds NaN or inf (damaged series artifact)")
         shape = (arrays[A.MU].shape[1], arrays[A.ACTIONS].shape[1])
         if first is None:
             first, env = (str(p), shape), meta.env

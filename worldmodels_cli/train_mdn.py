@@ -154,7 +154,8 @@ def run(
     except KeyboardInterrupt:
         if consistent and trainer.step > ckpt.last_step:
             ckpt.save(trainer.last_losses, None, complete=False)
-        log.warning("interrupted at step %d; checkpoint in %s; rerun the same command to resume", ckpt.last_step, out)
+        # info, not warning: the CLI's own line on exit is the one line a Ctrl-C prints (issue 9)
+        log.info("interrupted at step %d; checkpoint in %s; rerun the same command to resume", ckpt.last_step, out)
         raise
     finally:
         bar.close()
@@ -374,7 +375,7 @@ def _deferred_sigint() -> Iterator[Any]:
         if flag.requested:
             raise KeyboardInterrupt
         flag.requested = True
-        log.warning("Ctrl-C: checkpointing at the end of this step (press again to stop now)")
+        log.info("Ctrl-C: checkpointing at the end of this step (press again to stop now)")
 
     previous = signal.signal(signal.SIGINT, handler)
     try:

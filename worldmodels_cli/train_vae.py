@@ -120,7 +120,8 @@ class _StopFlag:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        log.warning("interrupt: stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
+        # info, not warning: the CLI's own line on exit is the one line a Ctrl-C prints (issue 9)
+        log.info("interrupt: stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
 
     def __exit__(self, *exc) -> None:
         if self._prev is not None:

@@ -154,6 +154,8 @@ def load_controller(path: str | os.PathLike, which: str = "best") -> tuple[Contr
         raise ValueError(f"which must be 'best' or 'mean', got {which!r}")
     with A.open_artifact(path, "controller") as fh:
         params = np.asarray(fh[key][()], dtype=np.float64)
+    if not np.isfinite(params).all():
+        raise ArtifactError(f"{path}: {key} holds NaN or inf (damaged artifact)")
     if params.shape != (controller.param_count,):
         raise ArtifactError(f"{path}: {key} holds {params.size} values, the recorded controller has "
                             f"{controller.param_count} parameters")

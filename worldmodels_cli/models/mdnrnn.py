@@ -253,6 +253,12 @@ def load_mdn(path: str | os.PathLike, device: str | torch.device = "cpu", *, all
 def load_initial_z(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """(μ, logσ²) (E, Z) of the first frame of each training episode stored in an mdn artifact (ref §7)."""
     from .. import artifacts as A
+    from ..errors import ArtifactError
 
     with A.open_artifact(path, "mdn") as fh:
-        return A.read_initial_z(fh)
+        mu, logvar = A.read_initial_z(fh)
+    if mu.dtype.kind != "f" or mu.ndim != 2 or logvar.shape != mu.shape:
+        raise ArtifactError(f"{path}: initial_mu/initial_logvar are not (E, Z) float arrays (damaged artifact)")
+    if not (np.isfinite(mu).all() and np.isfinite(logvar).all()):
+        raise ArtifactError(f"{path}: the initial z of its episodes (where dreams start) hold NaN or inf (damaged)")
+    return mu, logvar
