@@ -48,7 +48,7 @@ class WorldModelAgent:
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        mu, logvar = self.vae.encode(to_input(torch.from_numpy(np.ascontiguousarray(obs)).unsqueeze(0)))  # (1, Z)
+        mu, logvar = self.vae.encode(to_input(torch.tensor(obs).unsqueeze(0)))  # (1, Z); a copy: env frames are read-only
         self.last_mu = mu
         eps = torch.from_numpy(rng.standard_normal(mu.shape).astype(np.float32))
         z = mu + torch.exp(0.5 * logvar) * eps  # ref §5.1: C sees a sample, not μ
