@@ -373,7 +373,7 @@ def demo(preset, rounds, controller_episodes, noise, eval_episodes, data, result
     cfg = cfg.replace(evolve=cfg.evolve.replace(temperature=temperature))
     it = iterate_stage.IterateConfig(rounds=rounds, controller_episodes=controller_episodes, noise=noise,
                                      eval_episodes=eval_episodes)
-    _, _, table = demo_stage.run(cfg, data, results, it, seed=seed, workers=workers, device=device)
+    _, _, table = demo_stage.run(cfg, data, results, it, seed=seed, workers=workers, device=device, scale=preset)
     click.echo(table.rstrip())
 
 

@@ -31,7 +31,7 @@ class Row:
 
 
 def run(preset: Preset, data: Path, results: Path, it: IterateConfig, *, seed: int = 0, workers: int = 2,
-        device: str = "auto") -> tuple[list[Row], list[RoundRecord], str]:
+        device: str = "auto", scale: str = "small") -> tuple[list[Row], list[RoundRecord], str]:
     """Everything `make demo` shows; returns the table rows, the round records and the table as markdown."""
     from . import evaluate, iterate
 
@@ -55,7 +55,7 @@ def run(preset: Preset, data: Path, results: Path, it: IterateConfig, *, seed: i
                         rec.dream_score, rec.real_mean / uniform))
     last = round_dir(data, len(records) - 1)
     _pictures(last, results, preset, seed, device)
-    table = _markdown(rows, records, preset)
+    table = _markdown(rows, records, preset, scale)
     (results / "results.md").write_text(table)
     (results / "results.json").write_text(json.dumps(
         {"rows": [r.__dict__ for r in rows], "rounds": [r.__dict__ for r in records], "seed": seed}, indent=2))
@@ -75,7 +75,7 @@ def _pictures(last: Path, results: Path, preset: Preset, seed: int, device: str)
     evaluate.run(None, controller=c, episodes=1, seed=seed, video=results / "episode.mp4")
 
 
-def _markdown(rows: list[Row], records: list[RoundRecord], preset: Preset) -> str:
+def _markdown(rows: list[Row], records: list[RoundRecord], preset: Preset, scale: str) -> str:
     n = "steps survived in the real game"
     lines = [f"| policy | {n} (mean ± std) | × uniform random | dream score |", "|---|---|---|---|"]
     for r in rows:
@@ -87,7 +87,8 @@ def _markdown(rows: list[Row], records: list[RoundRecord], preset: Preset) -> st
     for rec in records:
         secs = [rec.seconds.get(s, 0.0) for s in stages]
         lines.append(f"| {rec.round} | " + " | ".join(f"{x / 60:.1f} min" for x in secs) + f" | {sum(secs) / 60:.1f} min |")
-    lines += ["", f"Preset: {preset.env.name} small, τ = {preset.evolve.temperature}."]
+    lines += ["", f"Preset: {preset.env.name} {scale}, τ = {preset.evolve.temperature}, {len(records)} round(s); "
+              "every policy ran on the same real-episode seeds."]
     return "\n".join(lines) + "\n"
 
 
