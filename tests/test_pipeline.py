@@ -88,3 +88,13 @@ def test_evolve_rejects_wrong_kind_and_env(tiny_world, tmp_path, wm):
 def test_evaluate_bad_numbers(wm, bad):
     res = wm("evaluate", "--policy", "random", "--env", "doom", *bad.split())
     assert res.code == 2 and res.err.startswith("error:") and res.err.count("\n") == 1
+
+
+def test_info_reports_dream_lengths_of_held_actions(tiny_world, wm):
+    import json
+
+    res = wm("info", tiny_world.mdn, "--json")
+    assert res.code == 0, res.err
+    dream = json.loads(res.out)["dream_random_policy"]
+    assert set(dream["held_action_length"]) == {"left", "none", "right"}
+    assert 1 <= dream["mean_length"] <= dream["max_steps"]

@@ -54,7 +54,7 @@ import torch
 from torch import Tensor
 
 from .models.controller import FEATURE_PARTS, Controller, apply_layers, car_action
-from .models.mdnrnn import MDNRNN, sample_next
+from .models.mdnrnn import MDNRNN, is_done, sample_next
 
 log = logging.getLogger(__name__)
 
@@ -557,6 +557,35 @@ def random_policy_done_rate(mdn: MDNRNN, initial_mu, initial_logvar, *, env: str
             "done_fraction": float(ended.mean()), "done_per_step": float(ended.sum() / lengths.sum())}
 
 
+@torch.no_grad()
+def constant_action_lengths(mdn: MDNRNN, initial_mu, initial_logvar, actions: dict[str, float], *,
+                            episodes: int = 64, tau: float = 1.15, max_steps: int = 2100, seed: int = 0) -> dict:
+    """Mean dream length when one action is held the whole episode (Doom: always left / none / right).
+
+    The diagnostic of the dream exploit (ref §B): in the real game holding a direction dies at a wall in ≈150-190
+    steps; an M that lets it survive far longer in the dream has not seen those deaths, and CMA-ES will find it."""
+    gen = torch.Generator().manual_seed(seed)
+    mu0, lv0 = torch.as_tensor(initial_mu, dtype=torch.float32), torch.as_tensor(initial_logvar, dtype=torch.float32)
+    out = {}
+    for name, value in actions.items():
+        idx = torch.randint(len(mu0), (episodes,), generator=gen)
+        z = mu0[idx] + torch.exp(0.5 * lv0[idx]) * torch.randn(mu0[idx].shape, generator=gen)  # (B, Z)
+        a = torch.full((episodes, mdn.cfg.action_dim), float(value))
+        state, alive = mdn.initial_state(episodes), torch.ones(episodes, dtype=torch.bool)
+        restart, length = torch.ones(episodes), torch.zeros(episodes)
+        for _ in range(max_steps):
+            step, state = mdn.step(z, a, restart if mdn.cfg.restart_input else None, state)
+            length += alive.float()
+            if step.done_logit is not None:
+                alive &= ~is_done(step)
+            if not alive.any():
+                break
+            restart = torch.zeros(episodes)
+            z = sample_next(step, tau, gen)
+        out[name] = f"{length.mean():.0f} ± {length.std():.0f}"
+    return out
+
+
 # ------------------------------------------------------------------------------------------ wm dream
 @dataclass
 class DreamRunResult:
@@ -651,4 +680,8 @@ def mdn_dream_summary(path: str | os.PathLike, meta) -> dict | str:
     except WorldModelsError as exc:
         return f"n/a ({exc})"
     r = random_policy_done_rate(mdn, mu0, lv0, env=meta.env or None, tau=tau, max_steps=cap)
-    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
+    r = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
+    if meta.env == "doom" and mdn.cfg.done_head:
+        r["held_action_length"] = constant_action_lengths(mdn, mu0, lv0, {"left": -1.0, "none": 0.0, "right": 1.0},
+                                                          episodes=32, tau=tau, max_steps=cap)
+    return r
