@@ -157,10 +157,10 @@ def atomic_write(
     check_writable(path)
     remove_stale_temps(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fh = None
+    fh, failed = None, []
     try:
-        with _dealloc_errors() as failed:
-            fh = h5py.File(tmp, "w")
+        with _dealloc_errors(failed):
+            fh = create_h5(tmp)
             yield fh
             fh.attrs[KIND] = kind
             fh.attrs[SCHEMA] = SCHEMA_VERSION
@@ -183,25 +183,39 @@ def atomic_write(
             close_quietly(fh)
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        full = disk_full(exc)
-        if full:
+        reason = disk_full(exc) or (_first_line(exc) if exc in failed else None)
+        if reason:
             kept = "the previous version is untouched" if path.exists() else "nothing was written"
-            raise ArtifactError(f"{path}: write failed ({full}); {kept}") from None
+            raise ArtifactError(f"{path}: write failed ({reason}); {kept}") from None
         raise
+
+
+def create_h5(path: Path) -> h5py.File:
+    """A new HDF5 file (h5py's defaults) without the sieve buffer and the chunk cache: every write reaches the disk
+    when it is made, so a full disk fails that write, in Python. With them a failed write surfaces only when HDF5
+    flushes while closing an object, which h5py can only print, and the object left open crashes HDF5 at exit."""
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_EARLIEST, h5py.h5f.LIBVER_LATEST)
+    fapl.set_sieve_buf_size(0)
+    cache = list(fapl.get_cache())
+    cache[2] = 0  # rdcc_nbytes
+    fapl.set_cache(*cache)
+    fcpl = h5py.h5p.create(h5py.h5p.FILE_CREATE)
+    fcpl.set_obj_track_times(False)
+    return h5py.File(h5py.h5f.create(os.fsencode(path), h5py.h5f.ACC_TRUNC, fapl=fapl, fcpl=fcpl))
 
 
 def close_quietly(fh: h5py.File) -> None:
     """Close a file whose writes failed (HDF5 retries each failed flush while closing: more of the same error)."""
-    with _dealloc_errors(), contextlib.suppress(Exception):
+    with _dealloc_errors([]), contextlib.suppress(Exception):
         fh.close()
 
 
 @contextlib.contextmanager
-def _dealloc_errors() -> Iterator[list[BaseException]]:
+def _dealloc_errors(errors: list[BaseException]) -> Iterator[None]:
     """Collect the errors h5py meets while it releases objects (a write that fails when HDF5 flushes a closing
     dataset, e.g. on a full disk). h5py can only print those, as a traceback on stderr per object, and carry on; here
-    they are kept from stderr and listed, so the writer can fail in one line instead."""
-    errors: list[BaseException] = []
+    they are kept from stderr and added to `errors`, so the writer can fail in one line instead."""
     hook, excepthook = sys.unraisablehook, sys.excepthook
 
     def unraisable(u) -> None:
@@ -217,7 +231,7 @@ def _dealloc_errors() -> Iterator[list[BaseException]]:
 
     sys.unraisablehook, sys.excepthook = unraisable, printed
     try:
-        yield errors
+        yield
     finally:
         sys.unraisablehook, sys.excepthook = hook, excepthook
 
@@ -230,19 +244,21 @@ def _frames(tb) -> list:
 
 def disk_full(exc: BaseException) -> str | None:
     """'No space left on device' / 'File too large' / quota: the reason when `exc` is such a write failure."""
-    if not isinstance(exc, OSError):
+    if not isinstance(exc, (OSError, RuntimeError)):  # h5py reports some failed writes as RuntimeError
         return None
     codes = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
-    found = [exc.errno] if exc.errno in codes else [int(c) for c in re.findall(r"errno = (\d+)", str(exc))]
+    found = [exc.errno] if getattr(exc, "errno", None) in codes else [int(c) for c in re.findall(r"errno = (\d+)", str(exc))]
     code = next((c for c in found if c in codes), None)
     return None if code is None else os.strerror(code)
 
 
-def remove_stale_temps(path: Path) -> None:
-    """Delete the temp files of `path` left by writers that were killed (kill -9, out of memory): their pid is gone."""
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
-        pid = tmp.name.rsplit(".tmp-", 1)[-1]
-        if not pid.isdigit() or int(pid) == os.getpid():
+def remove_stale_temps(path: Path, prefix: str | None = None) -> None:
+    """Delete the temp files `<prefix><pid>...` (default `.<name>.tmp-<pid>`) beside `path` left by writers that
+    were killed (kill -9, out of memory): their pid is gone."""
+    prefix = f".{path.name}.tmp-" if prefix is None else prefix
+    for tmp in path.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = re.match(r"\d*", tmp.name[len(prefix):]).group()
+        if not pid or int(pid) == os.getpid():
             continue
         try:
             os.kill(int(pid), 0)
@@ -593,10 +609,10 @@ def write_episode_shard(path: str | os.PathLike, steps: Mapping[str, np.ndarray]
     """One episode's per-step arrays (keys from SHARD_DATA) to `path`, atomically (temp name, then rename)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fh = None
+    fh, failed = None, []
     try:
-        with _dealloc_errors() as failed:
-            fh = h5py.File(tmp, "w")
+        with _dealloc_errors(failed):
+            fh = create_h5(tmp)
             for key, arr in steps.items():
                 if key not in SHARD_DATA:
                     raise ValueError(f"not a per-step dataset: {key!r}")
@@ -616,9 +632,9 @@ def write_episode_shard(path: str | os.PathLike, steps: Mapping[str, np.ndarray]
             close_quietly(fh)
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        full = disk_full(exc)
-        if full:
-            raise ArtifactError(f"{path}: write failed ({full})") from None
+        reason = disk_full(exc) or (_first_line(exc) if exc in failed else None)
+        if reason:
+            raise ArtifactError(f"{path}: write failed ({reason})") from None
         raise
 
 

@@ -17,6 +17,7 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
@@ -38,6 +39,7 @@ def _worker_init(init: Callable[[Any], Any], payload: Any) -> None:
     # KeyboardInterrupt too would print its own traceback under the driver's one-line message
     with contextlib.suppress(ValueError):  # not the main thread (a Ray actor may be): nothing to do
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent()
     # one thread per worker: set before torch is imported (stages that need no torch never pay its import)
     os.environ["OMP_NUM_THREADS"] = "1"
     os.environ["MKL_NUM_THREADS"] = "1"
@@ -45,6 +47,21 @@ def _worker_init(init: Callable[[Any], Any], payload: Any) -> None:
     _STATE["state"] = init(payload)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
+
+
+def _exit_with_parent() -> None:
+    """After a kill -9 of the driver nothing closes a pool's task queue (each worker holds its write end too), so
+    its workers would wait on it forever: each waits on its parent's sentinel and exits when the parent is gone
+    (even if that happened while the worker was still starting)."""
+    parent = mp.parent_process()  # None outside a multiprocessing child (a Ray actor: Ray manages its lifetime)
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()  # returns once the parent's end of the spawn pipe is closed: the parent has exited
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _worker_call(fn: Callable[[Any, Any], Any], task: Any) -> tuple[bool, Any]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .artifacts import remove_stale_temps
 from .errors import ConfigError
 
 SUFFIXES = (".gif", ".mp4")
@@ -41,6 +42,7 @@ def write_video(path: str | os.PathLike, frames: Sequence[np.ndarray] | np.ndarr
     frames = [np.ascontiguousarray(f, dtype=np.uint8) for f in frames]
     if not frames:
         raise ConfigError(f"{p}: no frames to write")
+    remove_stale_temps(p, f".{p.stem}.tmp-")  # left by a writer that was killed
     tmp = p.with_name(f".{p.stem}.tmp-{os.getpid()}{p.suffix}")
     try:
         if p.suffix.lower() == ".gif":
