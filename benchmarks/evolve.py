@@ -44,8 +44,8 @@ def _world(tmp: Path, env: str) -> tuple[Path, Path, dict]:
         if kind == "mdn":
             from worldmodels_cli import artifacts as A
 
-            def extra(fh):
-                A.write_initial_z(fh, np.zeros((4, cfg.z_dim)), np.zeros((4, cfg.z_dim)))
+            def extra(fh, z=cfg.z_dim):
+                A.write_initial_z(fh, np.zeros((4, z)), np.zeros((4, z)))
         checkpoint.save(out, kind, state_dict=model.state_dict(), model_config=cfg, train_state=None,
                         summary={}, complete=True, config=p, seed=0, inputs={}, env="doom", extra=extra)
         paths.append(out)
