@@ -179,11 +179,7 @@ def atomic_write(
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException as exc:
-        if fh is not None:
-            close_quietly(fh)
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        reason = disk_full(exc) or (_first_line(exc) if exc in failed else None)
+        reason = _abandon(fh, tmp, exc, failed)
         if reason:
             kept = "the previous version is untouched" if path.exists() else "nothing was written"
             raise ArtifactError(f"{path}: write failed ({reason}); {kept}") from None
@@ -203,6 +199,16 @@ def create_h5(path: Path) -> h5py.File:
     fcpl = h5py.h5p.create(h5py.h5p.FILE_CREATE)
     fcpl.set_obj_track_times(False)
     return h5py.File(h5py.h5f.create(os.fsencode(path), h5py.h5f.ACC_TRUNC, fapl=fapl, fcpl=fcpl))
+
+
+def _abandon(fh: h5py.File | None, tmp: Path, exc: BaseException, failed: list[BaseException]) -> str | None:
+    """Close and delete a temp file whose writing failed; the one-line reason when it was a failed write (a full
+    disk, or an error HDF5 met while flushing), None for any other exception (re-raised as it is)."""
+    if fh is not None:
+        close_quietly(fh)
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    return disk_full(exc) or (_first_line(exc) if exc in failed else None)
 
 
 def close_quietly(fh: h5py.File) -> None:
@@ -628,11 +634,7 @@ def write_episode_shard(path: str | os.PathLike, steps: Mapping[str, np.ndarray]
         # no fsync: a kill cannot lose written pages; after an OS crash a damaged shard is found when merging
         os.replace(tmp, path)
     except BaseException as exc:
-        if fh is not None:
-            close_quietly(fh)
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        reason = disk_full(exc) or (_first_line(exc) if exc in failed else None)
+        reason = _abandon(fh, tmp, exc, failed)
         if reason:
             raise ArtifactError(f"{path}: write failed ({reason})") from None
         raise
