@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 
 from worldmodels_cli import artifacts as A
-from worldmodels_cli.cli import main
 
 PACKAGE = Path(__file__).resolve().parents[1] / "worldmodels_cli"
 
@@ -115,26 +114,7 @@ def make_bad(variant: str, kind: str, dest: Path, worlds: dict[str, World], env:
 
 
 # ------------------------------------------------------------------------------------------------- running
-@dataclass
-class Outcome:
-    code: int
-    out: str
-    err: str
-
-
-def run_wm(capsys, *args) -> Outcome:
-    """`wm ARGS` through the console entry point, in-process. An exception escaping main() (a traceback) fails."""
-    capsys.readouterr()
-    code = 0
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return Outcome(code, captured.out, captured.err)
-
-
-def assert_one_line_error(res: Outcome, what: str) -> None:
+def assert_one_line_error(res, what: str) -> None:
     assert res.code == 2, f"{what}: exit {res.code}, expected 2; stderr: {res.err!r}"
     assert res.err.startswith("error: ") and res.err.count("\n") == 1, f"{what}: not one error line: {res.err!r}"
     assert "Traceback" not in res.err + res.out, what
@@ -224,7 +204,7 @@ def _cases():
 
 
 @pytest.mark.parametrize("role, variant, outcome", list(_cases()))
-def test_bad_input(role, variant, outcome, worlds, tmp_path, capsys):
+def test_bad_input(role, variant, outcome, worlds, tmp_path, wm):
     kind, is_output, argv = ROLES[role]
     out_dir = tmp_path / "out"
     out_dir.mkdir()
@@ -233,7 +213,7 @@ def test_bad_input(role, variant, outcome, worlds, tmp_path, capsys):
     name = "rollouts.h5" if role == "iterate --data" else f"bad-{kind}.h5"
     bad = make_bad(variant, kind, where / name, worlds)
     before = sha(bad)
-    res = run_wm(capsys, *argv(bad, worlds["doom"], worlds["carracing"], out_dir))
+    res = wm(*argv(bad, worlds["doom"], worlds["carracing"], out_dir))
     what = f"{role} <- {variant} {kind}"
     if outcome == "ok":
         assert res.code == 0, f"{what}: {res.err}"
@@ -250,10 +230,10 @@ def test_bad_input(role, variant, outcome, worlds, tmp_path, capsys):
 
 @pytest.mark.parametrize("kind", list(WRONG_KIND))
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_info(kind, variant, worlds, tmp_path, capsys):
+def test_info(kind, variant, worlds, tmp_path, wm):
     """`wm info` describes any artifact; a damaged one is reported invalid (exit 2) with a one-line reason."""
     bad = make_bad(variant, kind, tmp_path / f"x-{kind}.h5", worlds)
-    res = run_wm(capsys, "info", bad)
+    res = wm("info", bad)
     assert "Traceback" not in res.out + res.err
     model_nan = variant == "nan" and kind in ("vae", "mdn", "controller")
     if variant in ("wrong_kind", "other_env") or (variant == "nan" and not model_nan):
@@ -264,7 +244,7 @@ def test_info(kind, variant, worlds, tmp_path, capsys):
         assert len(error) == 1 and str(bad) in error[0], res.out
 
 
-def test_nan_initial_z_is_rejected(worlds, tmp_path, capsys):
+def test_nan_initial_z_is_rejected(worlds, tmp_path, wm):
     """The dream starts from the mdn artifact's initial (μ, logσ²): NaN there would make every dream NaN."""
     m = tmp_path / "m.h5"
     shutil.copy(worlds["doom"].mdn, m)
@@ -275,7 +255,7 @@ def test_nan_initial_z_is_rejected(worlds, tmp_path, capsys):
                   "--generations", "1", "--device", "cpu"),
                  ("dream", "--vae", w.vae, "--mdn", m, "--out", tmp_path / "d.gif", "--episodes", "1",
                   "--max-steps", "5", "--device", "cpu")):
-        res = run_wm(capsys, *args)
+        res = wm(*args)
         assert_one_line_error(res, args[0])
         assert "initial" in res.err and str(m) in res.err
     assert not list(tmp_path.glob("c.h5")) and not list(tmp_path.glob("d.gif"))
@@ -378,7 +358,7 @@ def _commands(kind: str, bad: Path, w: World, d: Path) -> list[tuple]:
 
 
 @pytest.mark.parametrize("kind, where", [(k, p) for k, places in _PLACES.items() for p in places])
-def test_loading_never_executes_code(kind, where, worlds, tmp_path, capsys):
+def test_loading_never_executes_code(kind, where, worlds, tmp_path, wm):
     marker = tmp_path / "pwned"
     bad = tmp_path / f"evil-{kind}.h5"
     shutil.copy(getattr(worlds["doom"], kind), bad)
@@ -388,7 +368,7 @@ def test_loading_never_executes_code(kind, where, worlds, tmp_path, capsys):
     d = tmp_path / "out"
     d.mkdir()
     for args in _commands(kind, bad, worlds["doom"], d):
-        res = run_wm(capsys, *args)
+        res = wm(*args)
         assert not marker.exists(), f"{args[0]} executed code from {where} of a {kind} artifact"  # ...but never here
         assert "Traceback" not in res.err, (args[0], res.err)
         if res.code != 0:  # a damaged artifact is refused in one line (info reports it in its own format)
