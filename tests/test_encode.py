@@ -130,3 +130,41 @@ def test_cli_encode(data, tmp_path, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nope.h5: no such file" in err
+
+
+def test_mirror_appends_each_episode_flipped_with_left_and_right_swapped(tiny_world, tmp_path):
+    """--mirror: the inputs as they are, then each again with frames flipped left-right and actions mirrored."""
+    out = tmp_path / "s.h5"
+    res = encode.run([tiny_world.rollouts], tiny_world.vae, out, device="cpu", batch_size=7, block_frames=50, mirror=True)
+    plain = _read(tiny_world.series)
+    s = _read(out)
+    n, eps = len(plain[A.MU]), len(plain[A.EPISODE_LENGTHS])
+    assert (res.frames, res.episodes) == (2 * n, 2 * eps)
+    np.testing.assert_allclose(s[A.MU][:n], plain[A.MU], atol=1e-5)  # the originals first, unchanged
+    model, _ = load_vae(tiny_world.vae)
+    with A.open_artifact(tiny_world.rollouts, "rollouts") as fh:
+        frames, env_actions = fh[A.FRAMES][()], fh[A.ENV_ACTIONS][()]
+    with torch.no_grad():
+        mu, _ = model.encode(to_input(torch.from_numpy(np.ascontiguousarray(frames[:, :, ::-1]))))
+    np.testing.assert_allclose(s[A.MU][n:], mu.numpy(), atol=1e-5)
+    assert not np.allclose(s[A.MU][n:], plain[A.MU], atol=1e-3)  # the fake frames are not symmetric
+    assert np.array_equal(s[A.ACTIONS][n:], -plain[A.ACTIONS]) and np.abs(plain[A.ACTIONS]).max() > 0.5
+    with h5py.File(out, "r") as fh:
+        mirrored = fh[A.ENV_ACTIONS][n:]
+    assert set(np.unique(env_actions)) == {0, 1, 2}
+    assert np.array_equal(mirrored, np.choose(env_actions, [0, 2, 1]))
+    for key in (A.REWARDS, A.TERMINATED, A.TRUNCATED, A.EPISODE_LENGTHS, A.EPISODE_SEEDS):
+        assert np.array_equal(s[key][len(s[key]) // 2:], plain[key]), key
+    assert len(np.unique(s[A.EPISODE_IDS])) == 2 * eps
+    assert A.validate(out, "series").summary["mirror"] is True
+    assert encode.run([tiny_world.rollouts], tiny_world.vae, out, device="cpu", mirror=True).already_done
+    with pytest.raises(ArtifactError, match="other inputs"):
+        encode.run([tiny_world.rollouts], tiny_world.vae, out, device="cpu", mirror=False)
+
+
+def test_mirror_actions_carracing_negates_steering_only():
+    from worldmodels_cli.envs import mirror_actions
+
+    a = np.array([[0.5, 0.25, 0.125], [-1.0, 1.0, 0.0]], np.float32)
+    m, none = mirror_actions("carracing", a)
+    assert none is None and np.array_equal(m, [[-0.5, 0.25, 0.125], [1.0, 1.0, 0.0]]) and a[0, 0] == 0.5

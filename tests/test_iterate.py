@@ -21,12 +21,18 @@ def test_demo_two_rounds_then_rerun_continues(tmp_path):
     rows, recs, table = demo.run(p, tmp_path / "data", tmp_path / "results", it, seed=0, workers=1, device="cpu")
     assert [r.round for r in recs] == [0, 1]
     assert all(r.real_mean > 0 for r in recs)
-    # round 1 collected with round 0's controller and trained V and M on old + new data
-    r1 = A.validate(tmp_path / "data/round1/rollouts.h5", "rollouts")
-    assert r1.inputs["controller"]["sha256"] == A.sha256(tmp_path / "data/round0/controller.h5")
+    # round 1 collected with round 0's controller, kept round 0's V, encoded only its new episodes and trained M
+    # (from round 0's weights) on both rounds' series
+    d = tmp_path / "data"
+    r1 = A.validate(d / "round1/rollouts.h5", "rollouts")
+    assert r1.inputs["controller"]["sha256"] == A.sha256(d / "round0/controller.h5")
     assert r1.config["collect"]["policy"] == "controller"
-    v1 = A.validate(tmp_path / "data/round1/vae.h5", "vae")
-    assert len(v1.inputs["rollouts"]) == 2
+    assert not (d / "round1/vae.h5").exists() and recs[1].vae == str(d / "round0/vae.h5")
+    s1 = A.validate(d / "round1/series.h5", "series")
+    assert [q["sha256"] for q in s1.inputs["rollouts"]] == [A.sha256(d / "round1/rollouts.h5")]
+    m1 = A.validate(d / "round1/mdn.h5", "mdn")
+    assert [q["sha256"] for q in m1.inputs["series"]] == [A.sha256(d / f"round{k}/series.h5") for k in (0, 1)]
+    assert m1.inputs["init"]["sha256"] == A.sha256(d / "round0/mdn.h5")
     for name in ("results.md", "results.json", "dream.gif", "episode.mp4", "reconstructions.png", "fitness.png"):
         assert (tmp_path / "results" / name).stat().st_size > 0, name
     assert "× uniform random" in table and len(rows) == 4
@@ -38,6 +44,17 @@ def test_demo_two_rounds_then_rerun_continues(tmp_path):
     iterate.run(p, tmp_path / "data", it, seed=0, workers=1, device="cpu")
     assert (tmp_path / "data/round1/mdn.h5").stat().st_mtime == mtime
     assert time.monotonic() - t0 < 60
+
+
+def test_iterate_later_vae_epochs_retrains_v_on_all_rollouts(tmp_path):
+    p = preset("doom", "tiny")
+    it = iterate.IterateConfig(rounds=2, controller_episodes=3, eval_episodes=2, later_vae_epochs=0.5)
+    recs = iterate.run(p, tmp_path, it, seed=0, workers=1, device="cpu")
+    v1 = A.validate(tmp_path / "round1/vae.h5", "vae")
+    assert len(v1.inputs["rollouts"]) == 2 and v1.inputs["init"]["sha256"] == A.sha256(tmp_path / "round0/vae.h5")
+    assert recs[1].vae == str(tmp_path / "round1/vae.h5")
+    s1 = A.validate(tmp_path / "round1/series.h5", "series")
+    assert s1.summary["episodes"] == 6 + 3 and len(s1.inputs["rollouts"]) == 2
 
 
 def test_report_fills_rows_that_ran(tiny_world, tmp_path):

@@ -166,14 +166,22 @@ def train_vae_cmd(rollouts: tuple[Path, ...], out: Path, preset: str, epochs: fl
               help="rollouts artifact(s) to encode, concatenated in this order")
 @click.option("--vae", type=click.Path(dir_okay=False, path_type=Path), required=True, help="vae artifact (V)")
 @out_option
-@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True, help="frames per forward pass")
+@preset_option()
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="frames per forward pass (default: the preset's)")
+@click.option("--mirror/--no-mirror", default=None,
+              help="also encode each episode left-right mirrored, left and right swapped (default: the preset's; small Doom: on)")
 @device_option
 @seed_option
-def encode(rollouts: tuple[Path, ...], vae: Path, out: Path, batch_size: int, device: str, seed: int) -> None:
+def encode(rollouts: tuple[Path, ...], vae: Path, out: Path, preset: str, batch_size: int | None, mirror: bool | None,
+           device: str, seed: int) -> None:
     """Encode rollouts into a series (μ, logσ² per frame) for M; rerun the same command to resume."""
     from . import encode as encode_stage
+    from . import frames
+    from .config import preset as get_preset
 
-    res = encode_stage.run(list(rollouts), vae, out, device=device, batch_size=batch_size, seed=seed)
+    cfg = get_preset(frames.rollouts_env(list(rollouts)), preset).encode.replace(batch_size=batch_size, mirror=mirror)
+    res = encode_stage.run(list(rollouts), vae, out, device=device, batch_size=cfg.batch_size, seed=seed,
+                           mirror=cfg.mirror)
     click.echo(res.line())
 
 
@@ -315,7 +323,7 @@ def dream(vae: Path, mdn: Path, controller: Path | None, temperature: float | No
 
 # ------------------------------------------------------------------------------------------ iterate / demo
 def iterate_options(f):
-    f = click.option("--rounds", type=click.IntRange(min=1), default=2, show_default=True,
+    f = click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
                      help="rounds: the first on random data, each later one on its controller's data too")(f)
     f = click.option("--controller-episodes", type=click.IntRange(min=1), default=300, show_default=True,
                      help="episodes collected with the controller in each later round")(f)
@@ -323,6 +331,8 @@ def iterate_options(f):
                      help="exploration noise on the controller's action while collecting")(f)
     f = click.option("--eval-episodes", type=click.IntRange(min=1), default=100, show_default=True,
                      help="real episodes evaluating each round's controller")(f)
+    f = click.option("--later-vae-epochs", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                     help="V passes in each later round on all data; 0 keeps round 0's V and encodes only new episodes")(f)
     return click.option("--data", type=click.Path(file_okay=False, path_type=Path), required=True,
                         help="folder of the rounds' artifacts (created)")(f)
 
@@ -336,8 +346,8 @@ def iterate_options(f):
 @seed_option
 @device_option
 @backend_options
-def iterate(env_name, preset, rounds, controller_episodes, noise, eval_episodes, data, temperature, workers, seed,
-            device, backend, ray_address) -> None:
+def iterate(env_name, preset, rounds, controller_episodes, noise, eval_episodes, later_vae_epochs, data, temperature,
+            workers, seed, device, backend, ray_address) -> None:
     """The iterative procedure (ref §9): collect -> V -> M -> C in the dream -> evaluate, then again on the
     controller's own data; rerun the same command to continue."""
     from . import iterate as iterate_stage
@@ -346,7 +356,7 @@ def iterate(env_name, preset, rounds, controller_episodes, noise, eval_episodes,
     cfg = get_preset(env_name, preset)
     cfg = cfg.replace(evolve=cfg.evolve.replace(temperature=temperature))
     it = iterate_stage.IterateConfig(rounds=rounds, controller_episodes=controller_episodes, noise=noise,
-                                     eval_episodes=eval_episodes)
+                                     eval_episodes=eval_episodes, later_vae_epochs=later_vae_epochs)
     recs = iterate_stage.run(cfg, data, it, seed=seed, workers=workers, device=device, backend=backend,
                              address=ray_address)
     click.echo("; ".join(f"round {r.round}: dream {r.dream_score:.0f}, real {r.real_mean:.0f} ± {r.real_std:.0f}"
@@ -362,8 +372,8 @@ def iterate(env_name, preset, rounds, controller_episodes, noise, eval_episodes,
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="worker processes")
 @seed_option
 @device_option
-def demo(preset, rounds, controller_episodes, noise, eval_episodes, data, results, temperature, workers, seed,
-         device) -> None:
+def demo(preset, rounds, controller_episodes, noise, eval_episodes, later_vae_epochs, data, results, temperature, workers,
+         seed, device) -> None:
     """`make demo`: the small Doom pipeline end to end, baselines, a results table and pictures."""
     from . import demo as demo_stage
     from . import iterate as iterate_stage
@@ -372,7 +382,7 @@ def demo(preset, rounds, controller_episodes, noise, eval_episodes, data, result
     cfg = get_preset("doom", preset)
     cfg = cfg.replace(evolve=cfg.evolve.replace(temperature=temperature))
     it = iterate_stage.IterateConfig(rounds=rounds, controller_episodes=controller_episodes, noise=noise,
-                                     eval_episodes=eval_episodes)
+                                     eval_episodes=eval_episodes, later_vae_epochs=later_vae_epochs)
     _, _, table = demo_stage.run(cfg, data, results, it, seed=seed, workers=workers, device=device, scale=preset)
     click.echo(table.rstrip())
 

@@ -142,6 +142,14 @@ class VAETrainConfig(_Config):
             raise ConfigError(f"VAETrainConfig.val_episodes must be < 1 (a fraction), got {self.val_episodes!r}")
 
 
+# ----------------------------------------------------------------------------------------------- encode
+@dataclass(frozen=True)
+class EncodeConfig(_Config):
+    mirror: bool = f(False, "also encode every episode left-right mirrored (frames flipped, left/right swapped): "
+                            "M learns both walls from either (small Doom; not in the paper)")
+    batch_size: int = f(1000, "frames per forward pass of V", min=1)
+
+
 # ---------------------------------------------------------------------------------------------------- M
 @dataclass(frozen=True)
 class MDNConfig(_Config):
@@ -214,6 +222,7 @@ class Preset(_Config):
     collect: CollectConfig = f(None, "wm collect")
     vae: VAEConfig = f(None, "V architecture")
     vae_train: VAETrainConfig = f(None, "wm train-vae")
+    encode: EncodeConfig = f(EncodeConfig(), "wm encode")
     mdn: MDNConfig = f(None, "M architecture")
     mdn_train: MDNTrainConfig = f(None, "wm train-mdn")
     controller: ControllerConfig = f(None, "C architecture")
@@ -225,6 +234,7 @@ _NESTED = {
     ("Preset", "collect"): CollectConfig,
     ("Preset", "vae"): VAEConfig,
     ("Preset", "vae_train"): VAETrainConfig,
+    ("Preset", "encode"): EncodeConfig,
     ("Preset", "mdn"): MDNConfig,
     ("Preset", "mdn_train"): MDNTrainConfig,
     ("Preset", "controller"): ControllerConfig,
@@ -271,6 +281,7 @@ def _small(env: str) -> Preset:
         collect=p.collect.replace(episodes=500),
         vae=VAEConfig(z_dim=32, enc_channels=(16, 32, 64, 128), dec_channels=(64, 32, 16)),
         vae_train=p.vae_train.replace(epochs=2),
+        encode=p.encode.replace(mirror=True),  # both walls from either one (README: what makes small work)
         mdn=p.mdn.replace(z_dim=32, hidden=256),
         mdn_train=p.mdn_train.replace(steps=1000, batch_size=32, seq_len=200, checkpoint_steps=100),
         evolve=p.evolve.replace(pop=32, trials=16, generations=30, eval_every=10, eval_episodes=128),

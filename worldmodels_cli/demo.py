@@ -54,7 +54,7 @@ def run(preset: Preset, data: Path, results: Path, it: IterateConfig, *, seed: i
         rows.append(Row(f"world model, round {rec.round} (C trained only in the dream)", rec.real_mean, rec.real_std,
                         rec.dream_score, rec.real_mean / uniform))
     last = round_dir(data, len(records) - 1)
-    _pictures(last, results, preset, seed, device)
+    _pictures(last, Path(records[-1].vae or last / "vae.h5"), results, preset, seed, device)
     table = _markdown(rows, records, preset, scale)
     (results / "results.md").write_text(table)
     (results / "results.json").write_text(json.dumps(
@@ -62,14 +62,14 @@ def run(preset: Preset, data: Path, results: Path, it: IterateConfig, *, seed: i
     return rows, records, table
 
 
-def _pictures(last: Path, results: Path, preset: Preset, seed: int, device: str) -> None:
+def _pictures(last: Path, v: Path, results: Path, preset: Preset, seed: int, device: str) -> None:
     from . import dream, evaluate
 
-    for src, name in [("vae.recon.png", "reconstructions.png"), ("vae.loss.png", "vae_loss.png"),
-                      ("mdn.losses.png", "mdn_losses.png"), ("controller.fitness.png", "fitness.png")]:
-        if (last / src).exists():
-            shutil.copy(last / src, results / name)
-    c, v, m = last / "controller.h5", last / "vae.h5", last / "mdn.h5"
+    for src, name in [(v.with_suffix(".recon.png"), "reconstructions.png"), (v.with_suffix(".loss.png"), "vae_loss.png"),
+                      (last / "mdn.losses.png", "mdn_losses.png"), (last / "controller.fitness.png", "fitness.png")]:
+        if src.exists():
+            shutil.copy(src, results / name)
+    c, m = last / "controller.h5", last / "mdn.h5"
     dcfg = DreamConfig(temperature=preset.evolve.temperature, episodes=4, max_steps=300)
     dream.run(dcfg, v, m, results / "dream.gif", controller_path=c, seed=seed, device=device)
     evaluate.run(None, controller=c, episodes=1, seed=seed, video=results / "episode.mp4")

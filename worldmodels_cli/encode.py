@@ -8,6 +8,11 @@ is done they are merged into `<out>` (atomically) and the parts folder is remove
 
 Several inputs are concatenated in the order given; their episode ids are renumbered so they stay unique (input k's
 ids are offset by the sum of (max id + 1) of the inputs before it); episode seeds are kept as they are.
+
+`mirror` appends, after all the inputs, each input again seen in a left-right mirror: frames flipped horizontally
+and actions mirrored (`envs.mirror_actions`: Doom's left and right swap). The game is left-right symmetric, so
+this doubles M's data for the price of encoding it, and whatever M learns about one wall it learns about the other:
+a controller that found one side safe in the dream cannot simply switch to the other (README, small preset).
 An existing `<out>` made from the same inputs is reported as done; any other existing `<out>` is refused.
 """
 
@@ -29,6 +34,7 @@ from . import artifacts as A
 from . import device as device_mod
 from . import frames as frames_mod
 from . import metrics
+from .envs import mirror_actions
 from .errors import ArtifactError, ConfigError
 from .models.vae import kl_divergence, load_vae, to_input
 
@@ -60,25 +66,26 @@ class Result:
 
 @dataclass(frozen=True)
 class _Block:
-    source: int  # input position
+    source: int  # input position (mirrored copies come after the inputs: source - len(inputs) is the file)
     number: int  # block number within the input
     episodes: np.ndarray  # positions in the input's episode index, in index order
+    mirror: bool = False
 
     def path(self, parts: Path) -> Path:
         return parts / f"{self.source:03d}-{self.number:06d}.h5"
 
 
-def plan_blocks(index: A.EpisodeIndex, source: int, block_frames: int = BLOCK_FRAMES) -> list[_Block]:
+def plan_blocks(index: A.EpisodeIndex, source: int, block_frames: int = BLOCK_FRAMES, mirror: bool = False) -> list[_Block]:
     """Consecutive episodes (in index order) grouped until each group holds >= block_frames frames."""
     blocks, current, n = [], [], 0
     for e, length in enumerate(index.lengths.tolist()):
         current.append(e)
         n += length
         if n >= block_frames:
-            blocks.append(_Block(source, len(blocks), np.asarray(current, np.int64)))
+            blocks.append(_Block(source, len(blocks), np.asarray(current, np.int64), mirror))
             current, n = [], 0
     if current:
-        blocks.append(_Block(source, len(blocks), np.asarray(current, np.int64)))
+        blocks.append(_Block(source, len(blocks), np.asarray(current, np.int64), mirror))
     return blocks
 
 
@@ -101,9 +108,15 @@ def _encode_block(model, fh: h5py.File, index: A.EpisodeIndex, block: _Block, pa
     """Encode one block's episodes and write them as a series part file; returns its frame count."""
     spans = [(int(index.starts[e]), int(index.lengths[e])) for e in block.episodes]
     frames = np.concatenate([fh[A.FRAMES][s : s + n] for s, n in spans]) if spans else np.zeros((0, 64, 64, 3), np.uint8)
+    if block.mirror:
+        frames = np.ascontiguousarray(frames[:, :, ::-1])  # (N, H, W, C): flip W
     mu, logvar = encode_frames(model, frames, device, batch_size)
     step_keys = (*A.STEP_DATA, A.ENV_ACTIONS) if with_env_actions else A.STEP_DATA
     steps = {key: np.concatenate([fh[key][s : s + n] for s, n in spans]) for key in step_keys}
+    if block.mirror:
+        steps[A.ACTIONS], mirrored = mirror_actions(env, steps[A.ACTIONS], steps.get(A.ENV_ACTIONS))
+        if with_env_actions:
+            steps[A.ENV_ACTIONS] = mirrored
     for key in (A.ACTIONS, A.REWARDS):  # M trains on them: NaN here would only surface as a NaN loss
         if not np.isfinite(steps[key]).all():
             raise ArtifactError(f"{fh.filename}: {key} holds NaN or inf (damaged rollouts artifact)")
@@ -128,6 +141,7 @@ def run(
     batch_size: int = 1000,
     seed: int = 0,
     block_frames: int = BLOCK_FRAMES,
+    mirror: bool = False,
 ) -> Result:
     """Encode `rollouts` with the VAE artifact `vae` into the series artifact `out` (see the module doc)."""
     out = Path(out)
@@ -154,12 +168,13 @@ def run(
 
     inputs = A.inputs_record({"rollouts": rollouts, "vae": vae})
     identity = {"rollouts": [q["sha256"] for q in inputs["rollouts"]], "vae": inputs["vae"]["sha256"],
-                "block_frames": block_frames}
+                "block_frames": block_frames, "mirror": mirror}
     if out.exists():
         meta = A.validate(out, "series")
         old = meta.inputs
         same = (old.get("vae", {}).get("sha256") == identity["vae"]
-                and [q.get("sha256") for q in old.get("rollouts", [])] == identity["rollouts"])
+                and [q.get("sha256") for q in old.get("rollouts", [])] == identity["rollouts"]
+                and bool(meta.summary.get("mirror", False)) == mirror)
         if not same:
             raise ArtifactError(f"{out}: exists and was encoded from other inputs; delete it or choose another --out")
         return Result(out, int(meta.summary.get("episodes", 0)), int(meta.summary.get("frames", 0)),
@@ -180,7 +195,10 @@ def run(
         tmp.write_text(json.dumps(identity))
         tmp.replace(manifest)
 
-    blocks = [b for i, idx in enumerate(indexes) for b in plan_blocks(idx, i, block_frames)]
+    if mirror:  # the mirrored copies are sources len(rollouts).. (module doc)
+        indexes = indexes + indexes
+    n_in = len(rollouts)
+    blocks = [b for i, idx in enumerate(indexes) for b in plan_blocks(idx, i, block_frames, mirror=i >= n_in)]
     todo = []
     for b in blocks:
         p = b.path(parts)
@@ -204,7 +222,7 @@ def run(
                 if b.source != current:
                     if fh is not None:
                         fh.close()
-                    fh, current = h5py.File(rollouts[b.source], "r"), b.source
+                    fh, current = h5py.File(rollouts[b.source % n_in], "r"), b.source
                 n = _encode_block(model, fh, indexes[b.source], b, b.path(parts), dev, batch_size, env, env_actions)
                 done_frames += n
                 bar.update(n)
@@ -214,14 +232,15 @@ def run(
     fps = done_frames / max(time.perf_counter() - t0, 1e-9)
 
     n_frames, n_eps = _merge(out, parts, blocks, indexes, model.config.z_dim, env_actions, action_dims.pop(),
-                             config=vmeta.config, model_config=vmeta.model_config, seed=seed, inputs=inputs, env=env)
+                             config=vmeta.config, model_config=vmeta.model_config, seed=seed, inputs=inputs, env=env,
+                             mirror=mirror)
     shutil.rmtree(parts)
     return Result(out, n_eps, n_frames, model.config.z_dim, len(blocks), reused, fps)
 
 
 def _merge(out: Path, parts: Path, blocks: list[_Block], indexes: list[A.EpisodeIndex], z_dim: int,
            env_actions: bool, action_dim: int, *, config: dict, model_config: dict, seed: int, inputs: dict,
-           env: str) -> tuple[int, int]:
+           env: str, mirror: bool = False) -> tuple[int, int]:
     """Concatenate the part files into the series artifact, one part in memory at a time."""
     offsets, off = [], 0
     for idx in indexes:  # keep ids unique across inputs (module doc)
@@ -251,6 +270,6 @@ def _merge(out: Path, parts: Path, blocks: list[_Block], indexes: list[A.Episode
         index = A.EpisodeIndex(cat(starts), cat(lengths), cat(seeds), cat(ids))
         A.write_episode_index(fh, index)
         A.set_model_config(fh, model_config)
-        A.set_summary(fh, {"episodes": index.episodes, "frames": n, "z_dim": z_dim, "inputs": len(indexes),
-                           "kl_per_frame": kl_sum / n if n else None})
+        A.set_summary(fh, {"episodes": index.episodes, "frames": n, "z_dim": z_dim, "inputs": len(indexes) // (2 if mirror else 1),
+                           "mirror": mirror, "kl_per_frame": kl_sum / n if n else None})
     return n, index.episodes

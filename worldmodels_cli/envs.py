@@ -105,6 +105,21 @@ def doom_button(action: float, threshold: float) -> int:
     return DOOM_NONE
 
 
+def mirror_actions(env: str, actions: np.ndarray, env_actions: np.ndarray | None = None):
+    """The actions of an episode seen in a left-right mirror: the steering (CarRacing) or the one Doom action is
+    negated and Doom's LEFT and RIGHT buttons swap. Returns new arrays (actions, env_actions)."""
+    actions = np.array(actions, copy=True)
+    if env == "doom":
+        actions = -actions
+    else:
+        actions[:, 0] = -actions[:, 0]  # steer; gas and brake are symmetric
+    if env_actions is not None:
+        swapped = np.array(env_actions, copy=True)
+        swapped[env_actions == DOOM_LEFT], swapped[env_actions == DOOM_RIGHT] = DOOM_RIGHT, DOOM_LEFT
+        env_actions = swapped
+    return actions, env_actions
+
+
 def _doom_scalar(action: np.ndarray | float) -> float:
     a = np.asarray(action, dtype=np.float64).reshape(-1)
     if a.size != 1:

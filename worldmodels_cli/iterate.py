@@ -2,9 +2,14 @@
 
 Round 0 is the paper's experiment: random-policy data -> V -> series -> M -> C evolved in M's dream -> real
 evaluation. Each later round collects new episodes with the previous round's controller (plus exploration noise),
-so M sees what the random policy never showed it (walls, long survivals: ref §B), retrains V and M on old + new data
-starting from the previous weights (so M does not forget), and evolves C again in the new dream. Every round
-records its dream and real scores and the wall time of each stage in `<data>/iterate.json`.
+so M sees what the random policy never showed it (walls, long survivals: ref §B), retrains M (and V, when
+`later_vae_epochs` > 0) on old + new data starting from the previous weights (so M does not forget), and evolves C
+again in the new dream. Every round records its dream and real scores and the wall time of each stage in
+`<data>/iterate.json`.
+
+With `later_vae_epochs` = 0 (the default) V is trained once, in round 0, and kept: the frames of later rounds show
+the same room, walls and fireballs, and what the controller's data add is dynamics, which is M's job. Each round
+then encodes only its own new episodes, and M trains on every round's series.
 
 Every stage resumes or skips itself when its artifact is complete, so rerunning the same command continues where
 it stopped; the stage functions are called in-process (no subprocess per stage).
@@ -34,10 +39,10 @@ RECORD = "iterate.json"
 class IterateConfig:
     """What a round does beyond the stage presets."""
 
-    rounds: int = 2
+    rounds: int = 3
     controller_episodes: int = 300  # episodes collected with the controller in each later round
     noise: float = 0.1  # exploration noise on the controller's action while collecting (ref §9: C should explore)
-    later_vae_epochs: float = 1.0  # V continues from the previous round's weights: fewer passes suffice
+    later_vae_epochs: float = 0.0  # 0: keep round 0's V (module doc); > 0: continue it on all data for this many passes
     later_mdn_steps_fraction: float = 0.6  # likewise M
     eval_episodes: int = 100  # real episodes per round (ref §6: 100)
 
@@ -55,6 +60,7 @@ class RoundRecord:
     real_mean: float = float("nan")
     real_std: float = float("nan")
     seconds: dict[str, float] = field(default_factory=dict)
+    vae: str = ""  # the V this round's M and C use (round 0's when V is kept)
 
 
 def round_dir(data: Path, k: int) -> Path:
@@ -79,6 +85,7 @@ def run(preset: Preset, data: Path, it: IterateConfig, *, seed: int = 0, workers
     record_path = data / RECORD
     records = _load_records(record_path)
     rollouts: list[Path] = []
+    series: list[Path] = []
     prev: dict[str, Path] = {}
     for k in range(it.rounds):
         d = round_dir(data, k)
@@ -96,10 +103,20 @@ def run(preset: Preset, data: Path, it: IterateConfig, *, seed: int = 0, workers
             p = p.replace(vae_train=p.vae_train.replace(epochs=it.later_vae_epochs),
                           mdn_train=p.mdn_train.replace(steps=max(1, int(p.mdn_train.steps * it.later_mdn_steps_fraction))))
         rollouts.append(r)
-        _timed(rec, "train-vae", train_vae.run, p, list(rollouts), v, seed=seed + k, device=device,
-               init=prev.get("vae"))
-        _timed(rec, "encode", encode.run, list(rollouts), v, s, device=device, seed=seed + k)
-        _timed(rec, "train-mdn", train_mdn.run, p, [s], m, seed=seed + k, device=device, init=prev.get("mdn"))
+        if k == 0 or it.later_vae_epochs > 0:
+            _timed(rec, "train-vae", train_vae.run, p, list(rollouts), v, seed=seed + k, device=device,
+                   init=prev.get("vae"))
+            _timed(rec, "encode", encode.run, list(rollouts), v, s, device=device, seed=seed + k,
+                   batch_size=p.encode.batch_size, mirror=p.encode.mirror)
+            series = [s]
+        else:  # V kept: only the new episodes need encoding (module doc)
+            v = prev["vae"]
+            _timed(rec, "encode", encode.run, [r], v, s, device=device, seed=seed + k,
+                   batch_size=p.encode.batch_size, mirror=p.encode.mirror)
+            series.append(s)
+        rec.vae = str(v)
+        _timed(rec, "train-mdn", train_mdn.run, p, list(series), m, seed=seed + k, device=device,
+               init=prev.get("mdn"))
         ev = _timed(rec, "evolve", evolve.run, p, v, m, c, seed=seed + k, workers=workers, device=device,
                     backend=backend, address=address)
         rec.dream_score = ev.best_score
