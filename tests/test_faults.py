@@ -261,6 +261,18 @@ def test_nan_initial_z_is_rejected(worlds, tmp_path, wm):
     assert not list(tmp_path.glob("c.h5")) and not list(tmp_path.glob("d.gif"))
 
 
+def test_mp4_without_ffmpeg_is_one_line_before_any_work(worlds, tmp_path, wm, monkeypatch):
+    """Without imageio-ffmpeg an MP4 cannot be written: say so up front, not after the episodes have run."""
+    from worldmodels_cli import video
+
+    monkeypatch.setattr(video, "mp4_available", lambda: False)
+    w = worlds["doom"]
+    res = wm("dream", "--vae", w.vae, "--mdn", w.mdn, "--out", tmp_path / "d.mp4", "--episodes", "1",
+             "--max-steps", "5", "--device", "cpu")
+    assert_one_line_error(res, "dream")
+    assert "imageio-ffmpeg" in res.err and not list(tmp_path.iterdir())
+
+
 # ------------------------------------------------------------------------------------------------- no code
 class _Marker:
     """Unpickling this creates a marker file: proof that a loader executed code from an artifact."""

@@ -17,6 +17,7 @@ from pathlib import Path
 from . import artifacts as A
 from .config import DreamConfig, Preset
 from .iterate import IterateConfig, RoundRecord, round_dir
+from .video import mp4_available
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,12 @@ def run(preset: Preset, data: Path, results: Path, it: IterateConfig, *, seed: i
     for rec in records:
         rows.append(Row(f"world model, round {rec.round} (C trained only in the dream)", rec.real_mean, rec.real_std,
                         rec.dream_score, rec.real_mean / uniform))
-    last = round_dir(data, len(records) - 1)
-    _pictures(last, Path(records[-1].vae or last / "vae.h5"), results, preset, seed, device)
     table = _markdown(rows, records, preset, scale)
-    (results / "results.md").write_text(table)
+    (results / "results.md").write_text(table)  # before the pictures: a picture that fails cannot cost the table
     (results / "results.json").write_text(json.dumps(
         {"rows": [r.__dict__ for r in rows], "rounds": [r.__dict__ for r in records], "seed": seed}, indent=2))
+    last = round_dir(data, len(records) - 1)
+    _pictures(last, Path(records[-1].vae or last / "vae.h5"), results, preset, seed, device)
     return rows, records, table
 
 
@@ -72,7 +73,8 @@ def _pictures(last: Path, v: Path, results: Path, preset: Preset, seed: int, dev
     c, m = last / "controller.h5", last / "mdn.h5"
     dcfg = DreamConfig(temperature=preset.evolve.temperature, episodes=4, max_steps=300)
     dream.run(dcfg, v, m, results / "dream.gif", controller_path=c, seed=seed, device=device)
-    evaluate.run(None, controller=c, episodes=1, seed=seed, video=results / "episode.mp4")
+    video = results / ("episode.mp4" if mp4_available() else "episode.gif")  # GIF where imageio-ffmpeg is missing
+    evaluate.run(None, controller=c, episodes=1, seed=seed, video=video)
 
 
 def _markdown(rows: list[Row], records: list[RoundRecord], preset: Preset, scale: str) -> str:

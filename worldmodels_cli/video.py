@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,8 @@ def check_video_path(path: str | os.PathLike) -> Path:
         raise ConfigError(f"{p}: video must end in {' or '.join(SUFFIXES)}")
     if not p.parent.is_dir():
         raise ConfigError(f"{p}: folder {p.parent} does not exist")
+    if p.suffix.lower() == ".mp4" and not mp4_available():
+        raise ConfigError(f"{p}: writing MP4 needs imageio-ffmpeg (pip install imageio-ffmpeg); or name a .gif")
     return p
 
 
@@ -34,6 +37,11 @@ def side_by_side(*columns: np.ndarray, scale: int = 2, gap: int = 2) -> np.ndarr
         if i < len(columns) - 1:
             parts.append(np.full((t, big.shape[1], gap, 3), 255, np.uint8))
     return np.concatenate(parts, axis=2)
+
+
+def mp4_available() -> bool:
+    """Whether imageio can write MP4 here (its ffmpeg plugin ships the binary in the imageio-ffmpeg package)."""
+    return importlib.util.find_spec("imageio_ffmpeg") is not None
 
 
 def write_video(path: str | os.PathLike, frames: Sequence[np.ndarray] | np.ndarray, fps: float = 30.0) -> Path:
@@ -54,7 +62,7 @@ def write_video(path: str | os.PathLike, frames: Sequence[np.ndarray] | np.ndarr
             # even sizes for yuv420p; macro_block_size=1 avoids imageio's resize warning
             h, w = frames[0].shape[:2]
             frames = [np.pad(f, ((0, h % 2), (0, w % 2), (0, 0))) for f in frames]
-            imageio.mimsave(tmp, frames, fps=fps, macro_block_size=1)
+            imageio.mimsave(tmp, frames, format="FFMPEG", fps=fps, macro_block_size=1)
         os.replace(tmp, p)
     finally:
         if tmp.exists():

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# One prepared GPU check: the test suite on a CUDA machine, the dream / V / M benchmarks on CUDA, then the small Doom
+# demo timed end to end. Every part writes into $OUT as it goes, so a run cut short still returns what it measured.
+#
+#   OUT=/tmp/gpu bash benchmarks/gpu_check.sh [WHEELS_DIR]
+#   OUT=/tmp/gpu TESTS="tests/test_dream.py" BENCH="dream" DEMO_S=300 bash benchmarks/gpu_check.sh   # a shorter one
+#
+# WHEELS_DIR holds wheels the machine lacks (cma, gymnasium, vizdoom, ...), installed with --no-deps; the machine's
+# own torch is used as is.
+set -u
+OUT=${OUT:-/tmp/gpu_check}
+WHEELS=${1:-.wheels}
+DEMO_S=${DEMO_S:-270}
+TESTS=${TESTS:-tests}
+BENCH=${BENCH:-dream vae mdn}
+mkdir -p "$OUT"
+PY=${PY:-python3}
+stamp() { echo "== $(date +%T) $*" | tee -a "$OUT/log.txt"; }
+
+stamp setup
+[ -d "$WHEELS" ] && $PY -m pip install -q --no-deps "$WHEELS"/*.whl >>"$OUT/log.txt" 2>&1
+$PY -m pip install -q --no-deps --no-build-isolation -e . >>"$OUT/log.txt" 2>&1
+nvidia-smi -L | tee -a "$OUT/log.txt"
+$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))" | tee -a "$OUT/log.txt"
+
+stamp tests
+timeout 150 $PY -m pytest -q -p no:cacheprovider -n 12 -m "not slow and not faults" $TESTS >"$OUT/tests.txt" 2>&1
+echo "rc=$?" >>"$OUT/tests.txt"; tail -5 "$OUT/tests.txt"
+
+for b in $BENCH; do
+    stamp bench $b
+    case $b in
+        dream) timeout 120 $PY benchmarks/dream.py >>"$OUT/bench.txt" 2>&1 ;;
+        *) timeout 45 $PY benchmarks/$b.py --device cuda >>"$OUT/bench.txt" 2>&1 ;;
+    esac
+    echo "$b rc=$?" >>"$OUT/bench.txt"
+done
+tail -40 "$OUT/bench.txt"
+
+stamp demo
+WM=$(dirname "$(command -v $PY)")/wm
+[ -x "$WM" ] || WM="$PY -m worldmodels_cli"
+timeout "$DEMO_S" $WM demo --data /tmp/demo-gpu --results /tmp/demo-gpu-results --seed 0 --workers 14 --device cuda \
+    >"$OUT/demo.txt" 2>&1
+echo "demo rc=$?" >>"$OUT/demo.txt"
+cp /tmp/demo-gpu/iterate.json "$OUT/iterate.json" 2>/dev/null
+cp /tmp/demo-gpu-results/results.md "$OUT/results.md" 2>/dev/null
+tail -30 "$OUT/demo.txt"
+stamp done
