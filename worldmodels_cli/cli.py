@@ -323,7 +323,7 @@ def dream(vae: Path, mdn: Path, controller: Path | None, temperature: float | No
 
 # ------------------------------------------------------------------------------------------ iterate / demo
 def iterate_options(f):
-    f = click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+    f = click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True,
                      help="rounds: the first on random data, each later one on its controller's data too")(f)
     f = click.option("--controller-episodes", type=click.IntRange(min=1), default=300, show_default=True,
                      help="episodes collected with the controller in each later round")(f)

@@ -39,7 +39,7 @@ RECORD = "iterate.json"
 class IterateConfig:
     """What a round does beyond the stage presets."""
 
-    rounds: int = 3
+    rounds: int = 5
     controller_episodes: int = 300  # episodes collected with the controller in each later round
     noise: float = 0.1  # exploration noise on the controller's action while collecting (ref §9: C should explore)
     later_vae_epochs: float = 0.0  # 0: keep round 0's V (module doc); > 0: continue it on all data for this many passes
