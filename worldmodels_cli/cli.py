@@ -3,6 +3,7 @@ one summary line. Errors from the WorldModelsError family become one line on std
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .config import ENVS, SCALES
+from .config import ENVS, SCALES, IterateConfig
 from .errors import Interrupted, WorldModelsError
 
 log = logging.getLogger("worldmodels_cli")
@@ -323,16 +324,14 @@ def dream(vae: Path, mdn: Path, controller: Path | None, temperature: float | No
 
 # ------------------------------------------------------------------------------------------ iterate / demo
 def iterate_options(f):
-    f = click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True,
-                     help="rounds: the first on random data, each later one on its controller's data too")(f)
-    f = click.option("--controller-episodes", type=click.IntRange(min=1), default=300, show_default=True,
-                     help="episodes collected with the controller in each later round")(f)
-    f = click.option("--noise", type=click.FloatRange(min=0), default=0.1, show_default=True,
-                     help="exploration noise on the controller's action while collecting")(f)
-    f = click.option("--eval-episodes", type=click.IntRange(min=1), default=100, show_default=True,
-                     help="real episodes evaluating each round's controller")(f)
-    f = click.option("--later-vae-epochs", type=click.FloatRange(min=0), default=0.0, show_default=True,
-                     help="V passes in each later round on all data; 0 keeps round 0's V and encodes only new episodes")(f)
+    """The IterateConfig fields as options: defaults, lower bounds and help come from the dataclass."""
+    for fl in reversed(dataclasses.fields(IterateConfig)):
+        if fl.name == "later_mdn_steps_fraction":
+            continue  # a design constant, not a knob users asked for
+        lo = fl.metadata["min"]
+        kind = click.IntRange(min=lo) if isinstance(fl.default, int) else click.FloatRange(min=lo)
+        f = click.option("--" + fl.name.replace("_", "-"), type=kind, default=fl.default, show_default=True,
+                         help=fl.metadata["doc"])(f)
     return click.option("--data", type=click.Path(file_okay=False, path_type=Path), required=True,
                         help="folder of the rounds' artifacts (created)")(f)
 

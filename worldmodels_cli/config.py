@@ -198,6 +198,20 @@ class DreamConfig(_Config):
     fps: float = f(25.0, "animation frames per second", min=1)
 
 
+# --------------------------------------------------------------------------------------------- iterate
+@dataclass(frozen=True)
+class IterateConfig(_Config):
+    """What a round of `wm iterate` / `wm demo` does beyond the stage presets (ref §9)."""
+
+    rounds: int = f(5, "rounds: the first on random data, each later one on its controller's data too", min=1)
+    controller_episodes: int = f(300, "episodes collected with the controller in each later round", min=1)
+    noise: float = f(0.1, "exploration noise on the controller's action while collecting (ref §9)", min=0)
+    later_vae_epochs: float = f(0.0, "V passes in each later round on all data; 0 keeps round 0's V and encodes "
+                                     "only new episodes", min=0)
+    later_mdn_steps_fraction: float = f(0.6, "M steps in each later round, as a fraction of the preset's", min=0)
+    eval_episodes: int = f(100, "real episodes evaluating each round's controller (ref §6: 100)", min=1)
+
+
 # --------------------------------------------------------------------------------------------- evolve
 @dataclass(frozen=True)
 class EvolveConfig(_Config):

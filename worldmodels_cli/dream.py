@@ -213,10 +213,12 @@ class FusedM:
             gates = torch.cat([torch.arange(0, 2 * h), torch.arange(3 * h, 4 * h), torch.arange(2 * h, 3 * h)])
             scale = torch.ones(4 * h, dtype=torch.float64)
             scale[3 * h :] = 2.0  # tanh(g) = 2σ(2g) − 1
-            # built on the CPU in float64 (exact reordering whatever M's device), then moved to `device`
-            w_ih = mdn.weight_ih.detach().cpu().double()[gates] * scale[:, None]  # (4H, In) rows (i, f, o, 2g)
-            w_hh = mdn.weight_hh.detach().cpu().double()[gates] * scale[:, None]  # (4H, H)
-            bias = mdn.bias.detach().cpu().double()[gates] * scale  # (4H,)
+            def f64(t: Tensor) -> Tensor:  # built on the CPU in float64 whatever M's device, then moved to `device`
+                return t.detach().cpu().double()
+
+            w_ih = f64(mdn.weight_ih)[gates] * scale[:, None]  # (4H, In) rows (i, f, o, 2g)
+            w_hh = f64(mdn.weight_hh)[gates] * scale[:, None]  # (4H, H)
+            bias = f64(mdn.bias)[gates] * scale  # (4H,)
             # rows in S[:, H:] order: z, a, r (= M's input order), 1 (bias), h
             self.W = torch.cat([w_ih.T, bias[None, :], w_hh.T], 0).to(device, dtype).contiguous()  # (In+1+H, 4H)
             cols = []
@@ -229,7 +231,7 @@ class FusedM:
             for part in range(3):  # head layout: Z rows of [logπ(K), μ(K), logσ(K)]
                 cols.append((off + d * 3 * k + part * k + kk).T.reshape(-1))  # (K, Z) order
             perm = torch.cat(cols)
-            wo = torch.cat([mdn.head.bias.detach().cpu().double()[None, :], mdn.head.weight.detach().cpu().double().T], 0)
+            wo = torch.cat([f64(mdn.head.bias)[None, :], f64(mdn.head.weight).T], 0)
             wo = wo[:, perm]  # (1+H, O): rows [1, h]
             self.mix0 = (1 if cfg.done_head else 0) + (1 if cfg.reward_head != "none" else 0)
             if tau > 0:

@@ -27,30 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from . import artifacts as A
-from .config import Preset
-from .errors import ConfigError
+from .config import IterateConfig, Preset
 
 log = logging.getLogger(__name__)
 
 RECORD = "iterate.json"
-
-
-@dataclass(frozen=True)
-class IterateConfig:
-    """What a round does beyond the stage presets."""
-
-    rounds: int = 5
-    controller_episodes: int = 300  # episodes collected with the controller in each later round
-    noise: float = 0.1  # exploration noise on the controller's action while collecting (ref §9: C should explore)
-    later_vae_epochs: float = 0.0  # 0: keep round 0's V (module doc); > 0: continue it on all data for this many passes
-    later_mdn_steps_fraction: float = 0.6  # likewise M
-    eval_episodes: int = 100  # real episodes per round (ref §6: 100)
-
-    def __post_init__(self) -> None:
-        if self.rounds < 1:
-            raise ConfigError(f"--rounds must be >= 1, got {self.rounds}")
-        if self.controller_episodes < 1:
-            raise ConfigError(f"--controller-episodes must be >= 1, got {self.controller_episodes}")
 
 
 @dataclass
