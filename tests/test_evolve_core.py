@@ -8,7 +8,7 @@ import pytest
 from worldmodels_cli import artifacts as A
 from worldmodels_cli import evolve
 from worldmodels_cli.config import preset
-from worldmodels_cli.errors import ConfigError
+from worldmodels_cli.errors import ArtifactError, ConfigError
 
 
 class Quadratic:
@@ -86,6 +86,21 @@ def test_extending_generations_continues(tmp_path):
         _run(b, _preset(generations=12, sigma0=0.2))  # anything else changed is another run
 
 
+def test_finished_run_is_not_replayed_but_a_partial_one_is_checked(tmp_path, monkeypatch):
+    import h5py
+
+    out = tmp_path / "c.h5"
+    first = _run(out, _preset(generations=6))
+    with monkeypatch.context() as m:  # a finished run returns its record without rebuilding the optimizer
+        m.setattr(evolve, "replay", lambda es, f: (_ for _ in ()).throw(AssertionError("replayed")))
+        again = _run(out, _preset(generations=6))
+    assert (again.generations, again.best_score, again.best_generation) == (6, first.best_score, first.best_generation)
+    with h5py.File(out, "r+") as fh:  # a stored mean the replay cannot reproduce is refused when more is asked
+        fh[A.MEAN][0] += 1e-9
+    with pytest.raises(ArtifactError, match="rebuilt exactly"):
+        _run(out, _preset(generations=8))
+
+
 def test_flat_fitness_runs_all_generations(tmp_path):
     class Flat(Quadratic):
         def __call__(self, params, seeds):
@@ -104,3 +119,29 @@ def test_generation_seeds_antithetic_pairs():
     assert len(np.unique(s[:4, 0])) == 4
     assert not np.array_equal(s, evolve.generation_seeds(cfg, 0, 4))
     np.testing.assert_array_equal(s, evolve.generation_seeds(cfg, 0, 3))
+
+
+_REPLAY = """
+import hashlib, numpy as np
+from worldmodels_cli import evolve
+from worldmodels_cli.config import preset
+cfg = preset("doom", "tiny").evolve.replace(pop=16)
+es = evolve.make_cma(600, cfg, 3)
+evolve.replay(es, np.random.default_rng(0).standard_normal((25, 16)))
+print(hashlib.sha256(np.asarray(es.mean).tobytes()).hexdigest())
+"""
+
+
+def test_replay_is_exact_under_any_blas_thread_count():
+    """A run checkpointed under one OMP_NUM_THREADS resumes under another: pycma's eigendecompositions of a
+    Doom-sized (600-parameter) C round differently across BLAS thread counts unless pinned to one."""
+    import os
+    import subprocess
+    import sys
+
+    def mean_hash(threads):
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads)}
+        return subprocess.run([sys.executable, "-c", _REPLAY], env=env, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    assert mean_hash(1) == mean_hash(4)

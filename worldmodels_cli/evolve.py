@@ -7,7 +7,9 @@ share one (ref §6). Every `eval_every` generations the CMA mean is evaluated on
 
 Resume without pickle: the artifact stores every generation's fitness values. pycma draws its samples only from
 the `randn` we hand it (a seeded numpy Generator) and numpy's global RNG (seeded through its `seed` option), so
-replaying ask/tell with the stored fitnesses rebuilds the optimizer bit for bit; the stored mean checks it.
+replaying ask/tell with the stored fitnesses rebuilds the optimizer bit for bit; the stored mean checks it. Its
+eigendecompositions round differently with the BLAS thread count, so every ask/tell runs on one BLAS thread: a run
+resumes exactly under any OMP_NUM_THREADS.
 """
 
 from __future__ import annotations
@@ -72,10 +74,18 @@ def make_cma(n: int, cfg: EvolveConfig, seed: int):
     return cma.CMAEvolutionStrategy(n * [0.0], cfg.sigma0, opts)
 
 
+def one_blas_thread():
+    """Context for pycma's linear algebra: on one thread it rounds the same whatever OMP_NUM_THREADS says."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def replay(es, fitness_history: np.ndarray) -> None:
     """Advance a fresh strategy through recorded generations (ask, then tell the recorded fitnesses)."""
-    for row in fitness_history:
-        es.tell(es.ask(), list(row))
+    with one_blas_thread():
+        for row in fitness_history:
+            es.tell(es.ask(), list(row))
 
 
 def generation_seeds(cfg: EvolveConfig, seed: int, generation: int) -> np.ndarray:
@@ -107,8 +117,8 @@ def _new_state(n: int) -> _State:
     return _State([], {k: [] for k in HISTORY_KEYS}, np.zeros(n), -math.inf, -1)
 
 
-def _load_state(path: Path, n: int, config_json: dict, seed: int, es) -> _State:
-    """Read a previous (partial) run of the same command and replay CMA to its last generation."""
+def _load_state(path: Path, n: int, config_json: dict, seed: int, es, generations: int) -> _State:
+    """Read a previous run of the same command; replay CMA to its last generation when more are to come."""
     meta = A.validate(path, "controller")
     if meta.seed != seed or _comparable(meta.config) != _comparable(config_json):
         raise ConfigError(
@@ -130,6 +140,8 @@ def _load_state(path: Path, n: int, config_json: dict, seed: int, es) -> _State:
         raise ArtifactError(f"{path}: cma/fitness is not a (generations, pop) array of numbers (damaged)")
     if not all(np.isfinite(a).all() for a in (fitness, mean, best_params)):
         raise ArtifactError(f"{path}: holds NaN or inf in its optimizer state (damaged); delete it to start over")
+    if len(fitness) >= generations:  # finished: nothing left to ask, so the optimizer need not be rebuilt
+        return _State([r for r in fitness], hist, best_params, best_score, best_generation)
     replay(es, fitness)
     if len(fitness) and not np.array_equal(np.asarray(es.mean), mean):
         raise ArtifactError(f"{path}: the optimizer state could not be rebuilt exactly (mean differs after replay)")
@@ -185,7 +197,7 @@ def optimize(
     out = Path(out)
     es = make_cma(n_params, cfg, seed)
     config_json = A._loads(A._to_json(preset))
-    st = _load_state(out, n_params, config_json, seed, es) if out.exists() else _new_state(n_params)
+    st = _load_state(out, n_params, config_json, seed, es, cfg.generations) if out.exists() else _new_state(n_params)
     if out.exists():
         log.info("resuming %s at generation %d", out, len(st.fitness))
     metrics = MetricsWriter(metrics_path(out))
@@ -194,12 +206,14 @@ def optimize(
     t_run = time.time()
     for gen in range(start_gen, cfg.generations):
         t0 = time.time()
-        solutions = es.ask()
+        with one_blas_thread():
+            solutions = es.ask()
         params = np.asarray(solutions, dtype=np.float64)  # (P, n)
         returns = np.asarray(fitness(params, generation_seeds(cfg, seed, gen)), dtype=np.float64)  # (P, R)
         mean_returns = returns.mean(axis=1)
         told = -mean_returns  # CMA minimises; no weight-decay term (ref §6: the code's had the wrong sign)
-        es.tell(solutions, list(told))
+        with one_blas_thread():
+            es.tell(solutions, list(told))
         st.fitness.append(told)
         row = {"best": mean_returns.max(), "mean": mean_returns.mean(), "worst": mean_returns.min(),
                "sigma": float(es.sigma), "eval_score": math.nan, "eval_std": math.nan,
