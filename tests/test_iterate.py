@@ -85,3 +85,16 @@ def test_make_n_reproduce_lists_every_stage():
     assert verbs.count("evaluate") == 5 + 2 + 3 + 1
     assert cmds[-1].startswith("wm report")
     assert any("--temperature 1.15" in c for c in out.stdout.replace("\\\n", " ").splitlines())
+
+
+def test_wm_demo_command_passes_its_iterate_options(tmp_path):
+    from click.testing import CliRunner
+
+    from worldmodels_cli.cli import cli
+
+    res = CliRunner().invoke(cli, ["demo", "--preset", "tiny", "--data", str(tmp_path / "d"), "--results",
+                                   str(tmp_path / "r"), "--rounds", "1", "--eval-episodes", "3", "--workers", "1",
+                                   "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert A.validate(tmp_path / "d/round0/eval.h5", "eval").summary["episodes"] == 3
+    assert "world model, round 0" in res.output and not (tmp_path / "d/round1").exists()

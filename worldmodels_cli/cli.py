@@ -345,8 +345,7 @@ def iterate_options(f):
 @seed_option
 @device_option
 @backend_options
-def iterate(env_name, preset, rounds, controller_episodes, noise, eval_episodes, later_vae_epochs, data, temperature,
-            workers, seed, device, backend, ray_address) -> None:
+def iterate(env_name, preset, data, temperature, workers, seed, device, backend, ray_address, **it_options) -> None:
     """The iterative procedure (ref §9): collect -> V -> M -> C in the dream -> evaluate, then again on the
     controller's own data; rerun the same command to continue."""
     from . import iterate as iterate_stage
@@ -354,8 +353,7 @@ def iterate(env_name, preset, rounds, controller_episodes, noise, eval_episodes,
 
     cfg = get_preset(env_name, preset)
     cfg = cfg.replace(evolve=cfg.evolve.replace(temperature=temperature))
-    it = iterate_stage.IterateConfig(rounds=rounds, controller_episodes=controller_episodes, noise=noise,
-                                     eval_episodes=eval_episodes, later_vae_epochs=later_vae_epochs)
+    it = IterateConfig(**it_options)
     recs = iterate_stage.run(cfg, data, it, seed=seed, workers=workers, device=device, backend=backend,
                              address=ray_address)
     click.echo("; ".join(f"round {r.round}: dream {r.dream_score:.0f}, real {r.real_mean:.0f} ± {r.real_std:.0f}"
@@ -371,17 +369,14 @@ def iterate(env_name, preset, rounds, controller_episodes, noise, eval_episodes,
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="worker processes")
 @seed_option
 @device_option
-def demo(preset, rounds, controller_episodes, noise, eval_episodes, later_vae_epochs, data, results, temperature, workers,
-         seed, device) -> None:
+def demo(preset, data, results, temperature, workers, seed, device, **it_options) -> None:
     """`make demo`: the small Doom pipeline end to end, baselines, a results table and pictures."""
     from . import demo as demo_stage
-    from . import iterate as iterate_stage
     from .config import preset as get_preset
 
     cfg = get_preset("doom", preset)
     cfg = cfg.replace(evolve=cfg.evolve.replace(temperature=temperature))
-    it = iterate_stage.IterateConfig(rounds=rounds, controller_episodes=controller_episodes, noise=noise,
-                                     eval_episodes=eval_episodes, later_vae_epochs=later_vae_epochs)
+    it = IterateConfig(**it_options)
     _, _, table = demo_stage.run(cfg, data, results, it, seed=seed, workers=workers, device=device, scale=preset)
     click.echo(table.rstrip())
 
