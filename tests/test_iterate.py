@@ -8,6 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
+
 from worldmodels_cli import artifacts as A
 from worldmodels_cli import demo, iterate, report
 from worldmodels_cli.config import preset
@@ -98,3 +100,16 @@ def test_wm_demo_command_passes_its_iterate_options(tmp_path):
     assert res.exit_code == 0, res.output
     assert A.validate(tmp_path / "d/round0/eval.h5", "eval").summary["episodes"] == 3
     assert "world model, round 0" in res.output and not (tmp_path / "d/round1").exists()
+
+
+def test_controller_frames_budget_sizes_later_collection(tmp_path):
+    p = preset("doom", "tiny")
+    it = iterate.IterateConfig(rounds=2, controller_episodes=50, controller_frames=90, eval_episodes=3)
+    iterate.run(p, tmp_path, it, seed=0, workers=1, device="cpu")
+    with A.open_artifact(tmp_path / "round0/eval.h5", "eval") as fh:
+        mean_length = fh[A.LENGTHS][()].mean()
+    expected = int(np.ceil(90 / mean_length))
+    assert 1 <= expected < 50
+    assert A.validate(tmp_path / "round1/rollouts.h5", "rollouts").summary["episodes"] == expected
+    assert iterate.controller_episodes(it.replace(controller_frames=0), tmp_path / "round0/eval.h5") == 50
+    assert iterate.controller_episodes(it.replace(controller_frames=10**9), tmp_path / "round0/eval.h5") == 50

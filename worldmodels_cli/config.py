@@ -205,6 +205,9 @@ class IterateConfig(_Config):
 
     rounds: int = f(5, "rounds: the first on random data, each later one on its controller's data too", min=1)
     controller_episodes: int = f(300, "episodes collected with the controller in each later round", min=1)
+    controller_frames: int = f(0, "frame budget of each later round's collection: episodes = this / the previous "
+                                  "controller's mean real episode length, at most controller_episodes; 0: no budget",
+                               min=0)
     noise: float = f(0.1, "exploration noise on the controller's action while collecting (ref §9)", min=0)
     later_vae_epochs: float = f(0.0, "V passes in each later round on all data; 0 keeps round 0's V and encodes "
                                      "only new episodes", min=0)

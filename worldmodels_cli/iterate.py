@@ -7,6 +7,9 @@ so M sees what the random policy never showed it (walls, long survivals: ref §B
 again in the new dream. Every round records its dream and real scores and the wall time of each stage in
 `<data>/iterate.json`.
 
+With `controller_frames` set, a round collects that many frames rather than a fixed number of episodes (at most
+`controller_episodes`): a controller that survives twice as long collects half as many episodes.
+
 With `later_vae_epochs` = 0 (the default) V is trained once, in round 0, and kept: the frames of later rounds show
 the same room, walls and fireballs, and what the controller's data add is dynamics, which is M's job. Each round
 then encodes only its own new episodes, and M trains on every round's series.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -77,8 +81,8 @@ def run(preset: Preset, data: Path, it: IterateConfig, *, seed: int = 0, workers
         if k == 0:
             _timed(rec, "collect", collect.run, p, r, seed=seed, workers=workers, backend=backend, address=address)
         else:
-            pc = p.replace(collect=p.collect.replace(episodes=it.controller_episodes, policy="controller",
-                                                     noise=it.noise, min_length=0))
+            n = controller_episodes(it, round_dir(data, k - 1) / "eval.h5")
+            pc = p.replace(collect=p.collect.replace(episodes=n, policy="controller", noise=it.noise, min_length=0))
             _timed(rec, "collect", collect.run, pc, r, seed=seed + k, workers=workers, backend=backend,
                    address=address, controller=prev["controller"])
             p = p.replace(vae_train=p.vae_train.replace(epochs=it.later_vae_epochs),
@@ -114,6 +118,17 @@ def run(preset: Preset, data: Path, it: IterateConfig, *, seed: int = 0, workers
             on_round(rec)
         prev = {"vae": v, "mdn": m, "controller": c}
     return records[: it.rounds]
+
+
+def controller_episodes(it: IterateConfig, prev_eval: Path) -> int:
+    """Episodes to collect with the previous round's controller. A better controller's episodes are longer; with
+    `controller_frames` set they are fewer (frames / the mean length of its real evaluation), so collecting and
+    encoding a round cost about the same whatever the controller."""
+    if it.controller_frames <= 0:
+        return it.controller_episodes
+    with A.open_artifact(prev_eval, "eval") as fh:
+        mean_length = float(np.mean(fh[A.LENGTHS][()]))
+    return max(1, min(it.controller_episodes, math.ceil(it.controller_frames / max(mean_length, 1.0))))
 
 
 def _complete_eval(path: Path, episodes: int) -> bool:
