@@ -40,6 +40,14 @@ def test_demo_two_rounds_then_rerun_continues(tmp_path):
     for name in ("results.md", "results.json", "dream.gif", episode, "reconstructions.png", "fitness.png"):
         assert (tmp_path / "results" / name).stat().st_size > 0, name
     assert "× uniform random" in table and len(rows) == 4
+    # the last round evolves the final controller with final_pop, the earlier ones with the preset's population
+    pops = [A.validate(d / f"round{k}/controller.h5", "controller").config["evolve"]["pop"] for k in (0, 1)]
+    assert pops == [p.evolve.pop, it.final_pop] and p.evolve.pop != it.final_pop
+    assert A.validate(d / "round1/controller.h5", "controller").summary["generations"] == p.evolve.generations
+    # a started round keeps its population when rounds are added; a new last round gets final_pop
+    assert iterate._round_pop(d / "round0/controller.h5", p, it, last=True) == p.evolve.pop
+    assert iterate._round_pop(d / "round9/controller.h5", p, it, last=True) == it.final_pop
+    assert iterate._round_pop(d / "round9/controller.h5", p, it.replace(final_pop=0), last=True) == p.evolve.pop
     saved = json.loads((tmp_path / "data" / iterate.RECORD).read_text())
     assert [r["round"] for r in saved] == [0, 1]
     # rerunning finds every artifact complete: nothing is retrained

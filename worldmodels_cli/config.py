@@ -213,6 +213,8 @@ class IterateConfig(_Config):
                                      "only new episodes", min=0)
     later_mdn_steps_fraction: float = f(0.6, "M steps in each later round, as a fraction of the preset's", min=0)
     eval_episodes: int = f(100, "real episodes evaluating each round's controller (ref §6: 100)", min=1)
+    final_pop: int = f(64, "CMA-ES population of the last round, which evolves the final controller (the paper's "
+                           "64); 0: the preset's, as in every earlier round", min=0)
 
 
 # --------------------------------------------------------------------------------------------- evolve

@@ -14,6 +14,11 @@ With `later_vae_epochs` = 0 (the default) V is trained once, in round 0, and kep
 the same room, walls and fireballs, and what the controller's data add is dynamics, which is M's job. Each round
 then encodes only its own new episodes, and M trains on every round's series.
 
+The last round evolves the final controller with population `final_pop` (the paper's 64): the earlier rounds'
+controllers only collect data, and on the same final M two population-64 runs differed by 6-36 real steps where
+two population-32 runs differed by 69-290 (README). A started round keeps the population it began with, so adding rounds to a
+run continues it.
+
 Every stage resumes or skips itself when its artifact is complete, so rerunning the same command continues where
 it stopped; the stage functions are called in-process (no subprocess per stage).
 """
@@ -102,6 +107,7 @@ def run(preset: Preset, data: Path, it: IterateConfig, *, seed: int = 0, workers
         rec.vae = str(v)
         _timed(rec, "train-mdn", train_mdn.run, p, list(series), m, seed=seed + k, device=device,
                init=prev.get("mdn"))
+        p = p.replace(evolve=p.evolve.replace(pop=_round_pop(c, p, it, last=k == it.rounds - 1)))
         ev = _timed(rec, "evolve", evolve.run, p, v, m, c, seed=seed + k, workers=workers, device=device,
                     backend=backend, address=address)
         rec.dream_score = ev.best_score
@@ -129,6 +135,16 @@ def controller_episodes(it: IterateConfig, prev_eval: Path) -> int:
     with A.open_artifact(prev_eval, "eval") as fh:
         mean_length = float(np.mean(fh[A.LENGTHS][()]))
     return max(1, min(it.controller_episodes, math.ceil(it.controller_frames / max(mean_length, 1.0))))
+
+
+def _round_pop(controller: Path, p: Preset, it: IterateConfig, *, last: bool) -> int:
+    """The last round's population is `final_pop`; a started controller keeps its own (rounds added later)."""
+    if controller.exists():
+        try:
+            return int(A.validate(controller, "controller").config["evolve"]["pop"])
+        except (A.ArtifactError, KeyError, TypeError, ValueError):
+            pass  # evolve.run reports a damaged artifact in one line
+    return it.final_pop if last and it.final_pop > 0 else p.evolve.pop
 
 
 def _complete_eval(path: Path, episodes: int) -> bool:
