@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
+import h5py
 import numpy as np
 import pytest
 
@@ -87,8 +92,6 @@ def test_extending_generations_continues(tmp_path):
 
 
 def test_finished_run_is_not_replayed_but_a_partial_one_is_checked(tmp_path, monkeypatch):
-    import h5py
-
     out = tmp_path / "c.h5"
     first = _run(out, _preset(generations=6))
     with monkeypatch.context() as m:  # a finished run returns its record without rebuilding the optimizer
@@ -135,9 +138,6 @@ print(hashlib.sha256(np.asarray(es.mean).tobytes()).hexdigest())
 def test_replay_is_exact_under_any_blas_thread_count():
     """A run checkpointed under one OMP_NUM_THREADS resumes under another: pycma's eigendecompositions of a
     Doom-sized (600-parameter) C round differently across BLAS thread counts unless pinned to one."""
-    import os
-    import subprocess
-    import sys
 
     def mean_hash(threads):
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads)}

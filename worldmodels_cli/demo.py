@@ -54,7 +54,7 @@ def run(preset: Preset, data: Path, results: Path, it: IterateConfig, *, seed: i
     for rec in records:
         rows.append(Row(f"world model, round {rec.round} (C trained only in the dream)", rec.real_mean, rec.real_std,
                         rec.dream_score, rec.real_mean / uniform))
-    table = _markdown(rows, records, preset, scale, it)
+    table = _markdown(rows, records, preset, scale)
     (results / "results.md").write_text(table)  # before the pictures: a picture that fails cannot cost the table
     (results / "results.json").write_text(json.dumps(
         {"rows": [r.__dict__ for r in rows], "rounds": [r.__dict__ for r in records], "seed": seed}, indent=2))
@@ -77,7 +77,7 @@ def _pictures(last: Path, v: Path, results: Path, preset: Preset, seed: int, dev
     evaluate.run(None, controller=c, episodes=1, seed=seed, video=video)
 
 
-def _markdown(rows: list[Row], records: list[RoundRecord], preset: Preset, scale: str, it: IterateConfig) -> str:
+def _markdown(rows: list[Row], records: list[RoundRecord], preset: Preset, scale: str) -> str:
     n = "steps survived in the real game"
     lines = [f"| policy | {n} (mean ± std) | × uniform random | dream score |", "|---|---|---|---|"]
     for r in rows:
@@ -89,7 +89,7 @@ def _markdown(rows: list[Row], records: list[RoundRecord], preset: Preset, scale
     for rec in records:
         secs = [rec.seconds.get(s, 0.0) for s in stages]
         lines.append(f"| {rec.round} | " + " | ".join(f"{x / 60:.1f} min" for x in secs) + f" | {sum(secs) / 60:.1f} min |")
-    pops = f"population {preset.evolve.pop}, the last round's {it.final_pop or preset.evolve.pop}"
+    pops = f"population {preset.evolve.pop}, the last round's {records[-1].pop}"
     lines += ["", f"Preset: {preset.env.name} {scale}, τ = {preset.evolve.temperature}, {len(records)} round(s), CMA-ES "
               f"{pops}; every policy ran on the same real-episode seeds."]
     return "\n".join(lines) + "\n"

@@ -199,7 +199,8 @@ def optimize(
     config_json = A._loads(A._to_json(preset))
     st = _load_state(out, n_params, config_json, seed, es, cfg.generations) if out.exists() else _new_state(n_params)
     if out.exists():
-        log.info("resuming %s at generation %d", out, len(st.fitness))
+        done = len(st.fitness) >= cfg.generations
+        log.info("%s: %s %d generations", out, "already evolved for" if done else "resuming at", len(st.fitness))
     metrics = MetricsWriter(metrics_path(out))
     metrics.truncate_after("generation", len(st.fitness) - 1)
     start_gen = len(st.fitness)

@@ -47,6 +47,7 @@ RECORD = "iterate.json"
 class RoundRecord:
     round: int
     dream_score: float = float("nan")  # best evaluation of the CMA mean in the dream (ref §6)
+    pop: int = 0  # the CMA-ES population C was evolved with
     real_mean: float = float("nan")
     real_std: float = float("nan")
     seconds: dict[str, float] = field(default_factory=dict)
@@ -108,6 +109,7 @@ def run(preset: Preset, data: Path, it: IterateConfig, *, seed: int = 0, workers
         _timed(rec, "train-mdn", train_mdn.run, p, list(series), m, seed=seed + k, device=device,
                init=prev.get("mdn"))
         p = p.replace(evolve=p.evolve.replace(pop=_round_pop(c, p, it, last=k == it.rounds - 1)))
+        rec.pop = p.evolve.pop
         ev = _timed(rec, "evolve", evolve.run, p, v, m, c, seed=seed + k, workers=workers, device=device,
                     backend=backend, address=address)
         rec.dream_score = ev.best_score
