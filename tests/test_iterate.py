@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_demo_two_rounds_then_rerun_continues(tmp_path):
     p = preset("doom", "tiny")
-    it = iterate.IterateConfig(rounds=2, controller_episodes=4, eval_episodes=5)
+    it = iterate.IterateConfig(rounds=2, controller_episodes=4, eval_episodes=5, data_eval_episodes=3)
     rows, recs, table = demo.run(p, tmp_path / "data", tmp_path / "results", it, seed=0, workers=1, device="cpu")
     assert [r.round for r in recs] == [0, 1]
     assert all(r.real_mean > 0 for r in recs)
@@ -43,7 +43,11 @@ def test_demo_two_rounds_then_rerun_continues(tmp_path):
     # the last round evolves the final controller with final_pop, the earlier ones with the preset's population
     pops = [A.validate(d / f"round{k}/controller.h5", "controller").config["evolve"]["pop"] for k in (0, 1)]
     assert pops == [p.evolve.pop, it.final_pop] and p.evolve.pop != it.final_pop
-    assert A.validate(d / "round1/controller.h5", "controller").summary["generations"] == p.evolve.generations
+    # the data round (0) evolves for a fraction of the generations and is evaluated on fewer episodes
+    gens = [A.validate(d / f"round{k}/controller.h5", "controller").summary["generations"] for k in (0, 1)]
+    assert gens == [round(p.evolve.generations * it.data_generations_fraction), p.evolve.generations]
+    assert gens[0] < gens[1]
+    assert [A.validate(d / f"round{k}/eval.h5", "eval").summary["episodes"] for k in (0, 1)] == [3, 5]
     # a started round keeps its population when rounds are added; a new last round gets final_pop
     assert iterate._round_pop(d / "round0/controller.h5", p, it, last=True) == p.evolve.pop
     assert iterate._round_pop(d / "round9/controller.h5", p, it, last=True) == it.final_pop
@@ -56,6 +60,13 @@ def test_demo_two_rounds_then_rerun_continues(tmp_path):
     iterate.run(p, tmp_path / "data", it, seed=0, workers=1, device="cpu")
     assert (tmp_path / "data/round1/mdn.h5").stat().st_mtime == mtime
     assert time.monotonic() - t0 < 60
+    # a third round: round 1 becomes a data round and keeps its full evolution and evaluation
+    evals = (d / "round1/eval.h5").stat().st_mtime, (d / "round1/controller.h5").stat().st_mtime
+    recs = iterate.run(p, d, it.replace(rounds=3), seed=0, workers=1, device="cpu")
+    assert [r.round for r in recs] == [0, 1, 2] and recs[1].real_mean == saved[1]["real_mean"]
+    assert ((d / "round1/eval.h5").stat().st_mtime, (d / "round1/controller.h5").stat().st_mtime) == evals
+    r2 = A.validate(d / "round2/controller.h5", "controller")
+    assert (r2.config["evolve"]["pop"], r2.summary["generations"]) == (it.final_pop, p.evolve.generations)
 
 
 def test_iterate_later_vae_epochs_retrains_v_on_all_rollouts(tmp_path):

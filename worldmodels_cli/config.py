@@ -205,14 +205,19 @@ class IterateConfig(_Config):
 
     rounds: int = f(5, "rounds: the first on random data, each later one on its controller's data too", min=1)
     controller_episodes: int = f(300, "episodes collected with the controller in each later round", min=1)
-    controller_frames: int = f(0, "frame budget of each later round's collection: episodes = this / the previous "
-                                  "controller's mean real episode length, at most controller_episodes; 0: no budget",
-                               min=0)
+    controller_frames: int = f(90000, "frame budget of each later round's collection: episodes = this / the "
+                                      "previous controller's mean real episode length, at most controller_episodes; "
+                                      "0: no budget", min=0)
     noise: float = f(0.1, "exploration noise on the controller's action while collecting (ref §9)", min=0)
     later_vae_epochs: float = f(0.0, "V passes in each later round on all data; 0 keeps round 0's V and encodes "
                                      "only new episodes", min=0)
     later_mdn_steps_fraction: float = f(0.6, "M steps in each later round, as a fraction of the preset's", min=0)
-    eval_episodes: int = f(100, "real episodes evaluating each round's controller (ref §6: 100)", min=1)
+    eval_episodes: int = f(100, "real episodes evaluating the last round's controller (ref §6: 100)", min=1)
+    data_eval_episodes: int = f(30, "real episodes evaluating each earlier round's controller, which only collects "
+                                    "the next round's data (their mean length sizes that collection); at most "
+                                    "eval_episodes", min=1)
+    data_generations_fraction: float = f(0.67, "CMA-ES generations of every round but the last, as a fraction of "
+                                               "the preset's (small Doom: 20 of 30)", min=0)
     final_pop: int = f(64, "CMA-ES population of the last round, which evolves the final controller (the paper's "
                            "64); 0: the preset's, as in every earlier round", min=0)
 

@@ -14,8 +14,11 @@ With `later_vae_epochs` = 0 (the default) V is trained once, in round 0, and kep
 the same room, walls and fireballs, and what the controller's data add is dynamics, which is M's job. Each round
 then encodes only its own new episodes, and M trains on every round's series.
 
-The last round evolves the final controller with population `final_pop` (the paper's 64): the earlier rounds'
-controllers only collect data. On the three small-Doom seeds' final Ms, six population-64 runs scored 502-799 real
+The last round evolves the final controller with population `final_pop` (the paper's 64) for the preset's
+generations, and evaluates it on `eval_episodes` real episodes. The earlier rounds' controllers only collect data:
+they evolve for `data_generations_fraction` of the generations and are evaluated on `data_eval_episodes`, enough
+to size the next collection (small Doom: 20 generations and 30 episodes; with the frame budget they are what
+brings `make demo` under an hour on 2 cores: README, costs). On the three small-Doom seeds' final Ms, six population-64 runs scored 502-799 real
 steps and six population-32 runs 405-718 (README). A started round keeps the population it began with, so adding
 rounds to a run continues it.
 
@@ -108,13 +111,16 @@ def run(preset: Preset, data: Path, it: IterateConfig, *, seed: int = 0, workers
         rec.vae = str(v)
         _timed(rec, "train-mdn", train_mdn.run, p, list(series), m, seed=seed + k, device=device,
                init=prev.get("mdn"))
-        p = p.replace(evolve=p.evolve.replace(pop=_round_pop(c, p, it, last=k == it.rounds - 1)))
+        last = k == it.rounds - 1
+        p = p.replace(evolve=p.evolve.replace(pop=_round_pop(c, p, it, last=last),
+                                              generations=round_generations(p, it, last=last)))
         rec.pop = p.evolve.pop
         ev = _timed(rec, "evolve", evolve.run, p, v, m, c, seed=seed + k, workers=workers, device=device,
                     backend=backend, address=address)
         rec.dream_score = ev.best_score
-        if not _complete_eval(e, it.eval_episodes):
-            _timed(rec, "evaluate", evaluate.run, e, controller=c, episodes=it.eval_episodes, seed=seed,
+        episodes = it.eval_episodes if last else min(it.data_eval_episodes, it.eval_episodes)
+        if not _complete_eval(e, episodes):
+            _timed(rec, "evaluate", evaluate.run, e, controller=c, episodes=episodes, seed=seed,
                    workers=workers, backend=backend, address=address)
         with A.open_artifact(e, "eval") as fh:
             returns = fh[A.RETURNS][()]
@@ -139,6 +145,13 @@ def controller_episodes(it: IterateConfig, prev_eval: Path) -> int:
     return max(1, min(it.controller_episodes, math.ceil(it.controller_frames / max(mean_length, 1.0))))
 
 
+def round_generations(p: Preset, it: IterateConfig, *, last: bool) -> int:
+    """The preset's generations in the last round; `data_generations_fraction` of them (at least 1) before it.
+    A round's generations may change when rounds are added: evolve extends a run or finds it finished."""
+    g = p.evolve.generations
+    return g if last else max(1, min(g, round(g * it.data_generations_fraction)))
+
+
 def _round_pop(controller: Path, p: Preset, it: IterateConfig, *, last: bool) -> int:
     """The last round's population is `final_pop`; a started controller keeps its own (rounds added later)."""
     if controller.exists():
@@ -153,7 +166,8 @@ def _complete_eval(path: Path, episodes: int) -> bool:
     if not path.exists():
         return False
     try:
-        return A.validate(path, "eval").summary.get("episodes") == episodes
+        # more episodes than asked also do: a round that was last keeps its full evaluation when rounds are added
+        return A.validate(path, "eval").summary.get("episodes", 0) >= episodes
     except A.ArtifactError:
         return False
 
