@@ -17,10 +17,10 @@ then encodes only its own new episodes, and M trains on every round's series.
 The last round evolves the final controller with population `final_pop` (the paper's 64) for the preset's
 generations, and evaluates it on `eval_episodes` real episodes. The earlier rounds' controllers only collect data:
 they evolve for `data_generations_fraction` of the generations and are evaluated on `data_eval_episodes`, enough
-to size the next collection (small Doom: 20 generations and 30 episodes; with the frame budget they are what
-brings `make demo` under an hour on 2 cores: README, costs). On the three small-Doom seeds' final Ms, six population-64 runs scored 502-799 real
-steps and six population-32 runs 405-718 (README). A started round keeps the population it began with, so adding
-rounds to a run continues it.
+to size the next collection (small Doom: 20 generations and 30 episodes; with the frame budget they bring
+`make demo` from 70 to 44 minutes on 2 cores: README). On three small-Doom final Ms, six population-64 runs scored
+502-799 real steps and six population-32 runs 405-718 (README). A started round keeps the population it began
+with, so adding rounds to a run continues it.
 
 Every stage resumes or skips itself when its artifact is complete, so rerunning the same command continues where
 it stopped; the stage functions are called in-process (no subprocess per stage).
