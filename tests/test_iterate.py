@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_demo_two_rounds_then_rerun_continues(tmp_path):
     p = preset("doom", "tiny")
-    it = iterate.IterateConfig(rounds=2, controller_episodes=4, eval_episodes=5, data_eval_episodes=3)
+    it = iterate.IterateConfig(rounds=2, controller_episodes=4, eval_episodes=5, data_eval_episodes=3,
+                               final_temperature=0.8)
     rows, recs, table = demo.run(p, tmp_path / "data", tmp_path / "results", it, seed=0, workers=1, device="cpu")
     assert [r.round for r in recs] == [0, 1]
     assert all(r.real_mean > 0 for r in recs)
@@ -48,10 +49,15 @@ def test_demo_two_rounds_then_rerun_continues(tmp_path):
     assert gens == [round(p.evolve.generations * it.data_generations_fraction), p.evolve.generations]
     assert gens[0] < gens[1]
     assert [A.validate(d / f"round{k}/eval.h5", "eval").summary["episodes"] for k in (0, 1)] == [3, 5]
-    # a started round keeps its population when rounds are added; a new last round gets final_pop
-    assert iterate._round_pop(d / "round0/controller.h5", p, it, last=True) == p.evolve.pop
-    assert iterate._round_pop(d / "round9/controller.h5", p, it, last=True) == it.final_pop
-    assert iterate._round_pop(d / "round9/controller.h5", p, it.replace(final_pop=0), last=True) == p.evolve.pop
+    # the last round evolves at final_temperature, the data round at the preset's τ; the records say which
+    taus = [A.validate(d / f"round{k}/controller.h5", "controller").config["evolve"]["temperature"] for k in (0, 1)]
+    assert taus == [r.tau for r in recs] == [p.evolve.temperature, it.final_temperature] and taus[0] != taus[1]
+    assert f"the last round's {it.final_temperature:g}" in table
+    # a started round keeps its population and τ when rounds are added; a new last round gets the final ones
+    assert iterate._round_evolve(d / "round0/controller.h5", p, it, last=True) == (p.evolve.pop, p.evolve.temperature)
+    assert iterate._round_evolve(d / "round9/controller.h5", p, it, last=True) == (it.final_pop, it.final_temperature)
+    assert iterate._round_evolve(d / "round9/controller.h5", p, it.replace(final_pop=0, final_temperature=0),
+                                 last=True) == (p.evolve.pop, p.evolve.temperature)
     saved = json.loads((tmp_path / "data" / iterate.RECORD).read_text())
     assert [r["round"] for r in saved] == [0, 1]
     # rerunning finds every artifact complete: nothing is retrained
@@ -67,6 +73,18 @@ def test_demo_two_rounds_then_rerun_continues(tmp_path):
     assert ((d / "round1/eval.h5").stat().st_mtime, (d / "round1/controller.h5").stat().st_mtime) == evals
     r2 = A.validate(d / "round2/controller.h5", "controller")
     assert (r2.config["evolve"]["pop"], r2.summary["generations"]) == (it.final_pop, p.evolve.generations)
+    assert [r.tau for r in recs] == [p.evolve.temperature, it.final_temperature, it.final_temperature]
+
+
+def test_final_temperature_depends_on_the_preset_scale(wm, monkeypatch, tmp_path):
+    from worldmodels_cli import demo as demo_stage
+
+    seen = []
+    monkeypatch.setattr(demo_stage, "run", lambda preset, data, results, it, **kw: seen.append((preset, it)) or
+                        ([], [], "table"))
+    for args in (["--preset", "small"], ["--preset", "tiny"], ["--temperature", "1.3", "--final-temperature", "0.9"]):
+        assert wm("demo", "--data", tmp_path, "--results", tmp_path / "r", *args).code == 0
+    assert [(q.evolve.temperature, it.final_temperature) for q, it in seen] == [(1.15, 0.8), (1.15, 0.0), (1.3, 0.9)]
 
 
 def test_iterate_later_vae_epochs_retrains_v_on_all_rollouts(tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .config import ENVS, SCALES, IterateConfig
+from .config import ENVS, SCALES, IterateConfig, iterate_config
 from .errors import Interrupted, WorldModelsError
 
 log = logging.getLogger("worldmodels_cli")
@@ -330,8 +330,9 @@ def iterate_options(f):
             continue  # a design constant, not a knob users asked for
         lo = fl.metadata["min"]
         kind = click.IntRange(min=lo) if isinstance(fl.default, int) else click.FloatRange(min=lo)
-        f = click.option("--" + fl.name.replace("_", "-"), type=kind, default=fl.default, show_default=True,
-                         help=fl.metadata["doc"])(f)
+        per_scale = fl.name == "final_temperature"  # its default depends on --preset (config.iterate_config)
+        f = click.option("--" + fl.name.replace("_", "-"), type=kind, default=None if per_scale else fl.default,
+                         show_default=not per_scale, help=fl.metadata["doc"])(f)
     return click.option("--data", type=click.Path(file_okay=False, path_type=Path), required=True,
                         help="folder of the rounds' artifacts (created)")(f)
 
@@ -340,7 +341,8 @@ def iterate_options(f):
 @env_option()
 @preset_option(default="small")
 @iterate_options
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None, help="dream temperature tau")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="dream temperature tau of every round but the last (--final-temperature)")
 @workers_option
 @seed_option
 @device_option
@@ -353,7 +355,7 @@ def iterate(env_name, preset, data, temperature, workers, seed, device, backend,
 
     cfg = get_preset(env_name, preset)
     cfg = cfg.replace(evolve=cfg.evolve.replace(temperature=temperature))
-    it = IterateConfig(**it_options)
+    it = iterate_config(preset, **it_options)
     recs = iterate_stage.run(cfg, data, it, seed=seed, workers=workers, device=device, backend=backend,
                              address=ray_address)
     click.echo("; ".join(f"round {r.round}: dream {r.dream_score:.0f}, real {r.real_mean:.0f} ± {r.real_std:.0f}"
@@ -365,7 +367,8 @@ def iterate(env_name, preset, data, temperature, workers, seed, device, backend,
 @iterate_options
 @click.option("--results", type=click.Path(file_okay=False, path_type=Path), default=Path("results/demo"),
               show_default=True, help="folder of the table and pictures")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None, help="dream temperature tau")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="dream temperature tau of every round but the last (--final-temperature)")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="worker processes")
 @seed_option
 @device_option
@@ -376,7 +379,7 @@ def demo(preset, data, results, temperature, workers, seed, device, **it_options
 
     cfg = get_preset("doom", preset)
     cfg = cfg.replace(evolve=cfg.evolve.replace(temperature=temperature))
-    it = IterateConfig(**it_options)
+    it = iterate_config(preset, **it_options)
     _, _, table = demo_stage.run(cfg, data, results, it, seed=seed, workers=workers, device=device, scale=preset)
     click.echo(table.rstrip())
 

@@ -59,11 +59,17 @@ def run(preset: Preset, data: Path, results: Path, it: IterateConfig, *, seed: i
     (results / "results.json").write_text(json.dumps(
         {"rows": [r.__dict__ for r in rows], "rounds": [r.__dict__ for r in records], "seed": seed}, indent=2))
     last = round_dir(data, len(records) - 1)
-    _pictures(last, Path(records[-1].vae or last / "vae.h5"), results, preset, seed, device)
+    _pictures(last, Path(records[-1].vae or last / "vae.h5"), results, _last_tau(records, preset), seed, device)
     return rows, records, table
 
 
-def _pictures(last: Path, v: Path, results: Path, preset: Preset, seed: int, device: str) -> None:
+def _last_tau(records: list[RoundRecord], preset: Preset) -> float:
+    """The τ the final controller was evolved at (calibrated, or the preset's in records written before τ was)."""
+    tau = records[-1].tau if records else float("nan")
+    return preset.evolve.temperature if tau != tau else tau
+
+
+def _pictures(last: Path, v: Path, results: Path, tau: float, seed: int, device: str) -> None:
     from . import dream, evaluate
 
     for src, name in [(v.with_suffix(".recon.png"), "reconstructions.png"), (v.with_suffix(".loss.png"), "vae_loss.png"),
@@ -71,7 +77,7 @@ def _pictures(last: Path, v: Path, results: Path, preset: Preset, seed: int, dev
         if src.exists():
             shutil.copy(src, results / name)
     c, m = last / "controller.h5", last / "mdn.h5"
-    dcfg = DreamConfig(temperature=preset.evolve.temperature, episodes=4, max_steps=300)
+    dcfg = DreamConfig(temperature=tau, episodes=4, max_steps=300)
     dream.run(dcfg, v, m, results / "dream.gif", controller_path=c, seed=seed, device=device)
     video = results / ("episode.mp4" if mp4_available() else "episode.gif")  # GIF where imageio-ffmpeg is missing
     evaluate.run(None, controller=c, episodes=1, seed=seed, video=video)
@@ -90,11 +96,13 @@ def _markdown(rows: list[Row], records: list[RoundRecord], preset: Preset, scale
         secs = [rec.seconds.get(s, 0.0) for s in stages]
         lines.append(f"| {rec.round} | " + " | ".join(f"{x / 60:.1f} min" for x in secs) + f" | {sum(secs) / 60:.1f} min |")
     pops = f"population {preset.evolve.pop}, the last round's {records[-1].pop}"
-    lines += ["", f"Preset: {preset.env.name} {scale}, τ = {preset.evolve.temperature}, {len(records)} round(s), CMA-ES "
+    tau = _last_tau(records, preset)
+    taus = f"τ = {preset.evolve.temperature}" + ("" if tau == preset.evolve.temperature else f", the last round's {tau:g}")
+    lines += ["", f"Preset: {preset.env.name} {scale}, {taus}, {len(records)} round(s), CMA-ES "
               f"{pops}; every policy ran on the same real-episode seeds."]
     return "\n".join(lines) + "\n"
 
 
 def _stage_order(stage: str) -> int:
-    order = ["collect", "train-vae", "encode", "train-mdn", "evolve", "evaluate"]
+    order = ["collect", "train-vae", "encode", "train-mdn", "calibrate", "evolve", "evaluate"]
     return order.index(stage) if stage in order else len(order)

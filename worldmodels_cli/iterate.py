@@ -19,8 +19,10 @@ generations, and evaluates it on `eval_episodes` real episodes. The earlier roun
 they evolve for `data_generations_fraction` of the generations and are evaluated on `data_eval_episodes`, enough
 to size the next collection (small Doom: 20 generations and 30 episodes; with the frame budget they bring
 `make demo` from 70 to 44 minutes on 2 cores: README). On three small-Doom final Ms, six population-64 runs scored
-502-799 real steps and six population-32 runs 405-718 (README). A started round keeps the population it began
-with, so adding rounds to a run continues it.
+502-799 real steps and six population-32 runs 405-718 (README). The last round also
+evolves at its own dream temperature, `final_temperature` (small Doom: 0.8, README: on the three seeds' final Ms
+the preset's 1.15 gave one controller 1.5× the random policy, 0.8 gave all three ≥ 2.6×). A started round keeps the
+population and τ it began with, so adding rounds to a run continues it.
 
 Every stage resumes or skips itself when its artifact is complete, so rerunning the same command continues where
 it stopped; the stage functions are called in-process (no subprocess per stage).
@@ -51,6 +53,7 @@ class RoundRecord:
     round: int
     dream_score: float = float("nan")  # best evaluation of the CMA mean in the dream (ref §6)
     pop: int = 0  # the CMA-ES population C was evolved with
+    tau: float = float("nan")  # the dream temperature C was evolved at
     real_mean: float = float("nan")
     real_std: float = float("nan")
     seconds: dict[str, float] = field(default_factory=dict)
@@ -112,9 +115,10 @@ def run(preset: Preset, data: Path, it: IterateConfig, *, seed: int = 0, workers
         _timed(rec, "train-mdn", train_mdn.run, p, list(series), m, seed=seed + k, device=device,
                init=prev.get("mdn"))
         last = k == it.rounds - 1
-        p = p.replace(evolve=p.evolve.replace(pop=_round_pop(c, p, it, last=last),
+        pop, tau = _round_evolve(c, p, it, last=last)
+        p = p.replace(evolve=p.evolve.replace(pop=pop, temperature=tau,
                                               generations=round_generations(p, it, last=last)))
-        rec.pop = p.evolve.pop
+        rec.pop, rec.tau = p.evolve.pop, p.evolve.temperature
         ev = _timed(rec, "evolve", evolve.run, p, v, m, c, seed=seed + k, workers=workers, device=device,
                     backend=backend, address=address)
         rec.dream_score = ev.best_score
@@ -152,14 +156,19 @@ def round_generations(p: Preset, it: IterateConfig, *, last: bool) -> int:
     return g if last else max(1, min(g, round(g * it.data_generations_fraction)))
 
 
-def _round_pop(controller: Path, p: Preset, it: IterateConfig, *, last: bool) -> int:
-    """The last round's population is `final_pop`; a started controller keeps its own (rounds added later)."""
+def _round_evolve(controller: Path, p: Preset, it: IterateConfig, *, last: bool) -> tuple[int, float]:
+    """A round's CMA-ES population and dream τ: `final_pop` and `final_temperature` in the last round (0: the
+    preset's), the preset's before it. A started controller keeps its own (rounds added later, a resumed run),
+    because evolve refuses to continue a run with other settings."""
     if controller.exists():
         try:
-            return int(A.validate(controller, "controller").config["evolve"]["pop"])
+            ev = A.validate(controller, "controller").config["evolve"]
+            return int(ev["pop"]), float(ev["temperature"])
         except (A.ArtifactError, KeyError, TypeError, ValueError):
             pass  # evolve.run reports a damaged artifact in one line
-    return it.final_pop if last and it.final_pop > 0 else p.evolve.pop
+    pop = it.final_pop if last and it.final_pop > 0 else p.evolve.pop
+    tau = it.final_temperature if last and it.final_temperature > 0 else p.evolve.temperature
+    return pop, tau
 
 
 def _complete_eval(path: Path, episodes: int) -> bool:
