@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,9 +65,9 @@ def run(preset: Preset, data: Path, results: Path, it: IterateConfig, *, seed: i
 
 
 def _last_tau(records: list[RoundRecord], preset: Preset) -> float:
-    """The τ the final controller was evolved at (calibrated, or the preset's in records written before τ was)."""
+    """The τ the final controller was evolved at (the preset's for records written before rounds recorded τ)."""
     tau = records[-1].tau if records else float("nan")
-    return preset.evolve.temperature if tau != tau else tau
+    return preset.evolve.temperature if math.isnan(tau) else tau
 
 
 def _pictures(last: Path, v: Path, results: Path, tau: float, seed: int, device: str) -> None:
@@ -104,5 +105,5 @@ def _markdown(rows: list[Row], records: list[RoundRecord], preset: Preset, scale
 
 
 def _stage_order(stage: str) -> int:
-    order = ["collect", "train-vae", "encode", "train-mdn", "calibrate", "evolve", "evaluate"]
+    order = ["collect", "train-vae", "encode", "train-mdn", "evolve", "evaluate"]
     return order.index(stage) if stage in order else len(order)

@@ -19,10 +19,10 @@ generations, and evaluates it on `eval_episodes` real episodes. The earlier roun
 they evolve for `data_generations_fraction` of the generations and are evaluated on `data_eval_episodes`, enough
 to size the next collection (small Doom: 20 generations and 30 episodes; with the frame budget they bring
 `make demo` from 70 to 44 minutes on 2 cores: README). On three small-Doom final Ms, six population-64 runs scored
-502-799 real steps and six population-32 runs 405-718 (README). The last round also
-evolves at its own dream temperature, `final_temperature` (small Doom: 0.8, README: on the three seeds' final Ms
-the preset's 1.15 gave one controller 1.5× the random policy, 0.8 gave all three ≥ 2.6×). A started round keeps the
-population and τ it began with, so adding rounds to a run continues it.
+502-799 real steps and six population-32 runs 405-718 (README). The last round also evolves at its own dream
+temperature, `final_temperature` (small Doom: 0.8; on this pipeline's three seeds' final Ms the preset's 1.15 gave
+one controller 1.5× the random policy and 0.8 gave all three ≥ 2.6×, though an earlier M did worse at 0.8: README).
+A started round keeps the population and τ it began with, so adding rounds to a run continues it.
 
 Every stage resumes or skips itself when its artifact is complete, so rerunning the same command continues where
 it stopped; the stage functions are called in-process (no subprocess per stage).
