@@ -324,15 +324,19 @@ def dream(vae: Path, mdn: Path, controller: Path | None, temperature: float | No
 
 # ------------------------------------------------------------------------------------------ iterate / demo
 def iterate_options(f):
-    """The IterateConfig fields as options: defaults, lower bounds and help come from the dataclass."""
+    """The IterateConfig fields as options, plus --temperature. Lower bounds and help come from the dataclass; every
+    option stays unset (None) unless given, so `config.iterate_config` applies the preset's defaults (the help shows
+    `small`'s, the default preset of both commands)."""
+    f = click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="dream temperature tau of every round but the last (--final-temperature)")(f)
+    shown = iterate_config("small")
     for fl in reversed(dataclasses.fields(IterateConfig)):
         if fl.name == "later_mdn_steps_fraction":
             continue  # a design constant, not a knob users asked for
         lo = fl.metadata["min"]
         kind = click.IntRange(min=lo) if isinstance(fl.default, int) else click.FloatRange(min=lo)
-        per_scale = fl.name == "final_temperature"  # its default depends on --preset (config.iterate_config)
-        f = click.option("--" + fl.name.replace("_", "-"), type=kind, default=None if per_scale else fl.default,
-                         show_default=not per_scale, help=fl.metadata["doc"])(f)
+        f = click.option("--" + fl.name.replace("_", "-"), type=kind, default=None,
+                         help=f"{fl.metadata['doc']} (default: {getattr(shown, fl.name)})")(f)
     return click.option("--data", type=click.Path(file_okay=False, path_type=Path), required=True,
                         help="folder of the rounds' artifacts (created)")(f)
 
@@ -341,8 +345,6 @@ def iterate_options(f):
 @env_option()
 @preset_option(default="small")
 @iterate_options
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="dream temperature tau of every round but the last (--final-temperature)")
 @workers_option
 @seed_option
 @device_option
@@ -367,8 +369,6 @@ def iterate(env_name, preset, data, temperature, workers, seed, device, backend,
 @iterate_options
 @click.option("--results", type=click.Path(file_okay=False, path_type=Path), default=Path("results/demo"),
               show_default=True, help="folder of the table and pictures")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="dream temperature tau of every round but the last (--final-temperature)")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="worker processes")
 @seed_option
 @device_option

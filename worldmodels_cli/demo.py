@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,14 +59,8 @@ def run(preset: Preset, data: Path, results: Path, it: IterateConfig, *, seed: i
     (results / "results.json").write_text(json.dumps(
         {"rows": [r.__dict__ for r in rows], "rounds": [r.__dict__ for r in records], "seed": seed}, indent=2))
     last = round_dir(data, len(records) - 1)
-    _pictures(last, Path(records[-1].vae or last / "vae.h5"), results, _last_tau(records, preset), seed, device)
+    _pictures(last, Path(records[-1].vae or last / "vae.h5"), results, records[-1].tau, seed, device)
     return rows, records, table
-
-
-def _last_tau(records: list[RoundRecord], preset: Preset) -> float:
-    """The τ the final controller was evolved at (the preset's for records written before rounds recorded τ)."""
-    tau = records[-1].tau if records else float("nan")
-    return preset.evolve.temperature if math.isnan(tau) else tau
 
 
 def _pictures(last: Path, v: Path, results: Path, tau: float, seed: int, device: str) -> None:
@@ -97,7 +90,7 @@ def _markdown(rows: list[Row], records: list[RoundRecord], preset: Preset, scale
         secs = [rec.seconds.get(s, 0.0) for s in stages]
         lines.append(f"| {rec.round} | " + " | ".join(f"{x / 60:.1f} min" for x in secs) + f" | {sum(secs) / 60:.1f} min |")
     pops = f"population {preset.evolve.pop}, the last round's {records[-1].pop}"
-    tau = _last_tau(records, preset)
+    tau = records[-1].tau  # iterate.run sets the τ of every round it returns
     taus = f"τ = {preset.evolve.temperature}" + ("" if tau == preset.evolve.temperature else f", the last round's {tau:g}")
     lines += ["", f"Preset: {preset.env.name} {scale}, {taus}, {len(records)} round(s), CMA-ES "
               f"{pops}; every policy ran on the same real-episode seeds."]
