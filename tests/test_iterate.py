@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_demo_two_rounds_then_rerun_continues(tmp_path):
     p = preset("doom", "tiny")
+    # no rung reaches the ratio: the ladder tries both and keeps the one furthest above the random policy
     it = iterate.IterateConfig(rounds=2, controller_episodes=4, eval_episodes=5, data_eval_episodes=3,
-                               final_temperature=0.8)
+                               final_temperatures=(1.3, 0.8), final_dream_ratio=1e9)
     rows, recs, table = demo.run(p, tmp_path / "data", tmp_path / "results", it, seed=0, workers=1, device="cpu")
     assert [r.round for r in recs] == [0, 1]
     assert all(r.real_mean > 0 for r in recs)
@@ -49,42 +49,69 @@ def test_demo_two_rounds_then_rerun_continues(tmp_path):
     assert gens == [round(p.evolve.generations * it.data_generations_fraction), p.evolve.generations]
     assert gens[0] < gens[1]
     assert [A.validate(d / f"round{k}/eval.h5", "eval").summary["episodes"] for k in (0, 1)] == [3, 5]
-    # the last round evolves at final_temperature, the data round at the preset's τ; the records say which
+    # the last round climbed down its τ ladder and kept a rung; the data round evolved at the preset's τ
+    ladder = recs[1].ladder
+    assert [r["tau"] for r in ladder] == [1.3, 0.8]
+    for r in ladder:
+        rung = d / f"round1/controller.tau{r['tau']:g}.h5"
+        meta = A.validate(rung, "controller")
+        assert meta.config["evolve"]["temperature"] == r["tau"] and meta.config["evolve"]["pop"] == it.final_pop
+        assert r["dream_score"] == meta.summary["best_score"]
+        assert r["random_dream"] == iterate.random_dream_length(d / "round1/mdn.h5", r["tau"], p.evolve.max_steps,
+                                                                seed=1, device="cpu")
+        assert r["ratio"] == r["dream_score"] / r["random_dream"]
+    kept = max(ladder, key=lambda r: r["ratio"])
+    assert [r.get("kept", False) for r in ladder] == [r is kept for r in ladder]
+    assert A.sha256(d / "round1/controller.h5") == A.sha256(kept["path"])
+    assert A.validate(d / "round1/eval.h5", "eval").inputs["controller"]["sha256"] == A.sha256(d / "round1/controller.h5")
     taus = [A.validate(d / f"round{k}/controller.h5", "controller").config["evolve"]["temperature"] for k in (0, 1)]
-    assert taus == [r.tau for r in recs] == [p.evolve.temperature, it.final_temperature] and taus[0] != taus[1]
-    assert f"the last round's {it.final_temperature:g}" in table
-    # a started round keeps its population and τ when rounds are added; a new last round gets the final ones
+    assert taus == [r.tau for r in recs] == [p.evolve.temperature, kept["tau"]]
+    assert f"the last round's {kept['tau']:g}" in table and "τ ladder" in table and "(kept)" in table
+    # a started round keeps its population and τ when rounds are added; a new last round gets final_pop
     assert iterate._round_evolve(d / "round0/controller.h5", p, it, last=True) == (p.evolve.pop, p.evolve.temperature)
-    assert iterate._round_evolve(d / "round9/controller.h5", p, it, last=True) == (it.final_pop, it.final_temperature)
-    assert iterate._round_evolve(d / "round9/controller.h5", p, it.replace(final_pop=0, final_temperature=0),
+    assert iterate._round_evolve(d / "round9/controller.h5", p, it, last=True) == (it.final_pop, p.evolve.temperature)
+    assert iterate._round_evolve(d / "round9/controller.h5", p, it.replace(final_pop=0),
                                  last=True) == (p.evolve.pop, p.evolve.temperature)
     saved = json.loads((tmp_path / "data" / iterate.RECORD).read_text())
     assert [r["round"] for r in saved] == [0, 1]
-    # rerunning finds every artifact complete: nothing is retrained
-    mtime = (tmp_path / "data/round1/mdn.h5").stat().st_mtime
-    t0 = time.monotonic()
-    iterate.run(p, tmp_path / "data", it, seed=0, workers=1, device="cpu")
-    assert (tmp_path / "data/round1/mdn.h5").stat().st_mtime == mtime
-    assert time.monotonic() - t0 < 60
+    # rerunning finds every artifact complete: nothing is retrained or re-evaluated
+    mtimes = [(d / f).stat().st_mtime for f in ("round1/mdn.h5", "round1/controller.tau0.8.h5", "round1/eval.h5")]
+    iterate.run(p, d, it, seed=0, workers=1, device="cpu")
+    assert [(d / f).stat().st_mtime for f in ("round1/mdn.h5", "round1/controller.tau0.8.h5", "round1/eval.h5")] == mtimes
+    # a ratio the first rung reaches: the rerun replays the ladder from its rungs and keeps the first; the
+    # evaluation follows the controller it keeps
+    first = iterate.run(p, d, it.replace(final_dream_ratio=ladder[0]["ratio"]), seed=0, workers=1, device="cpu")[1]
+    assert [r["tau"] for r in first.ladder] == [1.3] and first.ladder[0]["kept"] and first.tau == 1.3
+    assert A.sha256(d / "round1/controller.h5") == A.sha256(d / "round1/controller.tau1.3.h5")
+    assert A.validate(d / "round1/eval.h5", "eval").inputs["controller"]["sha256"] == A.sha256(d / "round1/controller.h5")
+    saved = json.loads((d / iterate.RECORD).read_text())
     # a third round: round 1 becomes a data round and keeps its full evolution and evaluation
     evals = (d / "round1/eval.h5").stat().st_mtime, (d / "round1/controller.h5").stat().st_mtime
-    recs = iterate.run(p, d, it.replace(rounds=3), seed=0, workers=1, device="cpu")
+    recs = iterate.run(p, d, it.replace(rounds=3, final_dream_ratio=0), seed=0, workers=1, device="cpu")
     assert [r.round for r in recs] == [0, 1, 2] and recs[1].real_mean == saved[1]["real_mean"]
     assert ((d / "round1/eval.h5").stat().st_mtime, (d / "round1/controller.h5").stat().st_mtime) == evals
     r2 = A.validate(d / "round2/controller.h5", "controller")
     assert (r2.config["evolve"]["pop"], r2.summary["generations"]) == (it.final_pop, p.evolve.generations)
-    assert [r.tau for r in recs] == [p.evolve.temperature, it.final_temperature, it.final_temperature]
+    # ratio 0: the hottest rung is kept at once, the colder one never evolved
+    assert [r.tau for r in recs] == [p.evolve.temperature, 1.3, 1.3] and len(recs[2].ladder) == 1
+    assert not (d / "round2/controller.tau0.8.h5").exists()
 
 
-def test_final_temperature_depends_on_the_preset_scale(wm, monkeypatch, tmp_path):
+def test_final_temperatures_depend_on_the_preset_scale(wm, monkeypatch, tmp_path):
     from worldmodels_cli import demo as demo_stage
 
     seen = []
     monkeypatch.setattr(demo_stage, "run", lambda preset, data, results, it, **kw: seen.append((preset, it)) or
                         ([], [], "table"))
-    for args in (["--preset", "small"], ["--preset", "tiny"], ["--temperature", "1.3", "--final-temperature", "0.9"]):
+    for args in (["--preset", "small"], ["--preset", "tiny"], ["--temperature", "1.3", "--final-temperatures", "0.9,0.7"],
+                 ["--final-temperatures", ""]):
         assert wm("demo", "--data", tmp_path, "--results", tmp_path / "r", *args).code == 0
-    assert [(q.evolve.temperature, it.final_temperature) for q, it in seen] == [(1.15, 0.8), (1.15, 0.0), (1.3, 0.9)]
+    assert [(q.evolve.temperature, it.final_temperatures) for q, it in seen] == [
+        (1.15, (1.5, 1.15, 0.8)), (1.15, ()), (1.3, (0.9, 0.7)), (1.15, ())]
+    for bad in ("1.5,x", "1.5,0", "nan"):
+        r = wm("demo", "--data", tmp_path, "--results", tmp_path / "r", "--final-temperatures", bad)
+        assert r.code == 2 and "--final-temperatures" in r.err and "Traceback" not in r.err, r.err
+    assert len(seen) == 4
 
 
 def test_iterate_later_vae_epochs_retrains_v_on_all_rollouts(tmp_path):

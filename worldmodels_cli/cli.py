@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -323,20 +324,43 @@ def dream(vae: Path, mdn: Path, controller: Path | None, temperature: float | No
 
 
 # ------------------------------------------------------------------------------------------ iterate / demo
+class FloatList(click.ParamType):
+    """Comma-separated positive numbers ("1.5,1.15,0.8") -> a tuple of floats; "" -> ()."""
+
+    name = "τ,τ,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        if not str(value).strip():
+            return ()  # "": none
+        try:
+            out = tuple(float(x) for x in str(value).split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
+        if not all(math.isfinite(x) and x > 0 for x in out):
+            self.fail(f"{value!r}: every value must be a finite number > 0", param, ctx)
+        return out
+
+
 def iterate_options(f):
     """The IterateConfig fields as options, plus --temperature. Lower bounds and help come from the dataclass; every
     option stays unset (None) unless given, so `config.iterate_config` applies the preset's defaults (the help shows
     `small`'s, the default preset of both commands)."""
     f = click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None,
-                     help="dream temperature tau of every round but the last (--final-temperature)")(f)
+                     help="dream temperature tau of every round but the last (--final-temperatures)")(f)
     shown = iterate_config("small")
     for fl in reversed(dataclasses.fields(IterateConfig)):
         if fl.name == "later_mdn_steps_fraction":
             continue  # a design constant, not a knob users asked for
-        lo = fl.metadata["min"]
+        lo, default = fl.metadata["min"], getattr(shown, fl.name)
+        if isinstance(fl.default, tuple):  # a list of numbers, given as "1.5,1.15,0.8"
+            f = click.option("--" + fl.name.replace("_", "-"), type=FloatList(), default=None,
+                             help=f"{fl.metadata['doc']} (default: {','.join(f'{x:g}' for x in default)})")(f)
+            continue
         kind = click.IntRange(min=lo) if isinstance(fl.default, int) else click.FloatRange(min=lo)
         f = click.option("--" + fl.name.replace("_", "-"), type=kind, default=None,
-                         help=f"{fl.metadata['doc']} (default: {getattr(shown, fl.name)})")(f)
+                         help=f"{fl.metadata['doc']} (default: {default})")(f)
     return click.option("--data", type=click.Path(file_okay=False, path_type=Path), required=True,
                         help="folder of the rounds' artifacts (created)")(f)
 

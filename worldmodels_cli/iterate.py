@@ -19,10 +19,15 @@ generations, and evaluates it on `eval_episodes` real episodes. The earlier roun
 they evolve for `data_generations_fraction` of the generations and are evaluated on `data_eval_episodes`, enough
 to size the next collection (small Doom: 20 generations and 30 episodes; with the frame budget they bring
 `make demo` from 70 to 44 minutes on 2 cores: README). On three small-Doom final Ms, six population-64 runs scored
-502-799 real steps and six population-32 runs 405-718 (README). The last round also evolves at its own dream
-temperature, `final_temperature` (small Doom: 0.8; on this pipeline's three seeds' final Ms the preset's 1.15 gave
-one controller 1.5× the random policy and 0.8 gave all three ≥ 2.6×, though an earlier M did worse at 0.8: README).
-A started round keeps the population and τ it began with, so adding rounds to a run continues it.
+502-799 real steps and six population-32 runs 405-718 (README).
+
+The last round chooses its dream temperature from inside the dream (`final_temperatures`, small Doom: 1.5, 1.15,
+0.8): it evolves C at each in turn, hottest first, and keeps the first C whose dream score is at least
+`final_dream_ratio` (2) × the uniform random policy's dream length at that τ. A small M's dream is too kind at 0.8
+for one seed (C finds a hole and dies fast in the real game) and too harsh at 1.15 for another (no C stands out
+of the noise); the ladder takes the hottest dream in which C still clearly learns. The real game only measures
+the kept controller (README). A started round keeps the population and τ it began with, so adding rounds to a run
+continues it; a rerun of the last round replays its ladder from the rungs already evolved.
 
 Every stage resumes or skips itself when its artifact is complete, so rerunning the same command continues where
 it stopped; the stage functions are called in-process (no subprocess per stage).
@@ -34,6 +39,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +48,7 @@ import numpy as np
 
 from . import artifacts as A
 from .config import IterateConfig, Preset
+from .metrics import metrics_path
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +65,7 @@ class RoundRecord:
     real_std: float = float("nan")
     seconds: dict[str, float] = field(default_factory=dict)
     vae: str = ""  # the V this round's M and C use (round 0's when V is kept)
+    ladder: list = field(default_factory=list)  # the last round's τ rungs tried (`_climb_down`), if any
 
 
 def round_dir(data: Path, k: int) -> Path:
@@ -115,15 +123,18 @@ def run(preset: Preset, data: Path, it: IterateConfig, *, seed: int = 0, workers
         _timed(rec, "train-mdn", train_mdn.run, p, list(series), m, seed=seed + k, device=device,
                init=prev.get("mdn"))
         last = k == it.rounds - 1
+        p = p.replace(evolve=p.evolve.replace(generations=round_generations(p, it, last=last)))
+        if last and it.final_temperatures and (not c.exists() or _rung(c, it.final_temperatures[0]).exists()):
+            rec.ladder = _climb_down(rec, p, it, v, m, c, seed=seed + k, workers=workers, device=device,
+                                     backend=backend, address=address)
         pop, tau = _round_evolve(c, p, it, last=last)
-        p = p.replace(evolve=p.evolve.replace(pop=pop, temperature=tau,
-                                              generations=round_generations(p, it, last=last)))
+        p = p.replace(evolve=p.evolve.replace(pop=pop, temperature=tau))
         rec.pop, rec.tau = p.evolve.pop, p.evolve.temperature
         ev = _timed(rec, "evolve", evolve.run, p, v, m, c, seed=seed + k, workers=workers, device=device,
                     backend=backend, address=address)
         rec.dream_score = ev.best_score
         episodes = it.eval_episodes if last else min(it.data_eval_episodes, it.eval_episodes)
-        if not _complete_eval(e, episodes):
+        if not _complete_eval(e, episodes, c):
             _timed(rec, "evaluate", evaluate.run, e, controller=c, episodes=episodes, seed=seed,
                    workers=workers, backend=backend, address=address)
         with A.open_artifact(e, "eval") as fh:
@@ -157,9 +168,9 @@ def round_generations(p: Preset, it: IterateConfig, *, last: bool) -> int:
 
 
 def _round_evolve(controller: Path, p: Preset, it: IterateConfig, *, last: bool) -> tuple[int, float]:
-    """A round's CMA-ES population and dream τ: `final_pop` and `final_temperature` in the last round (0: the
-    preset's), the preset's before it. A started controller keeps its own (rounds added later, a resumed run),
-    because evolve refuses to continue a run with other settings."""
+    """A round's CMA-ES population and dream τ: `final_pop` (0: the preset's) in the last round, and the preset's
+    τ (the last round's ladder, `_climb_down`, has written its controller by then). A started controller keeps its
+    own (rounds added later, a resumed run), because evolve refuses to continue a run with other settings."""
     if controller.exists():
         try:
             ev = A.validate(controller, "controller").config["evolve"]
@@ -167,16 +178,68 @@ def _round_evolve(controller: Path, p: Preset, it: IterateConfig, *, last: bool)
         except (A.ArtifactError, KeyError, TypeError, ValueError):
             pass  # evolve.run reports a damaged artifact in one line
     pop = it.final_pop if last and it.final_pop > 0 else p.evolve.pop
-    tau = it.final_temperature if last and it.final_temperature > 0 else p.evolve.temperature
-    return pop, tau
+    return pop, p.evolve.temperature
 
 
-def _complete_eval(path: Path, episodes: int) -> bool:
+def _climb_down(rec: RoundRecord, p: Preset, it: IterateConfig, v: Path, m: Path, c: Path, *, seed: int,
+                **run_options) -> list[dict]:
+    """The last round's τ ladder: evolve C at each of `it.final_temperatures` in turn (hottest first) into
+    `<c>.tau<τ>.h5`, and keep the first whose dream score reaches `final_dream_ratio` × the uniform random policy's
+    dream length at that τ (if none does, the one furthest above it): copied to `c`. A hotter dream is harder to
+    exploit, but too hot a one drowns the fitness in noise, and the ratio tells the two apart from inside the dream.
+    Returns one entry per rung tried. Every rung resumes or skips itself, so an interrupted ladder continues."""
+    from . import evolve
+
+    pop = it.final_pop if it.final_pop > 0 else p.evolve.pop
+    rungs = []
+    for tau in it.final_temperatures:
+        out = _rung(c, tau)
+        q = p.replace(evolve=p.evolve.replace(pop=pop, temperature=tau))
+        ev = _timed(rec, "evolve", evolve.run, q, v, m, out, seed=seed, **run_options)
+        random_length = random_dream_length(m, tau, q.evolve.max_steps, seed=seed, device=run_options["device"])
+        rungs.append({"tau": tau, "dream_score": ev.best_score, "random_dream": random_length,
+                      "ratio": ev.best_score / random_length, "path": str(out)})
+        log.info("final τ %g: dream score %.1f, %.2f× the random policy's %.1f", tau, ev.best_score,
+                 rungs[-1]["ratio"], random_length)
+        if rungs[-1]["ratio"] >= it.final_dream_ratio:
+            break
+    kept = rungs[-1] if rungs[-1]["ratio"] >= it.final_dream_ratio else max(rungs, key=lambda r: r["ratio"])
+    kept["kept"] = True
+    # the kept rung becomes the round's controller, with its per-generation metrics (the fitness plot, a resume)
+    for src, dst in ((metrics_path(kept["path"]), metrics_path(c)), (Path(kept["path"]), c)):
+        tmp = dst.with_name(dst.name + ".tmp")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    return rungs
+
+
+def _rung(c: Path, tau: float) -> Path:
+    return c.with_name(f"{c.stem}.tau{tau:g}.h5")
+
+
+def random_dream_length(mdn_path: Path, tau: float, max_steps: int, *, seed: int, device: str = "auto",
+                        episodes: int = 256) -> float:
+    """The uniform random policy's mean length in M's dream at τ (the baseline the final rung is measured by)."""
+    from . import device as devices
+    from .dream import random_policy_done_rate
+    from .models.mdnrnn import load_initial_z, load_mdn
+
+    mdn, _ = load_mdn(mdn_path, devices.resolve(device))
+    mu, logvar = load_initial_z(mdn_path)
+    return random_policy_done_rate(mdn, mu, logvar, episodes=episodes, tau=tau, max_steps=max_steps,
+                                   seed=seed)["mean_length"]
+
+
+def _complete_eval(path: Path, episodes: int, controller: Path) -> bool:
     if not path.exists():
         return False
     try:
+        meta = A.validate(path, "eval")
+        # it must have measured this very controller (a rerun's ladder may keep another rung)
+        if meta.inputs.get("controller", {}).get("sha256") != A.sha256(controller):
+            return False
         # more episodes than asked also do: a round that was last keeps its full evaluation when rounds are added
-        return A.validate(path, "eval").summary.get("episodes", 0) >= episodes
+        return meta.summary.get("episodes", 0) >= episodes
     except A.ArtifactError:
         return False
 
