@@ -203,7 +203,8 @@ def _climb_down(rec: RoundRecord, p: Preset, it: IterateConfig, v: Path, m: Path
                  rungs[-1]["ratio"], random_length)
         if rungs[-1]["ratio"] >= it.final_dream_ratio:
             break
-    kept = rungs[-1] if rungs[-1]["ratio"] >= it.final_dream_ratio else max(rungs, key=lambda r: r["ratio"])
+    kept = rungs[-1] if rungs[-1]["ratio"] >= it.final_dream_ratio else max(
+        rungs, key=lambda r: r["ratio"] if math.isfinite(r["ratio"]) else -math.inf)
     kept["kept"] = True
     # the kept rung becomes the round's controller, with its per-generation metrics (the fitness plot, a resume)
     for src, dst in ((metrics_path(kept["path"]), metrics_path(c)), (Path(kept["path"]), c)):
