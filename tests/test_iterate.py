@@ -57,8 +57,8 @@ def test_demo_two_rounds_then_rerun_continues(tmp_path):
         meta = A.validate(rung, "controller")
         assert meta.config["evolve"]["temperature"] == r["tau"] and meta.config["evolve"]["pop"] == it.final_pop
         assert r["dream_score"] == meta.summary["best_score"]
-        assert r["random_dream"] == iterate.random_dream_length(d / "round1/mdn.h5", r["tau"], p.evolve.max_steps,
-                                                                seed=1, device="cpu")
+        assert r["random_dream"] == iterate.random_dream_score(d / "round1/mdn.h5", r["tau"], p.evolve.max_steps,
+                                                               seed=1, device="cpu")
         assert r["ratio"] == r["dream_score"] / r["random_dream"]
     kept = max(ladder, key=lambda r: r["ratio"])
     assert [r.get("kept", False) for r in ladder] == [r is kept for r in ladder]
@@ -177,3 +177,13 @@ def test_controller_frames_budget_sizes_later_collection(tmp_path):
     assert A.validate(tmp_path / "round1/rollouts.h5", "rollouts").summary["episodes"] == expected
     assert iterate.controller_episodes(it.replace(controller_frames=0), tmp_path / "round0/eval.h5") == 50
     assert iterate.controller_episodes(it.replace(controller_frames=10**9), tmp_path / "round0/eval.h5") == 50
+
+
+def test_no_ladder_when_c_evolves_in_the_real_env(tmp_path):
+    p = preset("doom", "tiny")
+    p = p.replace(evolve=p.evolve.replace(in_dream=False, generations=2))
+    it = iterate.IterateConfig(rounds=1, eval_episodes=2, final_temperatures=(1.3, 0.8), final_dream_ratio=1e9)
+    rec = iterate.run(p, tmp_path, it, seed=0, workers=1, device="cpu")[0]
+    assert rec.ladder == [] and not list(tmp_path.glob("round0/controller.tau*"))
+    meta = A.validate(tmp_path / "round0/controller.h5", "controller")
+    assert not meta.config["evolve"]["in_dream"] and meta.config["evolve"]["pop"] == it.final_pop

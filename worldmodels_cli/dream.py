@@ -557,6 +557,7 @@ def random_policy_done_rate(mdn: MDNRNN, initial_mu, initial_logvar, *, env: str
     ended = (lengths < max_steps) if mdn.cfg.done_head else np.zeros_like(lengths, dtype=bool)
     return {"episodes": episodes, "temperature": tau, "max_steps": max_steps,
             "mean_length": float(lengths.mean()), "std_length": float(lengths.std()),
+            "mean_return": float(res.returns.mean()),
             "done_fraction": float(ended.mean()), "done_per_step": float(ended.sum() / lengths.sum())}
 
 

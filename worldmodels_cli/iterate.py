@@ -124,7 +124,8 @@ def run(preset: Preset, data: Path, it: IterateConfig, *, seed: int = 0, workers
                init=prev.get("mdn"))
         last = k == it.rounds - 1
         p = p.replace(evolve=p.evolve.replace(generations=round_generations(p, it, last=last)))
-        if last and it.final_temperatures and (not c.exists() or _rung(c, it.final_temperatures[0]).exists()):
+        ladder = last and it.final_temperatures and p.evolve.in_dream  # τ means nothing to real-env fitness
+        if ladder and (not c.exists() or _rung(c, it.final_temperatures[0]).exists()):
             rec.ladder = _climb_down(rec, p, it, v, m, c, seed=seed + k, workers=workers, device=device,
                                      backend=backend, address=address)
         pop, tau = _round_evolve(c, p, it, last=last)
@@ -185,7 +186,7 @@ def _climb_down(rec: RoundRecord, p: Preset, it: IterateConfig, v: Path, m: Path
                 **run_options) -> list[dict]:
     """The last round's τ ladder: evolve C at each of `it.final_temperatures` in turn (hottest first) into
     `<c>.tau<τ>.h5`, and keep the first whose dream score reaches `final_dream_ratio` × the uniform random policy's
-    dream length at that τ (if none does, the one furthest above it): copied to `c`. A hotter dream is harder to
+    dream score at that τ (if none does, the one furthest above it): copied to `c`. A hotter dream is harder to
     exploit, but too hot a one drowns the fitness in noise, and the ratio tells the two apart from inside the dream.
     Returns one entry per rung tried. Every rung resumes or skips itself, so an interrupted ladder continues."""
     from . import evolve
@@ -196,11 +197,11 @@ def _climb_down(rec: RoundRecord, p: Preset, it: IterateConfig, v: Path, m: Path
         out = _rung(c, tau)
         q = p.replace(evolve=p.evolve.replace(pop=pop, temperature=tau))
         ev = _timed(rec, "evolve", evolve.run, q, v, m, out, seed=seed, **run_options)
-        random_length = random_dream_length(m, tau, q.evolve.max_steps, seed=seed, device=run_options["device"])
-        rungs.append({"tau": tau, "dream_score": ev.best_score, "random_dream": random_length,
-                      "ratio": ev.best_score / random_length, "path": str(out)})
+        random_score = random_dream_score(m, tau, q.evolve.max_steps, seed=seed, device=run_options["device"])
+        rungs.append({"tau": tau, "dream_score": ev.best_score, "random_dream": random_score,
+                      "ratio": ev.best_score / random_score, "path": str(out)})
         log.info("final τ %g: dream score %.1f, %.2f× the random policy's %.1f", tau, ev.best_score,
-                 rungs[-1]["ratio"], random_length)
+                 rungs[-1]["ratio"], random_score)
         if rungs[-1]["ratio"] >= it.final_dream_ratio:
             break
     kept = rungs[-1] if rungs[-1]["ratio"] >= it.final_dream_ratio else max(
@@ -208,6 +209,8 @@ def _climb_down(rec: RoundRecord, p: Preset, it: IterateConfig, v: Path, m: Path
     kept["kept"] = True
     # the kept rung becomes the round's controller, with its per-generation metrics (the fitness plot, a resume)
     for src, dst in ((metrics_path(kept["path"]), metrics_path(c)), (Path(kept["path"]), c)):
+        if not src.exists():
+            continue  # no metrics beside the rung: the plot is all that is missing
         tmp = dst.with_name(dst.name + ".tmp")
         shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
@@ -218,9 +221,10 @@ def _rung(c: Path, tau: float) -> Path:
     return c.with_name(f"{c.stem}.tau{tau:g}.h5")
 
 
-def random_dream_length(mdn_path: Path, tau: float, max_steps: int, *, seed: int, device: str = "auto",
-                        episodes: int = 256) -> float:
-    """The uniform random policy's mean length in M's dream at τ (the baseline the final rung is measured by)."""
+def random_dream_score(mdn_path: Path, tau: float, max_steps: int, *, seed: int, device: str = "auto",
+                       episodes: int = 256) -> float:
+    """The uniform random policy's mean return in M's dream at τ, the baseline a rung is measured by (in Doom's
+    dream the return is the length survived)."""
     from . import device as devices
     from .dream import random_policy_done_rate
     from .models.mdnrnn import load_initial_z, load_mdn
@@ -228,7 +232,7 @@ def random_dream_length(mdn_path: Path, tau: float, max_steps: int, *, seed: int
     mdn, _ = load_mdn(mdn_path, devices.resolve(device))
     mu, logvar = load_initial_z(mdn_path)
     return random_policy_done_rate(mdn, mu, logvar, episodes=episodes, tau=tau, max_steps=max_steps,
-                                   seed=seed)["mean_length"]
+                                   seed=seed)["mean_return"]
 
 
 def _complete_eval(path: Path, episodes: int, controller: Path) -> bool:
