@@ -327,7 +327,7 @@ def dream(vae: Path, mdn: Path, controller: Path | None, temperature: float | No
 class FloatList(click.ParamType):
     """Comma-separated positive numbers ("1.5,1.15,0.8") -> a tuple of floats; "" -> ()."""
 
-    name = "τ,τ,..."
+    name = "tau,tau,..."
 
     def convert(self, value, param, ctx):
         if isinstance(value, tuple):
