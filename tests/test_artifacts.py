@@ -135,3 +135,15 @@ def test_tree_round_trip(tmp_path):
     assert back["opt"]["groups"] == [{"lr": 1e-3}]
     np.testing.assert_array_equal(back["torch_rng"], torch.get_rng_state().numpy())
     json.dumps(back["rng"])  # plain data, no pickled objects
+
+
+def test_copy_atomic_replaces_whole_or_leaves_untouched(tmp_path):
+    src, dst = tmp_path / "a.h5", tmp_path / "b.h5"
+    src.write_bytes(b"new contents")
+    dst.write_bytes(b"old")
+    (tmp_path / ".b.h5.tmp-999999999").write_bytes(b"left by a killed copy")  # no such pid
+    A.copy_atomic(src, dst)
+    assert dst.read_bytes() == b"new contents" and sorted(p.name for p in tmp_path.iterdir()) == ["a.h5", "b.h5"]
+    with pytest.raises(FileNotFoundError):
+        A.copy_atomic(tmp_path / "missing.h5", dst)
+    assert dst.read_bytes() == b"new contents" and sorted(p.name for p in tmp_path.iterdir()) == ["a.h5", "b.h5"]

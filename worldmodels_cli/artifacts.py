@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import sys
 import zlib
 from collections.abc import Iterator, Mapping
@@ -256,6 +257,23 @@ def disk_full(exc: BaseException) -> str | None:
     found = [exc.errno] if getattr(exc, "errno", None) in codes else [int(c) for c in re.findall(r"errno = (\d+)", str(exc))]
     code = next((c for c in found if c in codes), None)
     return None if code is None else os.strerror(code)
+
+
+def copy_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy a file (an artifact, its metrics) to `dst` as `atomic_write` writes: a temp name beside it, synced, then
+    renamed, so a kill leaves `dst` whole or untouched; a failed copy removes its temp file."""
+    dst = Path(dst)
+    remove_stale_temps(dst)
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    try:
+        shutil.copyfile(src, tmp)
+        _fsync(tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    _fsync_dir(dst.parent)
 
 
 def remove_stale_temps(path: Path, prefix: str | None = None) -> None:

@@ -39,7 +39,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,11 +208,8 @@ def _climb_down(rec: RoundRecord, p: Preset, it: IterateConfig, v: Path, m: Path
     kept["kept"] = True
     # the kept rung becomes the round's controller, with its per-generation metrics (the fitness plot, a resume)
     for src, dst in ((metrics_path(kept["path"]), metrics_path(c)), (Path(kept["path"]), c)):
-        if not src.exists():
-            continue  # no metrics beside the rung: the plot is all that is missing
-        tmp = dst.with_name(dst.name + ".tmp")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
+        if src.exists():  # no metrics beside the rung: the plot is all that is missing
+            A.copy_atomic(src, dst)
     return rungs
 
 
