@@ -8,6 +8,7 @@ WM     := $(VENV)/bin/wm
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 TORCH  ?= $(if $(HAS_GPU),torch,torch==2.13.0)
 SEED   ?= 0
+PYGAME := $(shell sed -n 's/^ *\(pygame==[0-9.]*\)$$/\1/p' setup.cfg)
 DATA   ?= data
 RESULTS ?= results
 WORKERS ?= 2
@@ -22,6 +23,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e '.[dev,ray]'
+	@# gymnasium[box2d] needs pygame, vizdoom pygame-ce, both install into pygame/ and draw CarRacing's frames
+	@# differently: keep pygame, whatever the install order was (vizdoom never imports it)
+	$(PY) -m pip uninstall -q -y pygame-ce pygame
+	$(PY) -m pip install -q --no-deps $(PYGAME)
 	@touch $@
 
 test: install
