@@ -25,34 +25,6 @@ from pathlib import Path
 import numpy as np
 
 
-def _world(tmp: Path, env: str) -> tuple[Path, Path, dict]:
-    import torch
-
-    from worldmodels_cli import checkpoint
-    from worldmodels_cli.config import preset
-    from worldmodels_cli.evolve import controller_model_config
-    from worldmodels_cli.models.mdnrnn import MDNRNN
-    from worldmodels_cli.models.vae import ConvVAE
-
-    p = preset("doom", "small")
-    torch.manual_seed(0)
-    vae, mdn = ConvVAE(p.vae), MDNRNN(p.mdn)
-    paths = []
-    for kind, model, cfg in (("vae", vae, p.vae), ("mdn", mdn, p.mdn)):
-        out = tmp / f"{kind}.h5"
-        extra = None
-        if kind == "mdn":
-            from worldmodels_cli import artifacts as A
-
-            def extra(fh, z=cfg.z_dim):
-                A.write_initial_z(fh, np.zeros((4, z)), np.zeros((4, z)))
-        checkpoint.save(out, kind, state_dict=model.state_dict(), model_config=cfg, train_state=None,
-                        summary={}, complete=True, config=p, seed=0, inputs={}, env="doom", extra=extra)
-        paths.append(out)
-    mc = controller_model_config(p.controller, "doom", p.mdn.z_dim, p.mdn.hidden, p.mdn.action_dim)
-    return paths[0], paths[1], mc
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--episodes", type=int, default=16)
@@ -63,10 +35,11 @@ def main() -> None:
     from worldmodels_cli.config import preset
     from worldmodels_cli.episodes import EpisodeRunner
     from worldmodels_cli.models.controller import build_controller
+    from worldmodels_cli.testing import random_world
 
     env_cfg = preset("doom", "paper").env.replace(fake=args.env == "fake-doom")
     with tempfile.TemporaryDirectory() as d:
-        vae, mdn, mc = _world(Path(d), "doom")
+        vae, mdn, mc = random_world(Path(d), "doom")
         spec = AgentSpec(str(vae), str(mdn), mc)
         n = build_controller(mc).param_count
         params = np.random.default_rng(0).normal(0, 0.1, (1, n))

@@ -1,10 +1,13 @@
 """The world-model agent in a real env: V encodes each frame, M carries memory, C acts (ref §5.1, §5.2).
 
+`BatchAgent` runs B episodes at once (one V encode, one C product, one M step per env step for all of them, each
+episode with its own C parameters and random stream): what real-env evolution and evaluation step in each worker.
+`WorldModelAgent` is its one-episode view, a `policies.Policy`.
+
 Step order (ref §5.1 `model.py:98-118`; §5.2 `doomreal.py:64-115`): encode the frame and *sample* z_t (not μ);
 a_t = C([z_t, (c_t,) h_t]); advance M with (z_t, a_t, restart) before the env steps; then env.step(a_t). M always
 receives the continuous action (CarRacing: the mapped steer/gas/brake; Doom: the tanh output the env thresholds).
-No forced no-op steps at the start (ref §C.8). The agent is a `policies.Policy`, so collection, real-env fitness
-and evaluation all run it through the same episode loop (`collect.rollout`).
+No forced no-op steps at the start (ref §C.8).
 """
 
 from __future__ import annotations
@@ -23,8 +26,17 @@ from .models.mdnrnn import MDNRNN, load_mdn
 from .models.vae import ConvVAE, load_vae, to_input
 
 
-class WorldModelAgent:
-    """Policy interface: `reset(rng)` per episode, `act(frame, rng) -> action` per step."""
+# A V encode of fewer rows takes another kernel path (the linear layers' matrix-vector case) whose z differs in the
+# last bit; padding every batch to this many rows makes an episode's z, hence its actions, the same whichever
+# episodes share its batch (tests/test_episodes.py checks it on the running machine).
+MIN_ENCODE_ROWS = 4
+
+
+class BatchAgent:
+    """V, M and C for B episodes stepped in lockstep, each with its own C parameters and random stream.
+
+    `start(params, rngs)` begins B episodes; `act(frames, rows)` gives the actions of the episodes `rows` (the
+    ones still running) for their frames: one V encode, one C product and one M step for all of them."""
 
     def __init__(self, vae: ConvVAE, mdn: MDNRNN, controller: Controller) -> None:
         if vae.config.z_dim != mdn.cfg.z_dim:
@@ -35,29 +47,68 @@ class WorldModelAgent:
                 f"H={mdn.cfg.hidden}"
             )
         self.vae, self.mdn, self.controller = vae.eval(), mdn.eval(), controller
-        self.state: tuple[torch.Tensor, torch.Tensor] = mdn.initial_state(1)
-        self.restart = 1.0
-        self.last_mu: torch.Tensor | None = None
+        self.params = controller.params.unsqueeze(0)  # (B, n)
+        self.rngs: list[np.random.Generator] = []
+        self.h, self.c = mdn.initial_state(0)
+        self.restart = torch.ones(0)
+
+    def start(self, params: np.ndarray | None, rngs: list[np.random.Generator]) -> None:
+        """B = len(rngs) new episodes; params (B, n) (None: every row uses the controller's own parameters)."""
+        b = len(rngs)
+        dtype = self.controller.params.dtype
+        if params is None:
+            self.params = self.controller.params.unsqueeze(0).expand(b, -1)
+        else:
+            self.params = torch.as_tensor(np.asarray(params)).to(dtype).reshape(b, self.controller.param_count)
+        self.rngs = list(rngs)
+        self.h, self.c = self.mdn.initial_state(b)  # ref §5.2: zero state and restart = 1 at reset
+        self.restart = torch.ones(b)
+
+    @torch.no_grad()
+    def act(self, frames: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """frames (R, 64, 64, 3) uint8 of the episodes `rows` (R,) -> their actions (R, A) float32."""
+        rows_t = torch.as_tensor(np.asarray(rows, dtype=np.int64))
+        mu, logvar = self.encode(frames)  # (R, Z)
+        # each episode draws from its own stream, as one episode alone would: (1, Z) per step
+        eps = torch.from_numpy(np.concatenate([self.rngs[i].standard_normal((1, mu.shape[1])) for i in rows])
+                               .astype(np.float32))
+        z = mu + torch.exp(0.5 * logvar) * eps  # ref §5.1: C sees a sample, not μ
+        h, c = self.h[rows_t], self.c[rows_t]
+        x = self.controller.features(z, h, c).to(self.params.dtype).unsqueeze(1)  # (R, 1, F)
+        raw = self.controller.forward_batched(self.params[rows_t], x)[:, 0]  # (R, A): row r with its own C
+        action = self.controller.to_action(raw).float()
+        restart = self.restart[rows_t] if self.mdn.cfg.restart_input else None
+        self.h[rows_t], self.c[rows_t] = self.mdn.advance(z, action, restart, (h, c))
+        self.restart[rows_t] = 0.0
+        return action.numpy().astype(np.float32)
+
+    def encode(self, frames: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """V's (μ, log σ²) (R, Z) of frames (R, 64, 64, 3), in a batch of at least MIN_ENCODE_ROWS rows."""
+        x = to_input(torch.from_numpy(np.ascontiguousarray(frames)))  # a copy: env frames are read-only
+        n = x.shape[0]
+        if n < MIN_ENCODE_ROWS:
+            x = torch.cat([x, x.new_zeros((MIN_ENCODE_ROWS - n, *x.shape[1:]))])
+        mu, logvar = self.vae.encode(x)
+        return mu[:n], logvar[:n]
+
+
+class WorldModelAgent:
+    """The one-episode `policies.Policy` view of BatchAgent (collection with a controller, videos): `reset(rng)`
+    per episode, `act(frame, rng) -> action` per step. Its actions are BatchAgent's for the same episode."""
+
+    def __init__(self, vae: ConvVAE, mdn: MDNRNN, controller: Controller) -> None:
+        self.batch = BatchAgent(vae, mdn, controller)
+        self.vae, self.mdn, self.controller = self.batch.vae, self.batch.mdn, controller
+        self._one = np.zeros(1, dtype=np.int64)
 
     def set_params(self, params: np.ndarray) -> None:
         self.controller.set_params(params)
 
     def reset(self, rng: np.random.Generator) -> None:
-        self.state = self.mdn.initial_state(1)  # ref §5.2: zero state and restart = 1 at reset
-        self.restart = 1.0
+        self.batch.start(None, [rng])
 
-    @torch.no_grad()
     def act(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        mu, logvar = self.vae.encode(to_input(torch.tensor(obs).unsqueeze(0)))  # (1, Z); a copy: env frames are read-only
-        self.last_mu = mu
-        eps = torch.from_numpy(rng.standard_normal(mu.shape).astype(np.float32))
-        z = mu + torch.exp(0.5 * logvar) * eps  # ref §5.1: C sees a sample, not μ
-        h, c = self.state
-        action = self.controller.act(self.controller.features(z, h, c).to(self.controller.params.dtype)).float()
-        restart = torch.full((1,), self.restart) if self.mdn.cfg.restart_input else None
-        _, self.state = self.mdn.step(z, action, restart, self.state)
-        self.restart = 0.0
-        return action[0].numpy().astype(np.float32)
+        return self.batch.act(obs[None], self._one)[0]
 
 
 @dataclass(frozen=True)
@@ -69,9 +120,15 @@ class AgentSpec:
     controller_config: dict
 
     def build(self) -> WorldModelAgent:
+        return WorldModelAgent(*self._models())
+
+    def build_batch(self) -> BatchAgent:
+        return BatchAgent(*self._models())
+
+    def _models(self) -> tuple[ConvVAE, MDNRNN, Controller]:
         vae, _ = load_vae(self.vae)
         mdn, _ = load_mdn(self.mdn)
-        return WorldModelAgent(vae, mdn, build_controller(self.controller_config))
+        return vae, mdn, build_controller(self.controller_config)
 
 
 def recorded_input(meta: A.Meta, role: str, override: str | os.PathLike | None) -> Path:

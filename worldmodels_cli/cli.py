@@ -52,6 +52,18 @@ def backend_options(f):
                         help="where workers run")(f)
 
 
+def _select_renderer(ctx, param, value):
+    from .envs import select_renderer
+
+    select_renderer(value)  # a process setting the workers inherit: it changes no frame, so no config records it
+
+
+def renderer_option(f):
+    return click.option("--renderer", type=click.Choice(["fast", "gym"]), default=None, expose_value=False,
+                        callback=_select_renderer,
+                        help="CarRacing's drawing: fast (default; gymnasium's frames bit for bit) or gym (its own)")(f)
+
+
 def out_option(f):
     return click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
                         help="output artifact (.h5)")(f)
@@ -116,6 +128,7 @@ def presets(env_name: str, preset: str) -> None:
               help="collect with this trained controller (V+M+C) instead of the random policy (ref §9)")
 @click.option("--noise", type=click.FloatRange(min=0), default=None,
               help="with --controller: std of Gaussian exploration noise on its actions")
+@renderer_option
 @backend_options
 def collect(env_name: str, episodes: int | None, workers: int, seed: int, preset: str, out: Path,
             controller: Path | None, noise: float | None, backend: str, ray_address: str | None) -> None:
@@ -242,6 +255,7 @@ def train_mdn_cmd(series: tuple[Path, ...], out: Path, preset: str, steps: int |
 @workers_option
 @seed_option
 @device_option
+@renderer_option
 @backend_options
 def evolve(vae: Path, mdn: Path, out: Path, preset: str, pop, trials, generations, sigma0, eval_every, eval_episodes,
            in_dream, temperature, eval_real, features, hidden_units, workers: int, seed: int, device: str,
@@ -283,6 +297,7 @@ def evolve(vae: Path, mdn: Path, out: Path, preset: str, pop, trials, generation
 @click.option("--mdn", type=click.Path(dir_okay=False, path_type=Path), default=None, help="override the recorded M")
 @workers_option
 @seed_option
+@renderer_option
 @backend_options
 def evaluate(controller, policy, env_name, preset, episodes, out, video, which, vae, mdn, workers, seed, backend,
              ray_address) -> None:
@@ -372,6 +387,7 @@ def iterate_options(f):
 @workers_option
 @seed_option
 @device_option
+@renderer_option
 @backend_options
 def iterate(env_name, preset, data, temperature, workers, seed, device, backend, ray_address, **it_options) -> None:
     """The iterative procedure (ref §9): collect -> V -> M -> C in the dream -> evaluate, then again on the

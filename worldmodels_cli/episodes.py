@@ -1,24 +1,33 @@
 """Real-env episodes in workers: the fitness of real-env evolution and the episodes of `wm evaluate`.
 
-Each worker builds its env and its policy once (the world-model agent rebuilt from V, M and C's recorded sizes,
-or a random baseline) and then runs tasks `(params, seed)`: one episode from `seed` through the same loop as
-collection (`collect.rollout`), returning (return, length). Results depend only on (params, seed), never on the
-worker count or backend.
+Each worker builds its policy once (the world-model agent rebuilt from V, M and C's recorded sizes, or a random
+baseline) and keeps a set of envs. A task is a chunk of up to `ENVS_PER_WORKER` episodes `(params, seed)`: the
+worker steps one env per episode in lockstep, and the agent acts for all running episodes at once (one V encode,
+one C product, one M step per env step: `agent.BatchAgent`); an episode leaves the batch when it ends. Each
+episode draws only from its own seed's streams and V encodes in batches of at least `MIN_ENCODE_ROWS`, so its
+(return, length) is the same whichever episodes share its chunk, on any worker count or backend. A crashed env
+fails its chunk with the episode's candidate and seed in the message; the executor retries the chunk (same seeds),
+and the worker rebuilds that env.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from . import seeding
 from .agent import AgentSpec
 from .config import CollectConfig, EnvConfig
-from .envs import make_env
+from .envs import Env, make_env
 from .executor import make_executor
 from .policies import baseline_policy, random_policy
 
 POLICIES = ("agent", "random", "data")  # random: the paper's baseline; data: the data-collection policy
+# envs one worker steps together: the agent's cost per step falls ≈ 3x from 1 to 8 (benchmarks/carracing.py);
+# Doom runs one engine process per env, so more costs memory for little more gain
+ENVS_PER_WORKER = 8
 
 
 @dataclass(frozen=True)
@@ -29,36 +38,83 @@ class _Payload:
     collect: CollectConfig
 
 
+class EpisodeError(RuntimeError):
+    """An env failed during one episode of a chunk; the message names it (candidate, trial, seed)."""
+
+
 class _Worker:
     def __init__(self, p: _Payload) -> None:
         self.p = p
-        self.env = make_env(p.env)
-        if p.policy == "agent":
-            assert p.agent is not None
-            self.policy = p.agent.build()
-        elif p.policy == "random":
-            self.policy = baseline_policy(p.env)
-        else:
-            self.policy = random_policy(p.env, p.collect)
+        self.envs: list[Env | None] = []
+        self.agent = p.agent.build_batch() if p.policy == "agent" else None
+
+    def env(self, i: int) -> Env:
+        while len(self.envs) <= i:
+            self.envs.append(None)
+        if self.envs[i] is None:
+            self.envs[i] = make_env(self.p.env)
+        return self.envs[i]
+
+    def drop(self, i: int) -> None:
+        """Close and forget env i after it failed: the retry gets a new one (a dead Doom engine is not reused)."""
+        env, self.envs[i] = self.envs[i], None
+        if env is not None:
+            try:
+                env.close()
+            except Exception:  # a crashed env may not close cleanly; it is dropped either way
+                pass
+
+    def policy(self):
+        return baseline_policy(self.p.env) if self.p.policy == "random" else random_policy(self.p.env, self.p.collect)
 
     def close(self) -> None:
-        self.env.close()
+        for i in range(len(self.envs)):
+            self.drop(i)
 
 
 def _init(p: _Payload) -> _Worker:
     return _Worker(p)
 
 
-def _episode(w: _Worker, task: tuple[np.ndarray | None, int]) -> tuple[float, int]:
-    from .collect import rollout
+def _chunk(w: _Worker, chunk: list[tuple[np.ndarray | None, int, str]]) -> list[tuple[float, int]]:
+    """Episodes (params, seed, label) in lockstep -> [(return, length)] in chunk order. The loop is
+    `collect.rollout`'s (same step order, stops, and float32 rewards summed in float64), for several envs."""
+    n, max_steps = len(chunk), w.p.env.max_steps
+    rngs = [seeding.generator(int(seed), "policy") for _, seed, _ in chunk]
+    envs = [w.env(i) for i in range(n)]
+    obs = [_guarded(w, i, chunk, lambda e=envs[i], s=int(chunk[i][1]): e.reset(s)) for i in range(n)]
+    if w.agent is not None:
+        params = None if chunk[0][0] is None else np.stack([p for p, _, _ in chunk])
+        w.agent.start(params, rngs)
+        policies = []
+    else:
+        policies = [w.policy() for _ in range(n)]
+        for pol, rng in zip(policies, rngs, strict=True):
+            pol.reset(rng)
+    rewards: list[list[float]] = [[] for _ in range(n)]
+    running = list(range(n))
+    while running:
+        if w.agent is not None:
+            actions = w.agent.act(np.stack([obs[i] for i in running]), np.asarray(running))
+        else:
+            actions = [policies[i].act(obs[i], rngs[i]) for i in running]
+        still = []
+        for i, action in zip(running, actions, strict=True):
+            step = _guarded(w, i, chunk, lambda e=envs[i], a=action: e.step(a))
+            rewards[i].append(step.reward)
+            obs[i] = step.obs
+            if not (step.truncated or step.terminated or len(rewards[i]) >= max_steps):
+                still.append(i)
+        running = still
+    return [(float(np.asarray(r, dtype=np.float32).sum(dtype=np.float64)), len(r)) for r in rewards]
 
-    params, seed = task
-    if params is not None:
-        w.policy.set_params(params)
-    steps = rollout(w.env, w.policy, int(seed), w.p.env.max_steps)
-    from . import artifacts as A
 
-    return float(steps[A.REWARDS].sum(dtype=np.float64)), len(steps[A.REWARDS])
+def _guarded(w: _Worker, i: int, chunk: list, call):
+    try:
+        return call()
+    except Exception as exc:
+        w.drop(i)
+        raise EpisodeError(f"{chunk[i][2]}: {type(exc).__name__}: {exc}") from exc
 
 
 class EpisodeRunner:
@@ -66,19 +122,23 @@ class EpisodeRunner:
 
     def __init__(self, env: EnvConfig, *, policy: str = "agent", agent: AgentSpec | None = None,
                  collect: CollectConfig | None = None, workers: int = 1, backend: str = "local",
-                 address: str | None = None) -> None:
+                 address: str | None = None, envs_per_worker: int = ENVS_PER_WORKER) -> None:
         payload = _Payload(env, policy, agent, collect or CollectConfig())
+        self.workers, self.envs_per_worker = max(1, workers), envs_per_worker
         self.executor = make_executor(workers, _init, payload, backend=backend, address=address)
 
     def episodes(self, params: np.ndarray | None, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """params (P, n) or None (a fixed policy), seeds (P, R) -> returns (P, R) float64, lengths (P, R) int64."""
         seeds = np.asarray(seeds)
         P, R = seeds.shape
-        tasks = [(None if params is None else np.asarray(params[p], dtype=np.float64), int(seeds[p, r]))
-                 for p in range(P) for r in range(R)]
+        episodes = [(None if params is None else np.asarray(params[p], dtype=np.float64), int(seeds[p, r]),
+                     f"episode (candidate {p}, trial {r}, seed {int(seeds[p, r])})") for p in range(P) for r in range(R)]
+        size = max(1, min(self.envs_per_worker, math.ceil(len(episodes) / self.workers)))
+        chunks = [episodes[i:i + size] for i in range(0, len(episodes), size)]
         returns, lengths = np.zeros(P * R), np.zeros(P * R, dtype=np.int64)
-        for i, (ret, length) in self.executor.run(_episode, tasks, describe=_describe(tasks, R)):
-            returns[i], lengths[i] = ret, length
+        for k, results in self.executor.run(_chunk, chunks, describe=_describe):
+            for j, (ret, length) in enumerate(results):
+                returns[k * size + j], lengths[k * size + j] = ret, length
         return returns.reshape(P, R), lengths.reshape(P, R)
 
     def __call__(self, params: np.ndarray, seeds: np.ndarray) -> np.ndarray:
@@ -94,8 +154,6 @@ class EpisodeRunner:
         self.close()
 
 
-def _describe(tasks: list, trials: int):
-    def describe(task: tuple) -> str:
-        i = next(k for k, t in enumerate(tasks) if t is task)
-        return f"episode (candidate {i // trials}, trial {i % trials}, seed {task[1]})"
-    return describe
+def _describe(chunk: list) -> str:
+    first, last = chunk[0][2], chunk[-1][2]
+    return first if len(chunk) == 1 else f"{len(chunk)} episodes from {first} to {last}"

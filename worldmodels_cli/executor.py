@@ -254,6 +254,10 @@ class RayExecutor:
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                                       "configure_logging": False}
+            # process settings a local pool inherits through the environment (CarRacing's renderer)
+            forwarded = {k: v for k, v in os.environ.items() if k.startswith("WM_")}
+            if forwarded:
+                kwargs["runtime_env"] = {"env_vars": forwarded}
             if address:
                 kwargs["address"] = address
             else:

@@ -46,3 +46,33 @@ def die_always(state: dict, task: int) -> int:
         os._exit(1)
     return task
 
+
+
+def random_world(folder: Path, env: str, scale: str = "small") -> tuple[Path, Path, dict]:
+    """A randomly initialised V and M at `scale`'s sizes written as artifacts in `folder`, and the model_config of
+    the preset's C for them: an agent that costs what a trained one costs (benchmarks)."""
+    import numpy as np
+    import torch
+
+    from . import artifacts as A
+    from . import checkpoint
+    from .config import preset
+    from .evolve import controller_model_config
+    from .models.mdnrnn import MDNRNN
+    from .models.vae import ConvVAE
+
+    p = preset(env, scale)
+    torch.manual_seed(0)
+    paths = []
+    for kind, model, cfg in (("vae", ConvVAE(p.vae), p.vae), ("mdn", MDNRNN(p.mdn), p.mdn)):
+        out = Path(folder) / f"{kind}.h5"
+
+        def extra(fh, z=cfg.z_dim, kind=kind):
+            if kind == "mdn":
+                A.write_initial_z(fh, np.zeros((4, z)), np.zeros((4, z)))
+
+        checkpoint.save(out, kind, state_dict=model.state_dict(), model_config=cfg, train_state=None, summary={},
+                        complete=True, config=p, seed=0, inputs={}, env=env, extra=extra)
+        paths.append(out)
+    mc = controller_model_config(p.controller, env, p.mdn.z_dim, p.mdn.hidden, p.mdn.action_dim)
+    return paths[0], paths[1], mc

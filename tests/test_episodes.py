@@ -1,0 +1,130 @@
+"""Batched agents in every worker (worldmodels_cli/episodes.py, agent.BatchAgent): an episode's result depends only
+on its (params, seed), never on which episodes share its lockstep chunk; a crashed env names its episode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from worldmodels_cli import episodes
+from worldmodels_cli.agent import MIN_ENCODE_ROWS, AgentSpec
+from worldmodels_cli.collect import rollout
+from worldmodels_cli.config import preset
+from worldmodels_cli.envs import make_env
+from worldmodels_cli.episodes import EpisodeRunner
+from worldmodels_cli.errors import WorkerError
+from worldmodels_cli.evolve import controller_model_config
+from worldmodels_cli.models.controller import build_controller
+from worldmodels_cli.models.mdnrnn import MDNRNN
+
+
+def _spec(world, env: str, features: str = "zch") -> tuple[AgentSpec, int]:
+    p = preset(env, "tiny")
+    mc = controller_model_config(p.controller.replace(features=features), env, p.mdn.z_dim, p.mdn.hidden,
+                                 p.mdn.action_dim)
+    return AgentSpec(str(world.vae), str(world.mdn), mc), build_controller(mc).param_count
+
+
+def _params(n: int, pop: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0.0, 0.5, (pop, n))  # wide: episodes of different lengths
+
+
+@pytest.mark.parametrize("env", ["doom", "carracing"])
+def test_chunks_of_any_size_give_the_episodes_run_alone(env, tiny_world, tiny_car_world):
+    world = tiny_world if env == "doom" else tiny_car_world
+    spec, n = _spec(world, env)
+    cfg = preset(env, "tiny").env
+    params, seeds = _params(n, 5), np.arange(15).reshape(5, 3) + 100
+    results = {}
+    for size in (1, 3, 8):
+        with EpisodeRunner(cfg, agent=spec, envs_per_worker=size) as runner:
+            results[size] = runner.episodes(params, seeds)
+    for size in (3, 8):
+        np.testing.assert_array_equal(results[size][0], results[1][0])
+        np.testing.assert_array_equal(results[size][1], results[1][1])
+    assert len(set(results[8][1].ravel().tolist())) > 1, "the lockstep test needs episodes of different lengths"
+    # the one-episode agent (collection with a controller, videos) through collect.rollout: the same episodes
+    agent, e = spec.build(), make_env(cfg)
+    for p in range(5):
+        agent.set_params(params[p])
+        for r in range(3):
+            steps = rollout(e, agent, int(seeds[p, r]), cfg.max_steps)
+            assert len(steps["rewards"]) == results[8][1][p, r]
+            assert float(steps["rewards"].sum(dtype=np.float64)) == results[8][0][p, r]
+
+
+def test_fixed_policies_run_in_lockstep_too(tiny_world):
+    cfg = preset("doom", "tiny").env
+    seeds = np.arange(6)[None, :]
+    with EpisodeRunner(cfg, policy="random", envs_per_worker=1) as one, \
+            EpisodeRunner(cfg, policy="random", envs_per_worker=6) as six:
+        np.testing.assert_array_equal(one.episodes(None, seeds)[1], six.episodes(None, seeds)[1])
+
+
+def test_encode_is_independent_of_the_batch(tiny_car_world):
+    """Padding to MIN_ENCODE_ROWS makes a frame's z the same alone or among others."""
+    spec, _ = _spec(tiny_car_world, "carracing")
+    agent = spec.build_batch()
+    frames = np.random.default_rng(0).integers(0, 256, (9, 64, 64, 3), dtype=np.uint8)
+    mu_all, lv_all = agent.encode(frames)
+    for i in range(9):
+        mu, lv = agent.encode(frames[i:i + 1])
+        assert torch.equal(mu[0], mu_all[i]) and torch.equal(lv[0], lv_all[i])
+    assert mu_all.shape == (9, 8) and MIN_ENCODE_ROWS >= 2
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_mdn_advance_is_step_without_the_head(restart):
+    cfg = preset("doom", "tiny").mdn.replace(restart_input=restart)
+    torch.manual_seed(0)
+    m = MDNRNN(cfg).eval()
+    z, a = torch.randn(5, cfg.z_dim), torch.randn(5, cfg.action_dim)
+    state = (torch.randn(5, cfg.hidden), torch.randn(5, cfg.hidden))
+    r = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0])
+    with torch.no_grad():
+        _, want = m.step(z, a, r, state)
+        got = m.advance(z, a, r, state)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+class _CrashingEnv:
+    """Wraps an env; raises on step `at` of the episode from `seed`, the first `times` times it gets there."""
+
+    def __init__(self, env, seed: int, at: int, times: list[int]) -> None:
+        self.env, self.seed, self.at, self.times = env, seed, at, times
+        self.name, self.action_dim = env.name, env.action_dim
+        self.t, self.current = 0, None
+
+    def reset(self, seed):
+        self.t, self.current = 0, seed
+        return self.env.reset(seed)
+
+    def step(self, action):
+        self.t += 1
+        if self.current == self.seed and self.t == self.at and self.times[0] > 0:
+            self.times[0] -= 1
+            raise RuntimeError("engine died")
+        return self.env.step(action)
+
+    def close(self):
+        self.env.close()
+
+
+def test_a_crashed_env_is_retried_and_named(tiny_world, monkeypatch):
+    spec, n = _spec(tiny_world, "doom")
+    cfg = preset("doom", "tiny").env
+    params, seeds = _params(n, 4, seed=1), np.arange(8).reshape(4, 2) + 40
+    with EpisodeRunner(cfg, agent=spec) as runner:
+        want = runner.episodes(params, seeds)
+    times = [1]
+    monkeypatch.setattr(episodes, "make_env", lambda c: _CrashingEnv(make_env(c), 45, 3, times))
+    with EpisodeRunner(cfg, agent=spec) as runner:  # fails once, the chunk is rerun on a new env: same results
+        got = runner.episodes(params, seeds)
+    assert times == [0]
+    np.testing.assert_array_equal(got[0], want[0])
+    times[0] = 99
+    with EpisodeRunner(cfg, agent=spec) as runner, pytest.raises(WorkerError) as err:
+        runner.episodes(params, seeds)
+    msg = str(err.value)
+    assert "episode (candidate 2, trial 1, seed 45): RuntimeError: engine died" in msg and "3 attempts" in msg
