@@ -25,7 +25,6 @@ from .models.controller import Controller, build_controller, load_controller
 from .models.mdnrnn import MDNRNN, load_mdn
 from .models.vae import ConvVAE, load_vae, to_input
 
-
 # A V encode of fewer rows takes another kernel path (the linear layers' matrix-vector case) whose z differs in the
 # last bit; padding every batch to this many rows makes an episode's z, hence its actions, the same whichever
 # episodes share its batch (tests/test_episodes.py checks it on the running machine).
