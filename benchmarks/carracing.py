@@ -4,7 +4,7 @@
   random actions and seeds (target >= 5); physics_fraction: the share of a fast step spent in the physics alone
   (the same actions replayed on the car and world without drawing); frames_equal: every frame of both equal.
 - rollout_speedup: real-env episode steps/s of a `small` CarRacing world model agent (random weights, its real
-  sizes) in one worker stepping ENVS_PER_WORKER envs in lockstep with the fast renderer ÷ the path before it:
+  sizes) in one worker stepping ENVS_PER_WORKER[env] envs in lockstep with the fast renderer ÷ the path before it:
   one env per worker, gymnasium's renderer, the agent at batch 1 (V encode of one frame, M's full step with its
   mixture head, as agent.py did) (target >= 5).
 - agent_overhead: the agent's time per env step ÷ the bare env step (the same runner with the random policy),
@@ -118,7 +118,7 @@ def rollout_figures(env_name: str, episodes: int, steps: int, legacy: bool) -> d
         spec = AgentSpec(str(vae), str(mdn), mc)
         params = np.random.default_rng(0).normal(0, 0.1, (1, build_controller(mc).param_count))
         for policy in ("agent", "random"):
-            with EpisodeRunner(cfg, policy=policy, agent=spec, envs_per_worker=ENVS_PER_WORKER) as runner:
+            with EpisodeRunner(cfg, policy=policy, agent=spec, envs_per_worker=ENVS_PER_WORKER[env_name]) as runner:
                 p = params if policy == "agent" else None
                 runner.episodes(p, seeds[:, :1] + 10_000)  # warm up: envs built, kernels chosen
                 t0 = time.perf_counter()

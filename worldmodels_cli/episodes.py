@@ -1,7 +1,7 @@
 """Real-env episodes in workers: the fitness of real-env evolution and the episodes of `wm evaluate`.
 
 Each worker builds its policy once (the world-model agent rebuilt from V, M and C's recorded sizes, or a random
-baseline) and keeps a set of envs. A task is a chunk of up to `ENVS_PER_WORKER` episodes `(params, seed)`: the
+baseline) and keeps a set of envs. A task is a chunk of up to `ENVS_PER_WORKER[env]` episodes `(params, seed)`: the
 worker steps one env per episode in lockstep, and the agent acts for all running episodes at once (one V encode,
 one C product, one M step per env step: `agent.BatchAgent`); an episode leaves the batch when it ends. Each
 episode draws only from its own seed's streams and V encodes in batches of at least `MIN_ENCODE_ROWS`, so its
@@ -25,9 +25,11 @@ from .executor import make_executor
 from .policies import baseline_policy, random_policy
 
 POLICIES = ("agent", "random", "data")  # random: the paper's baseline; data: the data-collection policy
-# envs one worker steps together: the agent's cost per step falls ≈ 3x from 1 to 8 (benchmarks/carracing.py);
-# Doom runs one engine process per env, so more costs memory for little more gain
-ENVS_PER_WORKER = 8
+# envs one worker steps together. CarRacing: the small agent's cost per env step falls from 3.5 ms alone to 0.7 ms
+# with 8 (V's convolutions batch); 16 gains nothing more. Doom: each env is an engine process, and the engines'
+# steps slow down as more of them take turns (0.36 ms a step alone, 0.47 with 4, 0.65 with 8), so 4 is fastest
+# with the agent (1.86 -> 1.08 ms a step). Measured with /tmp probes like benchmarks/carracing.py, 2-core CPU.
+ENVS_PER_WORKER = {"carracing": 8, "doom": 4}
 
 
 @dataclass(frozen=True)
@@ -122,9 +124,10 @@ class EpisodeRunner:
 
     def __init__(self, env: EnvConfig, *, policy: str = "agent", agent: AgentSpec | None = None,
                  collect: CollectConfig | None = None, workers: int = 1, backend: str = "local",
-                 address: str | None = None, envs_per_worker: int = ENVS_PER_WORKER) -> None:
+                 address: str | None = None, envs_per_worker: int | None = None) -> None:
         payload = _Payload(env, policy, agent, collect or CollectConfig())
-        self.workers, self.envs_per_worker = max(1, workers), envs_per_worker
+        self.workers = max(1, workers)
+        self.envs_per_worker = envs_per_worker or ENVS_PER_WORKER[env.name]
         self.executor = make_executor(workers, _init, payload, backend=backend, address=address)
 
     def episodes(self, params: np.ndarray | None, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
