@@ -110,18 +110,18 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch):
     collect.run(cfg, ref, seed=1)
 
     out = tmp_path / "out.h5"
-    real, calls = collect._run_episode, []
+    real, calls = collect._run_chunk, []
 
-    def dies_after_4(state, index):
+    def dies_after_4(state, chunk):
         if len(calls) == 4:
             raise KeyboardInterrupt  # Ctrl-C in the middle of the run
-        calls.append(index)
-        return real(state, index)
+        calls.extend(chunk)  # the random policy: one episode a chunk
+        return real(state, chunk)
 
-    monkeypatch.setattr(collect, "_run_episode", dies_after_4)
+    monkeypatch.setattr(collect, "_run_chunk", dies_after_4)
     with pytest.raises(KeyboardInterrupt):
         collect.run(cfg, out, seed=1)
-    monkeypatch.setattr(collect, "_run_episode", real)
+    monkeypatch.setattr(collect, "_run_chunk", real)
     parts = collect.parts_dir(out)
     assert not out.exists() and len([p for p in parts.iterdir() if p.name.startswith("episode-")]) == 4
     # what a kill -9 leaves: a half-written shard (temp name only) and a half-written merge
@@ -198,10 +198,10 @@ def test_refuses_to_mix_or_shrink(tmp_path):
 def test_refuses_an_unfinished_collection_with_other_settings(tmp_path, monkeypatch):
     out = tmp_path / "u.h5"
 
-    def interrupted(state, index):
+    def interrupted(state, chunk):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(collect, "_run_episode", interrupted)
+    monkeypatch.setattr(collect, "_run_chunk", interrupted)
     with pytest.raises(KeyboardInterrupt):
         collect.run(_cfg(episodes=3), out, seed=0)
     monkeypatch.undo()
@@ -281,15 +281,15 @@ def test_encoded_chunks_are_what_h5py_writes(tmp_path):
 
 def test_a_damaged_shard_is_removed_and_recollected(tmp_path, monkeypatch):
     cfg, out = _cfg(episodes=4), tmp_path / "d.h5"
-    real, calls = collect._run_episode, []
+    real, calls = collect._run_chunk, []
 
-    def dies_after_3(state, index):
+    def dies_after_3(state, chunk):
         if len(calls) == 3:
             raise KeyboardInterrupt
-        calls.append(index)
-        return real(state, index)
+        calls.extend(chunk)
+        return real(state, chunk)
 
-    monkeypatch.setattr(collect, "_run_episode", dies_after_3)
+    monkeypatch.setattr(collect, "_run_chunk", dies_after_3)
     with pytest.raises(KeyboardInterrupt):
         collect.run(cfg, out, seed=0)
     monkeypatch.undo()
@@ -311,3 +311,21 @@ def test_real_doom_same_data_with_1_and_2_workers(tmp_path):
     collect.run(cfg, tmp_path / "a.h5", seed=1, workers=1)
     collect.run(cfg, tmp_path / "b.h5", seed=1, workers=2)
     _assert_same(tmp_path / "a.h5", tmp_path / "b.h5")
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.3])
+def test_controller_collection_in_lockstep_equals_one_episode_at_a_time(tiny_world, tmp_path, monkeypatch, noise):
+    """With a controller, a worker steps ENVS_PER_WORKER envs together (one batched agent); the data are those
+    of the episodes collected one by one, exploration noise included."""
+    from worldmodels_cli import evolve
+
+    p = preset("doom", "tiny")
+    c = tmp_path / "c.h5"
+    evolve.run(p.replace(evolve=p.evolve.replace(generations=1)), tiny_world.vae, tiny_world.mdn, c, seed=0)
+    cfg = _cfg(episodes=7, min_length=5, policy="controller", noise=noise)
+    collect.run(cfg, tmp_path / "lockstep.h5", seed=4, controller=c)
+    monkeypatch.setattr(collect, "chunk_size", lambda col, env: 1)
+    collect.run(cfg, tmp_path / "alone.h5", seed=4, controller=c)
+    _assert_same(tmp_path / "lockstep.h5", tmp_path / "alone.h5")
+    lengths = _data(tmp_path / "alone.h5")[A.EPISODE_LENGTHS]
+    assert len(set(lengths.tolist())) > 1  # episodes ended at different steps inside one chunk

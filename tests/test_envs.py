@@ -20,7 +20,7 @@ from worldmodels_cli.policies import (
     CarRacingRandom,
     DoomHeldRandom,
     DoomUniformRandom,
-    make_policy,
+    make_actor,
     random_policy,
 )
 
@@ -230,12 +230,14 @@ def test_doom_uniform_policy_is_uniform_per_tic():
     assert all(abs((acts == v).mean() - 1 / 3) < 0.04 for v in (-1.0, 0.0, 1.0))
 
 
-def test_make_policy():
+def test_make_actor():
     assert isinstance(random_policy(EnvConfig(name="carracing")), CarRacingRandom)
-    p = make_policy(EnvConfig(name="doom"), CollectConfig(repeat_min=2, repeat_max=3))
-    assert isinstance(p, DoomHeldRandom) and (p.repeat_min, p.repeat_max) == (2, 3)
+    a = make_actor(EnvConfig(name="doom"), CollectConfig(repeat_min=2, repeat_max=3))
+    a.start(None, [np.random.default_rng(0), np.random.default_rng(1)])
+    assert all(isinstance(p, DoomHeldRandom) and (p.repeat_min, p.repeat_max) == (2, 3) for p in a.policies)
+    assert a.act(np.zeros((2, 64, 64, 3), np.uint8), np.array([0, 1])).shape == (2, 1)
     with pytest.raises(ConfigError):
-        make_policy(EnvConfig(name="doom"), CollectConfig(policy="controller"))
+        make_actor(EnvConfig(name="doom"), CollectConfig(policy="controller"))
 
 
 @pytest.mark.slow

@@ -44,10 +44,10 @@ def test_chunks_of_any_size_give_the_episodes_run_alone(env, tiny_world, tiny_ca
         np.testing.assert_array_equal(results[size][0], results[1][0])
         np.testing.assert_array_equal(results[size][1], results[1][1])
     assert len(set(results[8][1].ravel().tolist())) > 1, "the lockstep test needs episodes of different lengths"
-    # the one-episode agent (collection with a controller, videos) through collect.rollout: the same episodes
-    agent, e = spec.build(), make_env(cfg)
+    # one episode alone through collect.rollout (videos): the same episodes
+    agent, e = spec.build_batch(), make_env(cfg)
     for p in range(5):
-        agent.set_params(params[p])
+        agent.controller.set_params(params[p])
         for r in range(3):
             steps = rollout(e, agent, int(seeds[p, r]), cfg.max_steps)
             assert len(steps["rewards"]) == results[8][1][p, r]

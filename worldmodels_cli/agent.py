@@ -1,8 +1,8 @@
 """The world-model agent in a real env: V encodes each frame, M carries memory, C acts (ref §5.1, §5.2).
 
 `BatchAgent` runs B episodes at once (one V encode, one C product, one M step per env step for all of them, each
-episode with its own C parameters and random stream): what real-env evolution and evaluation step in each worker.
-`WorldModelAgent` is its one-episode view, a `policies.Policy`.
+episode with its own C parameters and random stream), an actor of `episodes.lockstep`: what real-env evolution,
+evaluation and collection with a controller step in each worker, and what a single episode (a video) runs with B=1.
 
 Step order (ref §5.1 `model.py:98-118`; §5.2 `doomreal.py:64-115`): encode the frame and *sample* z_t (not μ);
 a_t = C([z_t, (c_t,) h_t]); advance M with (z_t, a_t, restart) before the env steps; then env.step(a_t). M always
@@ -91,25 +91,6 @@ class BatchAgent:
         return mu[:n], logvar[:n]
 
 
-class WorldModelAgent:
-    """The one-episode `policies.Policy` view of BatchAgent (collection with a controller, videos): `reset(rng)`
-    per episode, `act(frame, rng) -> action` per step. Its actions are BatchAgent's for the same episode."""
-
-    def __init__(self, vae: ConvVAE, mdn: MDNRNN, controller: Controller) -> None:
-        self.batch = BatchAgent(vae, mdn, controller)
-        self.vae, self.mdn, self.controller = self.batch.vae, self.batch.mdn, controller
-        self._one = np.zeros(1, dtype=np.int64)
-
-    def set_params(self, params: np.ndarray) -> None:
-        self.controller.set_params(params)
-
-    def reset(self, rng: np.random.Generator) -> None:
-        self.batch.start(None, [rng])
-
-    def act(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return self.batch.act(obs[None], self._one)[0]
-
-
 @dataclass(frozen=True)
 class AgentSpec:
     """Everything a worker needs to rebuild the agent: paths and the controller's recorded sizes (picklable)."""
@@ -118,16 +99,10 @@ class AgentSpec:
     mdn: str
     controller_config: dict
 
-    def build(self) -> WorldModelAgent:
-        return WorldModelAgent(*self._models())
-
     def build_batch(self) -> BatchAgent:
-        return BatchAgent(*self._models())
-
-    def _models(self) -> tuple[ConvVAE, MDNRNN, Controller]:
         vae, _ = load_vae(self.vae)
         mdn, _ = load_mdn(self.mdn)
-        return vae, mdn, build_controller(self.controller_config)
+        return BatchAgent(vae, mdn, build_controller(self.controller_config))
 
 
 def recorded_input(meta: A.Meta, role: str, override: str | os.PathLike | None) -> Path:

@@ -47,9 +47,10 @@ from . import artifacts as A
 from . import metrics, seeding
 from .config import CollectConfig, EnvConfig, Preset
 from .envs import FRAME_SHAPE, Env, check_env_config, make_env
+from .episodes import ENVS_PER_WORKER, EpisodeError, lockstep
 from .errors import ArtifactError, ConfigError
 from .executor import make_executor
-from .policies import Policy, make_policy
+from .policies import Actor, Policy, PolicyBatch, make_actor
 
 log = logging.getLogger(__name__)
 
@@ -116,65 +117,64 @@ class _Payload:
 
 
 class _Worker:
-    """A worker's env and policy, built once (a Doom engine takes a while to start)."""
+    """A worker's envs and data actor, built once (a Doom engine takes a while to start)."""
 
     def __init__(self, p: _Payload) -> None:
         self.p = p
-        self.env: Env = make_env(p.env)
-        self.policy: Policy = make_policy(p.env, p.collect, p.controller)
+        self.envs: list[Env] = []
+        self.actor: Actor = make_actor(p.env, p.collect, p.controller)
 
     def close(self) -> None:
-        self.env.close()
+        envs, self.envs = self.envs, []
+        for env in envs:
+            env.close()
 
 
 def _init_worker(payload: _Payload) -> _Worker:
     return _Worker(payload)
 
 
-def rollout(env: Env, policy: Policy, seed: int, max_steps: int, *, ignore_done: bool = False) -> dict[str, np.ndarray]:
-    """One episode: per-step arrays keyed by the artifact's dataset names. frames[t] is the frame before
-    actions[t] (ref §2.1); the frame after the last action is not kept. `ignore_done` (CarRacing, ref §2.1) runs
-    on through a termination until the step cap."""
-    rng = seeding.generator(seed, "policy")
-    frames = np.empty((max_steps, *FRAME_SHAPE), dtype=np.uint8)
-    actions = np.empty((max_steps, env.action_dim), dtype=np.float32)
-    rewards = np.empty(max_steps, dtype=np.float32)
-    terminated = np.zeros(max_steps, dtype=bool)
-    truncated = np.zeros(max_steps, dtype=bool)
-    env_actions = np.empty(max_steps, dtype=np.int8)
-    # vizdoom cannot step after a death; CarRacing (real and fake) can, as the original's full_episode did
-    go_on = ignore_done and env.name == "carracing"
-    obs = env.reset(seed)
-    policy.reset(rng)
-    t = 0
-    while t < max_steps:
-        action = policy.act(obs, rng)
-        step = env.step(action)
-        frames[t], actions[t], rewards[t] = obs, action, step.reward
-        terminated[t], truncated[t], env_actions[t] = step.terminated, step.truncated, step.env_action
-        t += 1
-        obs = step.obs
-        if step.truncated or (step.terminated and not go_on):
-            break
-    steps = {A.FRAMES: frames[:t], A.ACTIONS: actions[:t], A.REWARDS: rewards[:t],
-             A.TERMINATED: terminated[:t], A.TRUNCATED: truncated[:t]}
-    if env.name == "doom":
-        steps[A.ENV_ACTIONS] = env_actions[:t]
-    return steps
+def rollout(env: Env, policy: Policy | Actor, seed: int, max_steps: int, *, ignore_done: bool = False) -> dict[str, np.ndarray]:
+    """One episode: per-step arrays keyed by the artifact's dataset names (`episodes.lockstep` with one env)."""
+    actor = policy if hasattr(policy, "start") else PolicyBatch.of(policy)
+    return lockstep([env], actor, [seed], max_steps, record=True, ignore_done=ignore_done)[0]
 
 
-def _run_episode(state: _Worker, index: int) -> EpisodeMeta:
-    p = state.p
-    seed = episode_seed(p.seed, index)
-    steps = rollout(state.env, state.policy, seed, p.env.max_steps, ignore_done=p.collect.ignore_done)
-    length, ret = len(steps[A.FRAMES]), float(steps[A.REWARDS].sum(dtype=np.float64))
-    kept = length > p.collect.min_length
-    parts = Path(p.parts)
-    if kept:
-        A.write_episode_shard(shard_path(parts, index), steps, episode_id=index, seed=seed)
-    else:  # only the name matters: this index was run and is discarded (ref §2.2)
-        shard_path(parts, index, SHORT_SUFFIX).write_text(f"{length}\n")
-    return EpisodeMeta(index, seed, length, ret, kept)
+def chunk_size(col: CollectConfig, env: EnvConfig) -> int:
+    """Episodes a collect task steps in lockstep: a controller's agent acts for several at once; the random
+    policies gain nothing from it, and one episode per task keeps their collection as it always ran."""
+    return ENVS_PER_WORKER[env.name] if col.policy == "controller" else 1
+
+
+def _run_chunk(state: _Worker, indices: list[int]) -> list[EpisodeMeta]:
+    """Episodes `indices` in lockstep; each is written to its shard as soon as it ends (a kill loses only the
+    episodes still running)."""
+    p, parts = state.p, Path(state.p.parts)
+    while len(state.envs) < len(indices):
+        state.envs.append(make_env(p.env))
+    seeds = [episode_seed(p.seed, i) for i in indices]
+    metas: list[EpisodeMeta] = []
+
+    def write(j: int, steps: dict[str, np.ndarray]) -> None:
+        index, length = indices[j], len(steps[A.FRAMES])
+        kept = length > p.collect.min_length
+        if kept:
+            A.write_episode_shard(shard_path(parts, index), steps, episode_id=index, seed=seeds[j])
+        else:  # only the name matters: this index was run and is discarded (ref §2.2)
+            shard_path(parts, index, SHORT_SUFFIX).write_text(f"{length}\n")
+        metas.append(EpisodeMeta(index, seeds[j], length, float(steps[A.REWARDS].sum(dtype=np.float64)), kept))
+
+    try:
+        lockstep(state.envs[:len(indices)], state.actor, seeds, p.env.max_steps, record=True,
+                 ignore_done=p.collect.ignore_done, labels=[_describe_one(p.seed, i) for i in indices], on_end=write)
+    except EpisodeError:
+        state.close()  # a failed env may be a dead Doom engine: the retry starts on new ones
+        raise
+    return sorted(metas, key=lambda m: m.index)
+
+
+def _describe_one(seed: int, index: int) -> str:
+    return f"episode {index} (seed {episode_seed(seed, index)})"
 
 
 # --------------------------------------------------------------------------------------------- identity
@@ -292,7 +292,7 @@ def run(
     A.check_writable(out)
     check_env_config(env_cfg)
     controller = None if controller is None else str(controller)
-    make_policy(env_cfg, col, controller)  # a bad policy setting fails here, in one line, not in a worker
+    make_actor(env_cfg, col, controller)  # a bad policy setting fails here, in one line, not in a worker
     record = _record(cfg)
     if controller is not None:  # a different controller file makes different data: part of the identity
         record["controller"] = A.inputs_record({"controller": controller})["controller"]
@@ -374,17 +374,20 @@ def _collect(env_cfg: EnvConfig, col: CollectConfig, seed: int, parts: Path, sta
     bar = metrics.progress(total=needed, desc="collect", unit="ep", initial=have)
     budget = 50 * needed + 1000  # give up if (almost) nothing is long enough to keep
 
-    def describe(index: int) -> str:
-        return f"episode {index} (seed {episode_seed(seed, index)})"
+    def describe(chunk: list[int]) -> str:
+        first = _describe_one(seed, chunk[0])
+        return first if len(chunk) == 1 else f"{len(chunk)} episodes from {first} to {_describe_one(seed, chunk[-1])}"
 
+    size = chunk_size(col, env_cfg)
     try:
         with make_executor(workers, _init_worker, payload, backend=backend, address=address) as ex:
             while len(_selected(done, start, needed)[0]) < needed:
                 if ran >= budget:
                     raise ConfigError(f"only {sum(done.values())} of {ran} episodes were longer than "
                                       f"CollectConfig.min_length {col.min_length}; lower it")
-                batch = _next_batch(done, start, needed, workers)
-                for _, ep in ex.run(_run_episode, batch, describe=describe):
+                batch = _next_batch(done, start, needed, workers * size)
+                chunks = [batch[i:i + size] for i in range(0, len(batch), size)]
+                for _, ep in ((k, m) for k, metas in ex.run(_run_chunk, chunks, describe=describe) for m in metas):
                     done[ep.index] = ep.kept
                     ran += 1
                     frames += ep.length

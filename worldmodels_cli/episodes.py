@@ -7,22 +7,27 @@ one C product, one M step per env step: `agent.BatchAgent`); an episode leaves t
 episode draws only from its own seed's streams and V encodes in batches of at least `MIN_ENCODE_ROWS`, so its
 (return, length) is the same whichever episodes share its chunk, on any worker count or backend. A crashed env
 fails its chunk with the episode's candidate and seed in the message; the executor retries the chunk (same seeds),
-and the worker rebuilds that env.
+on new envs. `lockstep` is the episode loop itself, shared with collection (`collect.rollout` is its one-env case).
 """
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from . import artifacts as A
 from . import seeding
 from .agent import AgentSpec
 from .config import CollectConfig, EnvConfig
-from .envs import Env, make_env
+from .envs import FRAME_SHAPE, Env, make_env
 from .executor import make_executor
-from .policies import baseline_policy, random_policy
+from .policies import Actor, PolicyBatch, baseline_policy, random_policy
+
+log = logging.getLogger(__name__)
 
 POLICIES = ("agent", "random", "data")  # random: the paper's baseline; data: the data-collection policy
 # envs one worker steps together. CarRacing: the small agent's cost per env step falls from 3.5 ms alone to 0.7 ms
@@ -47,76 +52,109 @@ class EpisodeError(RuntimeError):
 class _Worker:
     def __init__(self, p: _Payload) -> None:
         self.p = p
-        self.envs: list[Env | None] = []
-        self.agent = p.agent.build_batch() if p.policy == "agent" else None
+        self.envs: list[Env] = []
+        if p.policy == "agent":
+            self.actor: Actor = p.agent.build_batch()
+        elif p.policy == "random":
+            self.actor = PolicyBatch(lambda: baseline_policy(p.env))
+        else:
+            self.actor = PolicyBatch(lambda: random_policy(p.env, p.collect))
 
     def env(self, i: int) -> Env:
         while len(self.envs) <= i:
-            self.envs.append(None)
-        if self.envs[i] is None:
-            self.envs[i] = make_env(self.p.env)
+            self.envs.append(make_env(self.p.env))
         return self.envs[i]
 
-    def drop(self, i: int) -> None:
-        """Close and forget env i after it failed: the retry gets a new one (a dead Doom engine is not reused)."""
-        env, self.envs[i] = self.envs[i], None
-        if env is not None:
+    def close(self) -> None:
+        envs, self.envs = self.envs, []
+        for env in envs:
             try:
                 env.close()
             except Exception:  # a crashed env may not close cleanly; it is dropped either way
-                pass
-
-    def policy(self):
-        return baseline_policy(self.p.env) if self.p.policy == "random" else random_policy(self.p.env, self.p.collect)
-
-    def close(self) -> None:
-        for i in range(len(self.envs)):
-            self.drop(i)
+                log.debug("closing an env", exc_info=True)
 
 
 def _init(p: _Payload) -> _Worker:
     return _Worker(p)
 
 
-def _chunk(w: _Worker, chunk: list[tuple[np.ndarray | None, int, str]]) -> list[tuple[float, int]]:
-    """Episodes (params, seed, label) in lockstep -> [(return, length)] in chunk order. The loop is
-    `collect.rollout`'s (same step order, stops, and float32 rewards summed in float64), for several envs."""
-    n, max_steps = len(chunk), w.p.env.max_steps
-    rngs = [seeding.generator(int(seed), "policy") for _, seed, _ in chunk]
-    envs = [w.env(i) for i in range(n)]
-    obs = [_guarded(w, i, chunk, lambda e=envs[i], s=int(chunk[i][1]): e.reset(s)) for i in range(n)]
-    if w.agent is not None:
-        params = None if chunk[0][0] is None else np.stack([p for p, _, _ in chunk])
-        w.agent.start(params, rngs)
-        policies = []
-    else:
-        policies = [w.policy() for _ in range(n)]
-        for pol, rng in zip(policies, rngs, strict=True):
-            pol.reset(rng)
-    rewards: list[list[float]] = [[] for _ in range(n)]
+def lockstep(envs: list[Env], actor: Actor, seeds: list[int], max_steps: int, *, params: np.ndarray | None = None,
+             labels: list[str] | None = None, record: bool = False, ignore_done: bool = False,
+             on_end: Callable[[int, dict[str, np.ndarray]], None] | None = None) -> list[dict[str, np.ndarray]]:
+    """Episode i from seeds[i] on envs[i], all stepped together, `actor` acting for the running ones at once.
+
+    Per episode, the per-step arrays keyed by the artifact's dataset names (record=True: frames, actions, rewards,
+    terminated, truncated, and Doom's env_actions; else rewards only). frames[t] is the frame before actions[t]
+    (ref §2.1); the frame after the last action is not kept. An episode ends at its env's termination (unless
+    `ignore_done`: CarRacing runs on to the cap as the original's full_episode did, ref §2.1; vizdoom cannot step
+    after a death), its truncation or `max_steps`; `on_end(i, arrays)` is called then. Each episode draws only from
+    its own stream `seeding.generator(seed, "policy")`. An env that raises fails the call with `labels[i]`."""
+    n = len(seeds)
+    labels = labels or [f"episode (seed {s})" for s in seeds]
+    rngs = [seeding.generator(int(s), "policy") for s in seeds]
+    obs = [_guarded(labels[i], lambda e=envs[i], s=int(seeds[i]): e.reset(s)) for i in range(n)]
+    env, action_dim = envs[0], envs[0].action_dim
+    go_on = ignore_done and env.name == "carracing"
+    cap = max_steps if record else 0
+    frames = [np.empty((cap, *FRAME_SHAPE), dtype=np.uint8) for _ in range(n)]
+    actions = [np.empty((cap, action_dim), dtype=np.float32) for _ in range(n)]
+    rewards = [np.empty(max_steps, dtype=np.float32) for _ in range(n)]
+    flags = [np.zeros((max_steps, 2), dtype=bool) for _ in range(n)]  # terminated, truncated
+    env_actions = [np.empty(cap, dtype=np.int8) for _ in range(n)]
+    t = [0] * n
+    out: list[dict[str, np.ndarray]] = [{} for _ in range(n)]
+    actor.start(params, rngs)
     running = list(range(n))
     while running:
-        if w.agent is not None:
-            actions = w.agent.act(np.stack([obs[i] for i in running]), np.asarray(running))
-        else:
-            actions = [policies[i].act(obs[i], rngs[i]) for i in running]
+        acts = actor.act(np.stack([obs[i] for i in running]), np.asarray(running))
         still = []
-        for i, action in zip(running, actions, strict=True):
-            step = _guarded(w, i, chunk, lambda e=envs[i], a=action: e.step(a))
-            rewards[i].append(step.reward)
-            obs[i] = step.obs
-            if not (step.truncated or step.terminated or len(rewards[i]) >= max_steps):
+        for i, action in zip(running, acts, strict=True):
+            step = _guarded(labels[i], lambda e=envs[i], a=action: e.step(a))
+            k = t[i]
+            if record:
+                frames[i][k], actions[i][k], env_actions[i][k] = obs[i], action, step.env_action
+            rewards[i][k], flags[i][k] = step.reward, (step.terminated, step.truncated)
+            t[i], obs[i] = k + 1, step.obs
+            if step.truncated or (step.terminated and not go_on) or t[i] >= max_steps:
+                out[i] = _arrays(i, t[i], record, env.name, frames, actions, rewards, flags, env_actions)
+                if on_end is not None:
+                    on_end(i, out[i])
+            else:
                 still.append(i)
         running = still
-    return [(float(np.asarray(r, dtype=np.float32).sum(dtype=np.float64)), len(r)) for r in rewards]
+    return out
 
 
-def _guarded(w: _Worker, i: int, chunk: list, call):
+def _arrays(i, length, record, env_name, frames, actions, rewards, flags, env_actions) -> dict[str, np.ndarray]:
+    steps = {A.REWARDS: rewards[i][:length]}
+    if record:
+        steps.update({A.FRAMES: frames[i][:length], A.ACTIONS: actions[i][:length],
+                      A.TERMINATED: flags[i][:length, 0].copy(), A.TRUNCATED: flags[i][:length, 1].copy()})
+        if env_name == "doom":
+            steps[A.ENV_ACTIONS] = env_actions[i][:length]
+    return steps
+
+
+def _guarded(label: str, call):
     try:
         return call()
     except Exception as exc:
-        w.drop(i)
-        raise EpisodeError(f"{chunk[i][2]}: {type(exc).__name__}: {exc}") from exc
+        raise EpisodeError(f"{label}: {type(exc).__name__}: {exc}") from exc
+
+
+def _chunk(w: _Worker, chunk: list[tuple[np.ndarray | None, int, str]]) -> list[tuple[float, int]]:
+    """Episodes (params, seed, label) in lockstep -> [(return, length)] in chunk order (float32 rewards summed
+    in float64, as a rollouts artifact's returns)."""
+    n = len(chunk)
+    envs = [w.env(i) for i in range(n)]
+    params = None if chunk[0][0] is None else np.stack([p for p, _, _ in chunk])
+    try:
+        steps = lockstep(envs, w.actor, [s for _, s, _ in chunk], w.p.env.max_steps, params=params,
+                         labels=[label for _, _, label in chunk])
+    except EpisodeError:
+        w.close()  # a failed env may be a dead Doom engine: the retry starts on new ones
+        raise
+    return [(float(s[A.REWARDS].sum(dtype=np.float64)), len(s[A.REWARDS])) for s in steps]
 
 
 class EpisodeRunner:

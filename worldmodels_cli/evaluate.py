@@ -93,7 +93,7 @@ def run(
             raise ArtifactError(f"{controller}: records no valid env config (damaged artifact)") from None
         if preset is not None and preset.env.name != env_cfg.name:
             raise ConfigError(f"{controller}: a {env_cfg.name} controller, but --env {preset.env.name}")
-        spec.build()  # V and M load here: a damaged one fails in one line, not inside a worker
+        spec.build_batch()  # V and M load here: a damaged one fails in one line, not inside a worker
         if preset is not None and preset.env.fake != env_cfg.fake:
             env_cfg = env_cfg.replace(fake=preset.env.fake)
         collect_cfg = None
@@ -139,9 +139,9 @@ def record_video(path, env_cfg: EnvConfig, spec, params, policy: str, collect_cf
     env = make_env(env_cfg)
     try:
         if policy == "agent":
-            agent = spec.build()
-            agent.set_params(params)
-            steps = rollout(env, agent, seed, env_cfg.max_steps)
+            agent = spec.build_batch()
+            agent.controller.set_params(params)
+            steps = rollout(env, agent, seed, env_cfg.max_steps)  # the agent alone: the same episode as in a chunk
         else:
             pol = baseline_policy(env_cfg) if policy == "random" else random_policy(env_cfg, collect_cfg)
             steps = rollout(env, pol, seed, env_cfg.max_steps)

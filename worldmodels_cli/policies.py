@@ -8,13 +8,17 @@ not depend on which worker ran it.
 - ``CarRacingRandom``: the original's randomly parameterised agent (ref §2.1).
 - ``DoomHeldRandom``: the original's held-uniform action (ref §2.2), the Doom data policy.
 - ``DoomUniformRandom``: left / none / right uniformly every tic, the paper's random baseline (ref §B).
-- ``NoisyPolicy``: Gaussian exploration noise around another policy, clipped to the env's bounds; the hook for
-  issue 7's controller-driven collection (``wm collect --controller C --noise σ``), whose controller policy is
-  built by ``make_policy`` once models/controller.py provides one.
+
+Episodes run in lockstep (``episodes.lockstep``) through an *actor*: ``start(params, rngs)`` begins B episodes,
+``act(frames, rows)`` returns the actions of the running episodes ``rows`` for their frames (R, 64, 64, 3).
+``agent.BatchAgent`` is one; ``PolicyBatch`` makes one of per-episode policies; ``NoisyActor`` adds Gaussian
+exploration noise around another actor, clipped to the env's bounds (``wm collect --controller C --noise σ``,
+ref §9). ``make_actor`` builds the data actor ``wm collect`` runs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -84,19 +88,54 @@ class DoomUniformRandom:
         return np.array([rng.integers(-1, 2)], dtype=np.float32)
 
 
-class NoisyPolicy:
-    """``base``'s action plus N(0, sigma²) noise per component, clipped to [low, high] (issue 7)."""
+class Actor(Protocol):
+    def start(self, params: np.ndarray | None, rngs: list[np.random.Generator]) -> None: ...
 
-    def __init__(self, base: Policy, sigma: float, low: np.ndarray, high: np.ndarray) -> None:
+    def act(self, frames: np.ndarray, rows: np.ndarray) -> np.ndarray: ...
+
+
+class PolicyBatch:
+    """Per-episode policies as one actor: `make()` gives a fresh policy per episode; each acts on its own frame
+    with its own episode's stream, exactly as it would alone."""
+
+    def __init__(self, make: Callable[[], Policy]) -> None:
+        self.make = make
+        self.policies: list[Policy] = []
+        self.rngs: list[np.random.Generator] = []
+
+    @classmethod
+    def of(cls, policy: Policy) -> PolicyBatch:
+        """One episode at a time with this very policy object."""
+        return cls(lambda: policy)
+
+    def start(self, params: np.ndarray | None, rngs: list[np.random.Generator]) -> None:
+        if params is not None:
+            raise ConfigError("a fixed policy takes no parameters")
+        self.rngs = list(rngs)
+        self.policies = [self.make() for _ in self.rngs]
+        for policy, rng in zip(self.policies, self.rngs, strict=True):
+            policy.reset(rng)
+
+    def act(self, frames: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return np.stack([self.policies[i].act(frame, self.rngs[i]) for frame, i in zip(frames, rows, strict=True)])
+
+
+class NoisyActor:
+    """`base`'s actions plus N(0, sigma²) noise per component from each episode's own stream (after whatever the
+    base drew from it), clipped to [low, high] (ref §9: exploration while collecting with a controller)."""
+
+    def __init__(self, base: Actor, sigma: float, low: np.ndarray, high: np.ndarray) -> None:
         self.base, self.sigma, self.low, self.high = base, sigma, low, high
+        self.rngs: list[np.random.Generator] = []
 
-    def reset(self, rng: np.random.Generator) -> None:
-        self.base.reset(rng)
+    def start(self, params: np.ndarray | None, rngs: list[np.random.Generator]) -> None:
+        self.rngs = list(rngs)
+        self.base.start(params, rngs)
 
-    def act(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        a = self.base.act(obs, rng)
+    def act(self, frames: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        a = self.base.act(frames, rows)  # (R, A) float32
         if self.sigma > 0:
-            a = a + rng.normal(0.0, self.sigma, size=a.shape)
+            a = a + np.stack([self.rngs[i].normal(0.0, self.sigma, size=a.shape[1:]) for i in rows])
         return np.clip(a, self.low, self.high).astype(np.float32)
 
 
@@ -113,12 +152,13 @@ def baseline_policy(env: EnvConfig) -> Policy:
     return DoomUniformRandom() if env.name == "doom" else CarRacingRandom()
 
 
-def make_policy(env: EnvConfig, collect: CollectConfig, controller: str | None = None) -> Policy:
-    """The data policy `collect.policy` names. `controller` is the path of a controller artifact (issue 7)."""
+def make_actor(env: EnvConfig, collect: CollectConfig, controller: str | None = None) -> Actor:
+    """The data actor `collect.policy` names: the random data policy, or the controller artifact `controller`
+    (V + M + C as one BatchAgent) with `collect.noise` (ref §9)."""
     if collect.policy == "random":
         if controller is not None:
             raise ConfigError("--controller given but CollectConfig.policy is 'random'")
-        return random_policy(env, collect)
+        return PolicyBatch(lambda: random_policy(env, collect))
     if controller is None:
         raise ConfigError("CollectConfig.policy 'controller' needs a controller artifact (--controller PATH)")
     from .agent import agent_spec
@@ -127,7 +167,7 @@ def make_policy(env: EnvConfig, collect: CollectConfig, controller: str | None =
     spec, params, meta = agent_spec(controller)
     if meta.env != env.name:
         raise ConfigError(f"{controller}: a controller for {meta.env}, but collecting {env.name}")
-    agent = spec.build()
-    agent.set_params(params)
+    agent = spec.build_batch()
+    agent.controller.set_params(params)
     bounds = CarRacingEnv if env.name == "carracing" else DoomEnv
-    return NoisyPolicy(agent, collect.noise, bounds.action_low, bounds.action_high)
+    return NoisyActor(agent, collect.noise, bounds.action_low, bounds.action_high)
