@@ -147,3 +147,19 @@ def test_copy_atomic_replaces_whole_or_leaves_untouched(tmp_path):
     with pytest.raises(FileNotFoundError):
         A.copy_atomic(tmp_path / "missing.h5", dst)
     assert dst.read_bytes() == b"new contents" and sorted(p.name for p in tmp_path.iterdir()) == ["a.h5", "b.h5"]
+
+
+def test_pictures_are_written_like_artifacts(tmp_path):
+    """A PNG beside an artifact: a killed writer's temp is removed by the next write; a failed write leaves none."""
+    from worldmodels_cli.plots import loss_curves, recon_grid
+
+    frames = np.zeros((2, 64, 64, 3), np.uint8)
+    (tmp_path / ".r.png.tmp-999999999").write_bytes(b"left by a killed writer")  # no such pid
+    recon_grid(frames, frames, tmp_path / "r.png")
+    loss_curves([{"step": 0, "vae/loss": 1.0}, {"step": 1, "vae/loss": 0.5}], ["vae/loss"], tmp_path / "l.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l.png", "r.png"]
+    with pytest.raises(ValueError):
+        recon_grid(frames, frames[:, :32], tmp_path / "r.png")
+    with pytest.raises(OSError):
+        recon_grid(frames, frames, tmp_path / "missing-folder" / "r.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l.png", "r.png"]

@@ -33,11 +33,7 @@ def recon_grid(frames: np.ndarray, recons: np.ndarray, out_png: str | os.PathLik
     img = Image.fromarray(canvas)
     if scale != 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    out_png = Path(out_png)
-    tmp = out_png.with_name(f".{out_png.name}.tmp-{os.getpid()}")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, out_png)
-    return out_png
+    return _save_atomically(Path(out_png), lambda tmp: img.save(tmp, format="PNG"))
 
 
 def loss_curves(metrics_records: Sequence[dict[str, Any]], keys: Sequence[str], out_png: str | os.PathLike, *,
@@ -68,9 +64,23 @@ def loss_curves(metrics_records: Sequence[dict[str, Any]], keys: Sequence[str], 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    out_png = Path(out_png)
-    tmp = out_png.with_name(f".{out_png.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, out_png)
+    try:
+        return _save_atomically(Path(out_png), lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
+    finally:
+        plt.close(fig)
+
+
+def _save_atomically(out_png: Path, save) -> Path:
+    """`save(tmp)` then rename onto `out_png`, as every artifact is written: a killed writer's temp file is removed
+    by the next write, a failed one at once."""
+    from .artifacts import remove_stale_temps
+
+    remove_stale_temps(out_png)
+    tmp = out_png.with_name(f".{out_png.name}.tmp-{os.getpid()}")
+    try:
+        save(tmp)
+        os.replace(tmp, out_png)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return out_png
