@@ -36,7 +36,7 @@ test-slow: install
 	$(PY) -m pytest -q -m slow
 
 test-faults: install
-	$(PY) -m pytest -q -m "faults or not faults" --durations=15 tests/test_faults.py tests/test_faults_kill.py
+	$(PY) -m pytest -q -m "faults or not faults" --durations=15 tests/test_faults.py tests/test_faults_kill.py tests/test_faults_doom.py
 
 lint: install
 	$(VENV)/bin/ruff check worldmodels_cli tests benchmarks

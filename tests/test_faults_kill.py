@@ -12,6 +12,7 @@ tests/test_faults.py.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -86,8 +87,9 @@ def run_ok(args: Sequence, cwd: Path) -> Done:
     return done
 
 
-def live_members(pgid: int) -> list[int]:
-    """Processes of a process group that still run (zombies excluded)."""
+def live_members(sid: int) -> list[int]:
+    """Processes of the run that still run (zombies excluded): its session, which `launch` starts. The session,
+    not the process group: each worker leads a group of its own with the engines it starts."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -96,24 +98,24 @@ def live_members(pgid: int) -> list[int]:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        state, _, pgrp = stat.rsplit(")", 1)[1].split()[:3]
-        if int(pgrp) == pgid and state not in "ZX":
+        state, _, _, session = stat.rsplit(")", 1)[1].split()[:4]
+        if int(session) == sid and state not in "ZX":
             pids.append(int(entry))
     return pids
 
 
-def reap(pgid: int, grace: float = 20.0) -> None:
-    """Workers must not outlive their driver: wait for the group to empty, then fail (after cleaning up)."""
+def reap(sid: int, grace: float = 20.0) -> None:
+    """Workers (and their engines) must not outlive their driver: wait for the session to empty, then fail (after
+    cleaning up)."""
     deadline = time.monotonic() + grace
-    while live_members(pgid) and time.monotonic() < deadline:
+    while live_members(sid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    left = live_members(pgid)
+    left = live_members(sid)
     if left:
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        pytest.fail(f"worker processes {left} outlived their driver by {grace:.0f}s")
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        pytest.fail(f"processes {left} outlived their driver by {grace:.0f}s")
 
 
 def messages(err: str) -> list[str]:

@@ -7,19 +7,22 @@ import dataclasses
 import json
 import logging
 import math
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
 
 from . import __version__
 from .config import ENVS, SCALES, IterateConfig, iterate_config
-from .errors import Interrupted, WorldModelsError
+from .errors import Interrupted, Terminated, WorldModelsError, clear_signals, on_signal
 
 log = logging.getLogger("worldmodels_cli")
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process it ended
 
 
 # ------------------------------------------------------------------------------------------ shared options
@@ -437,12 +440,42 @@ def report(data: Path, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: one-line errors, 130 on Ctrl-C."""
+    """Console entry point: one-line errors, 130 on Ctrl-C, 143 on SIGTERM."""
+    previous = _handle_signals()
+    try:
+        _main(argv)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        sys.unraisablehook = sys.__unraisablehook__
+        clear_signals()
+
+
+def _handle_signals() -> dict:
+    """SIGINT and SIGTERM interrupt the run the same way (a SIGTERM used to kill the driver outright)."""
+    clear_signals()
+    sys.unraisablehook = _quiet_interrupts
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _quiet_interrupts(unraisable) -> None:
+    """A Ctrl-C that lands in a weakref callback or __del__ is 'unraisable': Python would print its traceback
+    above our one line. It is not lost: `raise_if_signalled` raises it again in the run's loop."""
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
+
+
+def _main(argv: list[str] | None) -> None:
     try:
         cli.main(args=argv, prog_name="wm", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.Abort:
+    except click.Abort as exc:  # click turns a KeyboardInterrupt (and so a Terminated) into Abort
+        if isinstance(exc.__cause__ or exc.__context__, Terminated):
+            click.echo("terminated; rerun the same command to resume", err=True)
+            sys.exit(EXIT_TERMINATED)
         click.echo("interrupted; rerun the same command to resume", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except click.UsageError as exc:
@@ -452,6 +485,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         click.echo(f"error: {exc.format_message()}", err=True)
         sys.exit(EXIT_ERROR)
+    except Terminated:
+        click.echo("terminated; the state on disk is resumable: rerun the same command", err=True)
+        sys.exit(EXIT_TERMINATED)
     except KeyboardInterrupt:
         click.echo("interrupted; the state on disk is resumable: rerun the same command", err=True)
         sys.exit(EXIT_INTERRUPTED)

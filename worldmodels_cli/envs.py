@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import tempfile
 from typing import NamedTuple, Protocol
 
@@ -251,7 +252,13 @@ class DoomEnv:
         # vizdoom writes its ini file (key bindings) on close; keep it out of the working directory
         self._ini = os.path.join(tempfile.gettempdir(), f"worldmodels_cli-vizdoom-{os.getpid()}.ini")
         game.set_doom_config_path(self._ini)
-        game.init()
+        # the engine is a child process and inherits the signal mask: with SIGINT blocked, a Ctrl-C to the process
+        # group reaches only our process, which then closes the game, instead of killing the engine under it
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            game.init()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
         self._game = game
         self._buttons = {DOOM_NONE: [0, 0], DOOM_LEFT: [1, 0], DOOM_RIGHT: [0, 1]}
         self._t = 0

@@ -24,6 +24,7 @@ from . import seeding
 from .agent import AgentSpec
 from .config import CollectConfig, EnvConfig
 from .envs import FRAME_SHAPE, Env, make_env
+from .errors import raise_if_signalled
 from .executor import make_executor
 from .policies import Actor, PolicyBatch, baseline_policy, random_policy
 
@@ -106,6 +107,7 @@ def lockstep(envs: list[Env], actor: Actor, seeds: list[int], max_steps: int, *,
     actor.start(params, rngs)
     running = list(range(n))
     while running:
+        raise_if_signalled()
         acts = actor.act(np.stack([obs[i] for i in running]), np.asarray(running))
         still = []
         for i, action in zip(running, acts, strict=True):

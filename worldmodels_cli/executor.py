@@ -5,7 +5,8 @@ A stage gives an `init(payload)` that builds the worker's heavy state once (V, M
 inline when K <= 1. Results come back as they finish, tagged with the task's position. A task that raises is
 retried; a worker process that dies breaks the pool, which is rebuilt and the unfinished tasks resubmitted. After
 `retries` failures the run stops with a WorkerError naming the task (its `describe`), its seed and the cause:
-never a silent hang.
+never a silent hang. Each local worker leads its own process group, which holds the game engines it starts: a
+broken or interrupted pool is killed group by group, and a worker whose driver died kills its group.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def _worker_init(init: Callable[[Any], Any], payload: Any) -> None:
     # KeyboardInterrupt too would print its own traceback under the driver's one-line message
     with contextlib.suppress(ValueError):  # not the main thread (a Ray actor may be): nothing to do
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if mp.parent_process() is not None:  # a local pool's worker (Ray manages its actors' processes itself)
+        _own_process_group()
     _exit_with_parent()
     # one thread per worker: set before torch is imported (stages that need no torch never pay its import)
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -49,16 +52,44 @@ def _worker_init(init: Callable[[Any], Any], payload: Any) -> None:
         sys.modules["torch"].set_num_threads(1)
 
 
+def _own_process_group() -> None:
+    """Put this worker and every process it starts (vizdoom runs each game's engine as a child process, which
+    ignores SIGTERM) in a process group of its own, so that the driver can end a worker with all its engines
+    (`_kill_group`), and a Ctrl-C to the driver's group reaches the driver alone, which then does so. And make
+    the pipes the worker inherited non-inheritable: an engine that held the pool's pipes open would keep a dead
+    worker looking alive to the pool, which would then wait forever."""
+    os.setpgid(0, 0)
+    for fd in _open_fds():
+        if fd > 2:
+            with contextlib.suppress(OSError):
+                os.set_inheritable(fd, False)
+
+
+def _open_fds() -> list[int]:
+    try:
+        return [int(fd) for fd in os.listdir("/proc/self/fd")]
+    except OSError:  # no /proc (not Linux): the usual small range
+        return list(range(3, 256))
+
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL the process group of the worker `pid` (the worker, if alive, and the engines it started)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
 def _exit_with_parent() -> None:
     """After a kill -9 of the driver nothing closes a pool's task queue (each worker holds its write end too), so
-    its workers would wait on it forever: each waits on its parent's sentinel and exits when the parent is gone
-    (even if that happened while the worker was still starting)."""
+    its workers would wait on it forever: each waits on its parent's sentinel and, when the parent is gone (even
+    if that happened while the worker was still starting), kills its own process group: itself and its engines."""
     parent = mp.parent_process()  # None outside a multiprocessing child (a Ray actor: Ray manages its lifetime)
     if parent is None:
         return
 
     def watch() -> None:
         parent.join()  # returns once the parent's end of the spawn pipe is closed: the parent has exited
+        if os.getpgid(0) == os.getpid():
+            os.killpg(0, signal.SIGKILL)
         os._exit(1)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
@@ -101,6 +132,7 @@ class LocalExecutor:
         self.workers = max(1, workers)
         self.init, self.payload, self.retries = init, payload, retries
         self._pool: cf.ProcessPoolExecutor | None = None
+        self._pids: set[int] = set()  # every worker process the pool started: each leads its own process group
         self._inline_state: Any = None
 
     # -- lifecycle
@@ -175,6 +207,7 @@ class LocalExecutor:
             if self._pool is None:
                 self._pool = self._new_pool()
             futures = {self._pool.submit(_worker_call, fn, tasks[i]): i for i in sorted(pending)}
+            self._pids |= set(getattr(self._pool, "_processes", {}))  # started by the first submits
             broken = False
             try:
                 for fut in cf.as_completed(futures):
@@ -213,9 +246,9 @@ class LocalExecutor:
         if self._pool is None:
             return
         pool, self._pool = self._pool, None
-        for proc in list(getattr(pool, "_processes", {}).values()):
-            if proc.is_alive():
-                proc.kill()
+        for pid in self._pids:  # the dead workers' too: their engines may still run
+            _kill_group(pid)
+        self._pids = set()
         pool.shutdown(wait=True, cancel_futures=True)
 
 
