@@ -163,3 +163,98 @@ def test_pictures_are_written_like_artifacts(tmp_path):
     with pytest.raises(OSError):
         recon_grid(frames, frames, tmp_path / "missing-folder" / "r.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["l.png", "r.png"]
+
+
+@pytest.mark.parametrize("command", ["train-vae", "evolve", "evaluate", "dream"])
+def test_two_writers_of_one_output(command, tiny_world, tmp_path, wm):
+    """A second command writing the same --out while the first runs fails in one line; the first keeps going."""
+    w, out = tiny_world, tmp_path / ("out.gif" if command == "dream" else "out.h5")
+    args = {"train-vae": ("--rollouts", w.rollouts, "--preset", "tiny"),
+            "evolve": ("--vae", w.vae, "--mdn", w.mdn, "--preset", "tiny"),
+            "evaluate": ("--policy", "random", "--env", "doom", "--preset", "tiny", "--episodes", "2"),
+            "dream": ("--vae", w.vae, "--mdn", w.mdn)}[command]
+    with A.output_lock(out):  # what the first command holds while it runs
+        res = wm(command, *args, "--out", out)
+    assert res.code == 2 and res.err == f"error: {out}: another wm command is writing it; wait for it or choose another --out\n"
+    assert not out.exists()
+    assert wm(command, *args, "--out", out).code == 0  # released: the lock dies with its holder
+
+
+@pytest.mark.parametrize("how", ["external link", "external storage", "virtual"])
+def test_data_from_another_file_is_refused(tiny_world, tmp_path, wm, how):
+    """An input's checksum covers its own bytes only: an object that reads another file is refused, in one line."""
+    import shutil
+
+    bad, other = tmp_path / "r.h5", tmp_path / "other.h5"
+    shutil.copy(tiny_world.rollouts, bad)
+    with h5py.File(other, "w") as fh:
+        fh["x"] = np.zeros(4)
+    with h5py.File(bad, "a") as fh:
+        if how == "external link":
+            fh["extra"] = h5py.ExternalLink(str(other), "x")
+        elif how == "external storage":
+            (tmp_path / "raw.bin").write_bytes(np.zeros(4).tobytes())
+            fh.create_dataset("extra", shape=(4,), dtype="f8", external=[(str(tmp_path / "raw.bin"), 0, 32)])
+        else:
+            layout = h5py.VirtualLayout(shape=(4,), dtype="f8")
+            layout[:] = h5py.VirtualSource(str(other), "x", shape=(4,))
+            fh.create_virtual_dataset("extra", layout)
+    with pytest.raises(ArtifactError, match="extra points outside the file"):
+        A.validate(bad, "rollouts")
+    res = wm("encode", "--rollouts", bad, "--vae", tiny_world.vae, "--out", tmp_path / "s.h5")
+    assert res.code == 2 and "points outside the file" in res.err and res.err.count("\n") == 1
+
+
+def _damage(path, how: str) -> None:
+    import h5py
+
+    with h5py.File(path, "a") as fh:
+        n = fh[A.REWARDS].shape[0]
+        if how == "negative length":
+            lengths = fh[A.EPISODE_LENGTHS][()]
+            lengths[0] = -5
+            fh[A.EPISODE_LENGTHS][...] = lengths
+        elif how == "lengths past the end":
+            lengths = fh[A.EPISODE_LENGTHS][()]
+            lengths[-1] += 150
+            fh[A.EPISODE_LENGTHS][...] = lengths
+        elif how == "starts shorter than lengths":
+            starts = fh[A.EPISODE_STARTS][()]
+            del fh[A.EPISODE_STARTS]
+            fh[A.EPISODE_STARTS] = starts[:-1]
+        elif how == "frames as a group":
+            del fh[A.FRAMES]
+            fh.create_group(A.FRAMES)
+        elif how == "32x32 frames":
+            del fh[A.FRAMES]
+            fh[A.FRAMES] = np.zeros((n, 32, 32, 3), np.uint8)
+        elif how == "3-wide Doom actions":
+            del fh[A.ACTIONS]
+            fh[A.ACTIONS] = np.zeros((n, 3), np.float32)
+        elif how == "schema_version as an array":
+            fh.attrs[A.SCHEMA] = np.arange(3)
+        elif how == "config a JSON list":
+            fh.attrs[A.CONFIG] = "[1, 2]"
+
+
+DAMAGES = ["negative length", "lengths past the end", "starts shorter than lengths", "frames as a group",
+           "32x32 frames", "3-wide Doom actions", "schema_version as an array", "config a JSON list"]
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_a_damaged_rollouts_artifact_is_refused_when_opened(tiny_world, tmp_path, wm, how):
+    """One check of structure and consistency where an artifact is opened, for every command that reads it."""
+    import shutil
+
+    bad = tmp_path / "r.h5"
+    shutil.copy(tiny_world.rollouts, bad)
+    _damage(bad, how)
+    with pytest.raises(ArtifactError):
+        A.validate(bad, "rollouts")
+    for args in (("encode", "--rollouts", bad, "--vae", tiny_world.vae, "--out", tmp_path / "s.h5"),
+                 ("train-vae", "--rollouts", bad, "--preset", "tiny", "--out", tmp_path / "v.h5"),
+                 ("collect", "--env", "doom", "--preset", "tiny", "--episodes", "20", "--out", bad)):
+        res = wm(*args)
+        assert res.code == 2 and res.err.startswith("error: ") and res.err.count("\n") == 1, (args[0], res.err)
+    assert not (tmp_path / "s.h5").exists() and not (tmp_path / "v.h5").exists()
+    assert not (tmp_path / "r.h5.parts").exists()

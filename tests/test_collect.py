@@ -152,7 +152,7 @@ def test_kill_9_then_rerun_loses_and_duplicates_nothing(tmp_path):
     if proc.poll() is not None:
         pytest.skip("the collection finished before it could be killed")
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc.wait(timeout=60)
     assert not out.exists()
     cfg = _cfg(episodes=150)
     res = collect.run(cfg, out, seed=2)
@@ -329,3 +329,10 @@ def test_controller_collection_in_lockstep_equals_one_episode_at_a_time(tiny_wor
     _assert_same(tmp_path / "lockstep.h5", tmp_path / "alone.h5")
     lengths = _data(tmp_path / "alone.h5")[A.EPISODE_LENGTHS]
     assert len(set(lengths.tolist())) > 1  # episodes ended at different steps inside one chunk
+
+
+def test_a_huge_request_is_run_batch_by_batch():
+    """`--episodes 10**20` once built a list of every index up front and grew until the kernel killed it."""
+    batch = collect._next_batch({}, 0, 10**20, workers=2)
+    assert batch == list(range(collect.MAX_BATCH + 2))
+    assert len(collect._next_batch({0: True, 1: False}, 0, 10**9, workers=2)) <= collect.MAX_BATCH + 2

@@ -39,3 +39,25 @@ def test_validation_names_field_and_value():
 def test_frozen():
     with pytest.raises(AttributeError):
         preset("doom", "tiny").evolve.pop = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_a_float_field_must_be_finite(value):
+    """NaN passes every `min` comparison: one rule for every float field, whatever its bounds."""
+    with pytest.raises(ConfigError, match="EvolveConfig.temperature must be a finite number"):
+        EvolveConfig(temperature=value)
+
+
+@pytest.mark.parametrize("args", [
+    "evolve --vae v.h5 --mdn m.h5 --out c.h5 --temperature nan",
+    "evolve --vae v.h5 --mdn m.h5 --out c.h5 --temperature inf",
+    "evolve --vae v.h5 --mdn m.h5 --out c.h5 --sigma0 nan",
+    "evolve --vae v.h5 --mdn m.h5 --out c.h5 --generations 0",
+    "dream --vae v.h5 --mdn m.h5 --out d.gif --temperature nan",
+    "collect --env doom --out r.h5 --controller c.h5 --noise inf",
+    "train-vae --rollouts r.h5 --out v.h5 --epochs nan",
+    "iterate --env doom --data d --temperature nan",
+])
+def test_nonsense_numbers_are_usage_errors(wm, tmp_path, args):
+    res = wm(*args.split())
+    assert res.code == 2 and res.err.startswith("error: Invalid value") and res.err.count("\n") == 1, res.err

@@ -142,6 +142,6 @@ def test_replay_is_exact_under_any_blas_thread_count():
     def mean_hash(threads):
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads)}
         return subprocess.run([sys.executable, "-c", _REPLAY], env=env, capture_output=True, text=True,
-                              check=True).stdout.strip()
+                              check=True, timeout=300).stdout.strip()
 
     assert mean_hash(1) == mean_hash(4)

@@ -114,7 +114,7 @@ def test_evolve_real(tmp_path, how, doom_world):
     assert_same(ref, out, skip=EVOLVE_VOLATILE)
 
 
-@pytest.mark.parametrize("how", ["worker", "engine", "ctrl-c"])
+@pytest.mark.parametrize("how", HOWS)
 def test_evaluate(tmp_path, how, doom_world):
     vae, mdn, _ = doom_world
     c = tmp_path / "c.h5"

@@ -465,7 +465,7 @@ def test_stale_temp_of_a_killed_writer_is_removed(tmp_path, tiny_world):
     """A kill during a checkpoint write leaves `.<name>.tmp-<pid>`; the next write of that output removes it (but
     not the temp of a writer that still runs, nor another output's)."""
     dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True).stdout)
+                              text=True, timeout=60).stdout)
     stale, alive, other = (tmp_path / f".m.h5.tmp-{dead}", tmp_path / f".m.h5.tmp-{os.getpid()}",
                            tmp_path / f".other.h5.tmp-{dead}")
     for p in (stale, alive, other):

@@ -142,7 +142,7 @@ def test_report_fills_rows_that_ran(tiny_world, tmp_path):
 
 def test_make_n_reproduce_lists_every_stage():
     out = subprocess.run(["make", "-n", "reproduce", "WM=wm", "VENV=/nonexistent"], cwd=ROOT, capture_output=True,
-                         text=True, check=False)
+                         text=True, check=False, timeout=60)
     cmds = [line for line in out.stdout.splitlines() if line.startswith("wm ")]
     verbs = [c.split()[1] for c in cmds]
     assert verbs.count("collect") == 2 and verbs.count("train-vae") == 2 and verbs.count("encode") == 2

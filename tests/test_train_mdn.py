@@ -78,9 +78,12 @@ def test_series_mismatches_are_refused(tmp_path, doom_series, car_series):
     with pytest.raises(ArtifactError, match="latent/action sizes"):
         load_series([doom_series, wide])
     other_env = tmp_path / "car1.h5"
-    write_fake_series(other_env, [10], z_dim=8, action_dim=1, env="carracing")
-    with pytest.raises(ArtifactError, match="env"):
+    write_fake_series(other_env, [10], z_dim=8, action_dim=3, env="carracing")  # CarRacing's actions are 3 wide
+    with pytest.raises(ArtifactError, match="latent/action sizes"):
         load_series([doom_series, other_env])
+    with pytest.raises(ArtifactError, match="1-wide actions, but carracing takes 3"):  # checked where it is opened
+        write_fake_series(tmp_path / "car2.h5", [10], z_dim=8, action_dim=1, env="carracing")
+        load_series([tmp_path / "car2.h5"])
     with pytest.raises(ArtifactError, match="no such file"):
         load_series([tmp_path / "missing.h5"])
     with pytest.raises(ConfigError):

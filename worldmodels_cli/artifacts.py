@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import errno
+import fcntl
 import glob
 import hashlib
 import json
@@ -43,7 +44,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .errors import ArtifactError
+from .errors import ArtifactError, ConfigError
 
 SCHEMA_VERSION = 1
 
@@ -293,6 +294,39 @@ def remove_stale_temps(path: Path, prefix: str | None = None) -> None:
             pass
 
 
+@contextlib.contextmanager
+def output_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Held while a command writes `path`: a second command with the same output fails in one line instead of
+    both running and one's work being lost. An flock on `.<name>.lock` beside it, released when the process
+    ends however it ends, and the file removed on a normal release; a folder that cannot take the lock file is
+    left to the stage to report."""
+    path = Path(path)
+    lock = path.with_name(f".{path.name}.lock")
+    while True:
+        try:
+            fh = open(lock, "a")  # noqa: SIM115 - closed on release
+        except OSError:
+            yield
+            return
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            raise ConfigError(f"{path}: another wm command is writing it; wait for it or choose another --out") from None
+        try:
+            if os.fstat(fh.fileno()).st_ino == os.stat(lock).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        fh.close()  # its last holder removed this file as we locked it: lock the one at the path now
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()  # still holding the lock, so no other command has it
+        fh.close()
+
+
 def check_writable(path: Path) -> None:
     """Refuse early, with a one-line reason, an output whose folder is missing or read-only."""
     parent = path.parent if str(path.parent) else Path(".")
@@ -395,32 +429,93 @@ def validate(path: str | os.PathLike, kind: str | tuple[str, ...] | None = None)
                 raise ArtifactError(
                     f"{p}: schema version {version} is newer than this worldmodels_cli reads ({SCHEMA_VERSION}); upgrade"
                 )
+            outside = _links_outside(fh)
+            if outside:
+                raise ArtifactError(f"{p}: {outside} points outside the file (an external link or external data); "
+                                    "its checksum would not cover what is read: refused")
             missing = [name for name in REQUIRED.get(got, ()) if name not in fh]
             if missing:
                 raise ArtifactError(f"{p}: {got} artifact lacks {', '.join(missing)} (truncated or damaged)")
             for name in REQUIRED.get(got, ()):  # touch each dataset's metadata: catches a damaged object header
                 obj = fh[name]
+                if name in RANKS and not isinstance(obj, h5py.Dataset):
+                    raise ArtifactError(f"{p}: {got} artifact's {name} is not a dataset (damaged)")
                 rank = RANKS.get(name, getattr(obj, "ndim", 0))
                 if isinstance(obj, h5py.Dataset) and (obj.dtype.kind not in "biuf" or obj.ndim != rank):
                     raise ArtifactError(f"{p}: {got} dataset {name} holds {obj.dtype} of shape {obj.shape}, not numbers "
                                         f"of rank {rank} (damaged)")
+            env = _str(attrs.get(ENV, ""))
+            if got in ("rollouts", "series"):
+                _check_steps(fh, p, got, env)
+            json_attrs = {}
+            for key in (CONFIG, VERSIONS, INPUTS, SUMMARY, MODEL_CONFIG):
+                json_attrs[key] = _loads(attrs.get(key))
+                if not isinstance(json_attrs[key], dict):
+                    raise ArtifactError(f"{p}: its {key} attribute is not a JSON object (damaged)")
             return Meta(
                 path=str(p),
                 kind=got,
                 schema_version=version,
-                config=_loads(attrs.get(CONFIG)),
+                config=json_attrs[CONFIG],
                 seed=int(attrs.get(SEED, -1)),
                 created=_str(attrs.get(CREATED, "")),
-                versions=_loads(attrs.get(VERSIONS)),
-                inputs=_loads(attrs.get(INPUTS)),
-                env=_str(attrs.get(ENV, "")),
-                summary=_loads(attrs.get(SUMMARY)),
-                model_config=_loads(attrs.get(MODEL_CONFIG)),
+                versions=json_attrs[VERSIONS],
+                inputs=json_attrs[INPUTS],
+                env=env,
+                summary=json_attrs[SUMMARY],
+                model_config=json_attrs[MODEL_CONFIG],
             )
     except ArtifactError:
         raise
-    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:  # TypeError: an array where a scalar goes
         raise ArtifactError(f"{p}: corrupt or truncated HDF5 file ({_first_line(exc)}); expected {what}") from None
+
+
+ACTION_WIDTH = {"doom": 1, "carracing": 3}
+
+
+def _check_steps(fh: h5py.File, p: Path, kind: str, env: str) -> None:
+    """A rollouts or series artifact is consistent: every per-step dataset has one row per step, frames are
+    64x64 RGB bytes, the action width is the env's, and the episodes tile the steps in order (each start is the
+    previous start plus its length, from 0 to the last step). Reads only the (E,) episode index."""
+    n = fh[REWARDS].shape[0]
+    per_step = [FRAMES] if kind == "rollouts" else [MU, LOGVAR]
+    for name in (*per_step, *STEP_DATA, *([ENV_ACTIONS] if ENV_ACTIONS in fh else [])):
+        obj = fh[name]
+        if not isinstance(obj, h5py.Dataset) or obj.shape[:1] != (n,):
+            raise ArtifactError(f"{p}: {name} does not hold one row for each of the {n} steps (damaged)")
+    if kind == "rollouts" and (fh[FRAMES].shape[1:] != (64, 64, 3) or fh[FRAMES].dtype != np.uint8):
+        raise ArtifactError(f"{p}: frames are {fh[FRAMES].dtype} of shape {fh[FRAMES].shape[1:]}, not 64x64x3 bytes")
+    width = fh[ACTIONS].shape[1]
+    if env in ACTION_WIDTH and width != ACTION_WIDTH[env]:
+        raise ArtifactError(f"{p}: {width}-wide actions, but {env} takes {ACTION_WIDTH[env]} (damaged)")
+    idx = read_episode_index(fh)
+    e = len(idx.starts)
+    if any(len(a) != e for a in (idx.lengths, idx.seeds, idx.ids)) or e == 0:
+        raise ArtifactError(f"{p}: its episode index datasets differ in length or are empty (damaged)")
+    ends = idx.starts + idx.lengths
+    if (idx.lengths < 1).any() or idx.starts[0] != 0 or (idx.starts[1:] != ends[:-1]).any() or ends[-1] != n:
+        raise ArtifactError(f"{p}: its episodes do not tile its {n} steps in order (starts and lengths damaged)")
+
+
+def _links_outside(group: h5py.Group, prefix: str = "") -> str | None:
+    """The first object under `group` whose bytes would come from another file: an external link, a dataset with
+    external raw storage, or a virtual dataset. Walks the links without following them (no data is read)."""
+    for name in group:
+        link = group.get(name, getlink=True)
+        where = f"{prefix}{name}"
+        if isinstance(link, h5py.ExternalLink):
+            return where
+        if isinstance(link, h5py.SoftLink):
+            continue  # stays inside this file; what it names is checked where it lives
+        obj = group[name]
+        if isinstance(obj, h5py.Dataset) and (obj.external or obj.is_virtual):
+            return where
+        if isinstance(obj, h5py.Group):
+            found = _links_outside(obj, where + "/")
+            if found:
+                return found
+    return None
 
 
 @contextlib.contextmanager

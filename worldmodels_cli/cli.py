@@ -26,6 +26,16 @@ EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process it ended
 
 
 # ------------------------------------------------------------------------------------------ shared options
+class Number(click.FloatRange):
+    """Every float option: a finite number in its range (click's FloatRange lets NaN through any bound)."""
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        if not math.isfinite(value):
+            self.fail(f"{value} is not a finite number", param, ctx)
+        return value
+
+
 def preset_option(default: str = "paper"):
     return click.option("--preset", type=click.Choice(SCALES), default=default, show_default=True,
                         help="hyper-parameter preset: paper (exact), small (laptop), tiny (tests)")
@@ -67,8 +77,17 @@ def renderer_option(f):
                         help="CarRacing's drawing: fast (default; gymnasium's frames bit for bit) or gym (its own)")(f)
 
 
+def _lock_out(ctx, param, value):
+    """Hold the output's lock until the command ends (click closes the context's resources then)."""
+    if value is not None:
+        from .artifacts import output_lock
+
+        ctx.with_resource(output_lock(value))
+    return value
+
+
 def out_option(f):
-    return click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+    return click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, callback=_lock_out,
                         help="output artifact (.h5)")(f)
 
 
@@ -129,7 +148,7 @@ def presets(env_name: str, preset: str) -> None:
 @out_option
 @click.option("--controller", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="collect with this trained controller (V+M+C) instead of the random policy (ref §9)")
-@click.option("--noise", type=click.FloatRange(min=0), default=None,
+@click.option("--noise", type=Number(min=0), default=None,
               help="with --controller: std of Gaussian exploration noise on its actions")
 @renderer_option
 @backend_options
@@ -156,7 +175,7 @@ def collect(env_name: str, episodes: int | None, workers: int, seed: int, preset
               help="rollouts artifact(s) of one env; repeat to train on several (old + new data)")
 @out_option
 @preset_option()
-@click.option("--epochs", type=click.FloatRange(min=0), default=None,
+@click.option("--epochs", type=Number(min=0), default=None,
               help="passes over the training frames, fractions allowed (default: the preset's)")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="frames per batch (default: the preset's)")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
@@ -243,12 +262,12 @@ def train_mdn_cmd(series: tuple[Path, ...], out: Path, preset: str, steps: int |
 @preset_option()
 @click.option("--pop", type=click.IntRange(min=2), default=None, help="CMA-ES population (paper: 64)")
 @click.option("--trials", type=click.IntRange(min=1), default=None, help="rollouts per member (paper: 16)")
-@click.option("--generations", type=click.IntRange(min=0), default=None, help="generations (more continues a run)")
-@click.option("--sigma0", type=click.FloatRange(min=0, min_open=True), default=None, help="initial step size (paper: 0.1)")
+@click.option("--generations", type=click.IntRange(min=1), default=None, help="generations (more continues a run)")
+@click.option("--sigma0", type=Number(min=0, min_open=True), default=None, help="initial step size (paper: 0.1)")
 @click.option("--eval-every", type=click.IntRange(min=1), default=None, help="evaluate the CMA mean every N generations")
 @click.option("--eval-episodes", type=click.IntRange(min=1), default=None, help="episodes of that evaluation (paper: 1024)")
 @click.option("--in-dream/--real", "in_dream", default=None, help="fitness in M's dream or in the real env (default: the preset's)")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None, help="dream temperature tau")
+@click.option("--temperature", type=Number(min=0, min_open=True), default=None, help="dream temperature tau")
 @click.option("--eval-real", type=click.IntRange(min=0), default=None,
               help="with --in-dream: also evaluate the CMA mean on N real episodes")
 @click.option("--features", type=click.Choice(["z", "zh", "zch"]), default=None,
@@ -291,7 +310,8 @@ def evolve(vae: Path, mdn: Path, out: Path, preset: str, pop, trials, generation
 @env_option(required=False)
 @preset_option()
 @click.option("--episodes", type=click.IntRange(min=1), default=100, show_default=True, help="real episodes")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="eval artifact (.h5)")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, callback=_lock_out,
+              help="eval artifact (.h5)")
 @click.option("--video", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="write the first episode (.mp4 or .gif): real frames beside V's reconstructions")
 @click.option("--which", type=click.Choice(["best", "mean"]), default="best", show_default=True,
@@ -324,10 +344,11 @@ def evaluate(controller, policy, env_name, preset, episodes, out, video, which, 
 @click.option("--mdn", type=click.Path(dir_okay=False, path_type=Path), required=True, help="mdn artifact (M), the dream")
 @click.option("--controller", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="controller artifact (its best parameters act); default: the random policy")
-@click.option("--temperature", type=click.FloatRange(min=0), default=None, help="dream temperature tau (default 1.15)")
+@click.option("--temperature", type=Number(min=0), default=None, help="dream temperature tau (default 1.15)")
 @click.option("--episodes", type=click.IntRange(min=1), default=None, help="episodes side by side (default 4)")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="longest episode, in frames (default 300)")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="output animation (.gif)")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, callback=_lock_out,
+              help="output animation (.gif)")
 @device_option
 @seed_option
 def dream(vae: Path, mdn: Path, controller: Path | None, temperature: float | None, episodes: int | None,
@@ -365,7 +386,7 @@ def iterate_options(f):
     """The IterateConfig fields as options, plus --temperature. Lower bounds and help come from the dataclass; every
     option stays unset (None) unless given, so `config.iterate_config` applies the preset's defaults (the help shows
     `small`'s, the default preset of both commands)."""
-    f = click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None,
+    f = click.option("--temperature", type=Number(min=0, min_open=True), default=None,
                      help="dream temperature tau of every round but the last (--final-temperatures)")(f)
     shown = iterate_config("small")
     for fl in reversed(dataclasses.fields(IterateConfig)):
@@ -376,7 +397,7 @@ def iterate_options(f):
             f = click.option("--" + fl.name.replace("_", "-"), type=FloatList(), default=None,
                              help=f"{fl.metadata['doc']} (default: {','.join(f'{x:g}' for x in default)})")(f)
             continue
-        kind = click.IntRange(min=lo) if isinstance(fl.default, int) else click.FloatRange(min=lo)
+        kind = click.IntRange(min=lo) if isinstance(fl.default, int) else Number(min=lo)
         f = click.option("--" + fl.name.replace("_", "-"), type=kind, default=None,
                          help=f"{fl.metadata['doc']} (default: {default})")(f)
     return click.option("--data", type=click.Path(file_okay=False, path_type=Path), required=True,

@@ -58,6 +58,7 @@ SHARD_SUFFIX = ".h5"
 SHORT_SUFFIX = ".short"
 MANIFEST = "manifest.json"
 LOCK = "lock"
+MAX_BATCH = 1024  # episodes handed to the workers at once; memory stays flat whatever --episodes says
 
 
 @dataclass(frozen=True)
@@ -262,6 +263,7 @@ def _next_batch(done: dict[int, bool], start: int, needed: int, workers: int) ->
     count = max(1, math.ceil(max(missing, 0) / rate))
     if missing > 0 and rate < 1.0:
         count = max(count, workers)  # a few spare episodes keep every worker busy
+    count = min(count, MAX_BATCH + workers)  # a huge --episodes runs batch after batch, never a list of them all
     batch, i = [], frontier
     while len(batch) < count:
         if i not in done:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -32,6 +33,8 @@ class _Config:
         for fl in fields(self):  # type: ignore[arg-type]
             value = getattr(self, fl.name)
             lo, choices = fl.metadata.get("min"), fl.metadata.get("choices")
+            if isinstance(value, float) and not math.isfinite(value):  # NaN passes every comparison
+                raise ConfigError(f"{type(self).__name__}.{fl.name} must be a finite number, got {value!r}")
             if lo is not None and value is not None and value < lo:
                 raise ConfigError(f"{type(self).__name__}.{fl.name} must be >= {lo}, got {value!r}")
             if choices is not None and value not in choices:
@@ -251,7 +254,7 @@ def iterate_config(scale: str, **changes) -> IterateConfig:
 class EvolveConfig(_Config):
     pop: int = f(64, "CMA-ES population (ref §6)", min=2)
     trials: int = f(16, "rollouts per member; fitness is their mean (ref §6)", min=1)
-    generations: int = f(1800, "generations to run (paper logs: 1800)", min=0)
+    generations: int = f(1800, "generations to run (paper logs: 1800)", min=1)
     sigma0: float = f(0.1, "initial CMA step size (ref §6)", min=0)
     eval_every: int = f(25, "evaluate the CMA mean every this many generations (ref §6)", min=1)
     eval_episodes: int = f(1024, "episodes of that evaluation, fixed seeds (ref §6)", min=1)
