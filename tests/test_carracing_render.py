@@ -133,3 +133,21 @@ def test_renderer_selection(monkeypatch):
     assert carracing_renderer() == "gym"
     with pytest.raises(ConfigError, match="--renderer must be one of fast, gym"):
         select_renderer("opengl")
+
+
+@pytest.mark.slow
+def test_frames_past_the_playfield_edge():
+    """`wm collect` runs CarRacing on past its end (ignore_done, ref §2.1): off the playfield the background
+    polygon no longer covers the window and is drawn as gymnasium draws it. 249 steps past the edge here."""
+    cfg = EnvConfig(name="carracing", max_steps=400)
+    g, f = CarRacingEnv(cfg, renderer="gym")._env.unwrapped, CarRacingEnv(cfg, renderer="fast")._env.unwrapped
+    g.reset(seed=0)
+    f.reset(seed=0)
+    past = 0
+    for t in range(400):
+        action = drive_outward(g)
+        a, ra, ta, _, _ = g.step(action)
+        b, rb, tb, _, _ = f.step(action)
+        assert np.array_equal(a, b) and (ra, ta) == (rb, tb), f"step {t}"
+        past += int(ta)
+    assert past > 200 and (a.max(axis=-1) < 10).mean() > 0.9  # far out: almost all black, as gymnasium draws it

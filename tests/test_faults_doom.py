@@ -38,21 +38,21 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _wait_for(p, what: str, timeout: float = 60.0) -> list[int]:
-    """The run's processes whose command line contains `what`, once there are two (one per worker)."""
+def _wait_for(p, what: str, count: int, timeout: float = 60.0) -> list[int]:
+    """The run's processes whose command line contains `what`, once there are `count` (one per worker)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and p.poll() is None:
         found = [pid for pid in live_members(p.pid) if what in _cmdline(pid)]
-        if len(found) >= 2:
+        if len(found) >= count:
             return found
         time.sleep(0.05)
-    pytest.fail(f"no two '{what}' processes appeared (exit {p.poll()})")
+    pytest.fail(f"no {count} '{what}' processes appeared (exit {p.poll()})")
 
 
-def hit(args, cwd: Path, how: str, settle: float = 1.5):
-    """Start `wm ARGS`, wait for both workers' engines, let it run `settle` s, then deliver `how`."""
+def hit(args, cwd: Path, how: str, settle: float = 1.5, workers: int = 2):
+    """Start `wm ARGS`, wait for every worker's engine, let it run `settle` s, then deliver `how`."""
     p = launch(args, cwd)
-    engines = _wait_for(p, "vizdoom/vizdoom")
+    engines = _wait_for(p, "vizdoom/vizdoom", workers)
     time.sleep(settle)
     if how == "worker":
         workers = [pid for pid in live_members(p.pid) if "spawn_main" in _cmdline(pid)]
@@ -89,6 +89,24 @@ def test_collect(tmp_path, how):
     ref, out = tmp_path / "ref.h5", tmp_path / "r.h5"
     run_ok(args(ref), tmp_path)
     check(hit(args(out), tmp_path, how), how, f"collect, {how}")
+    run_ok(args(out), tmp_path)
+    assert_same(ref, out)
+
+
+@pytest.mark.parametrize("how", ["driver", "ctrl-c", "sigterm"])
+def test_collect_in_one_process(tmp_path, how):
+    """--workers 1 runs the game in the driver itself: a kill -9 of it must not orphan the engine (a watchdog
+    `sh` kills it), and a Ctrl-C must reach the driver, not kill the engine under it (exit 130, not 2)."""
+    def args(out):
+        return ("collect", "--env", "doom", "--preset", "small", "--episodes", "30", "--workers", "1", "--seed", "5",
+                "--out", out)
+
+    ref, out = tmp_path / "ref.h5", tmp_path / "r.h5"
+    run_ok(args(ref), tmp_path)
+    for _ in range(2 if how == "ctrl-c" else 1):  # the engine used to die first only now and then
+        check(hit(args(out), tmp_path, how, workers=1), how, f"collect --workers 1, {how}")
+        time.sleep(0.5)  # the watchdog, in a session of its own, is gone too
+        assert not [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if "= stop ]" in _cmdline(pid)]
     run_ok(args(out), tmp_path)
     assert_same(ref, out)
 

@@ -255,10 +255,12 @@ class DoomEnv:
         # the engine is a child process and inherits the signal mask: with SIGINT blocked, a Ctrl-C to the process
         # group reaches only our process, which then closes the game, instead of killing the engine under it
         old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        before = _children()
         try:
             game.init()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        self._watch = _EngineWatch(sorted(_children() - before))
         self._game = game
         self._buttons = {DOOM_NONE: [0, 0], DOOM_LEFT: [1, 0], DOOM_RIGHT: [0, 1]}
         self._t = 0
@@ -291,8 +293,56 @@ class DoomEnv:
 
     def close(self) -> None:
         self._game.close()
+        self._watch.stand_down()
         with contextlib.suppress(FileNotFoundError):
             os.remove(self._ini)
+
+
+def _children() -> set[int]:
+    """This process's child processes, whichever thread started them (Linux: /proc; elsewhere none are known)."""
+    me, found = os.getpid(), set()
+    try:
+        tasks = os.listdir(f"/proc/{me}/task")
+    except OSError:
+        return found
+    for tid in tasks:
+        with contextlib.suppress(OSError), open(f"/proc/{me}/task/{tid}/children") as fh:
+            found.update(int(pid) for pid in fh.read().split())
+    return found
+
+
+class _EngineWatch:
+    """A vizdoom engine outlives a process killed with SIGKILL (it ignores SIGTERM too): a tiny `sh`, in a session
+    of its own, holds the read end of a pipe whose write end only we hold, and kills the engines when the pipe
+    closes without a word, which is what our death looks like. `stand_down` (after the game closed them) tells it
+    to exit without killing, so a reused pid is never hit."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self._pipe = None
+        if not pids:
+            return
+        import subprocess
+
+        r, w = os.pipe()
+        try:
+            self._proc = subprocess.Popen(["sh", "-c", f'read x; [ "$x" = stop ] || kill -9 {" ".join(map(str, pids))}'],
+                             stdin=r, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+        except OSError:  # no sh: the pool's process groups still cover workers
+            os.close(w)
+            return
+        finally:
+            os.close(r)
+        self._pipe = os.fdopen(w, "w")  # not inheritable (PEP 446): no other child keeps the pipe open
+
+    def stand_down(self) -> None:
+        if self._pipe is not None:
+            with contextlib.suppress(OSError):
+                self._pipe.write("stop\n")
+                self._pipe.close()
+            self._pipe = None
+            with contextlib.suppress(Exception):
+                self._proc.wait(timeout=5)  # reaped, not left a zombie
 
 
 # ----------------------------------------------------------------------------------------------- fake envs

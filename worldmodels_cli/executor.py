@@ -40,6 +40,7 @@ def _worker_init(init: Callable[[Any], Any], payload: Any) -> None:
     # KeyboardInterrupt too would print its own traceback under the driver's one-line message
     with contextlib.suppress(ValueError):  # not the main thread (a Ray actor may be): nothing to do
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked since birth; ignored from now on
     if mp.parent_process() is not None:  # a local pool's worker (Ray manages its actors' processes itself)
         _own_process_group()
     _exit_with_parent()
@@ -76,6 +77,21 @@ def _kill_group(pid: int) -> None:
     """SIGKILL the process group of the worker `pid` (the worker, if alive, and the engines it started)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT held back (not lost: delivered on leaving) while the pool starts its workers. A spawned worker
+    inherits the mask, so a Ctrl-C that lands while it is still importing torch, before `_worker_init` ignores
+    SIGINT, cannot print a KeyboardInterrupt traceback from inside it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _exit_with_parent() -> None:
@@ -206,7 +222,8 @@ class LocalExecutor:
         while pending:
             if self._pool is None:
                 self._pool = self._new_pool()
-            futures = {self._pool.submit(_worker_call, fn, tasks[i]): i for i in sorted(pending)}
+            with _sigint_blocked():  # workers are spawned by these submits and inherit the mask (see below)
+                futures = {self._pool.submit(_worker_call, fn, tasks[i]): i for i in sorted(pending)}
             self._pids |= set(getattr(self._pool, "_processes", {}))  # started by the first submits
             broken = False
             try:
