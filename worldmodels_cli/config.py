@@ -244,7 +244,7 @@ def iterate_config(scale: str, **changes) -> IterateConfig:
     """The iterate settings for a preset scale, with `changes` (None values: unset options). Small Doom's final
     round climbs down the τ ladder 1.5 -> 1.15 -> 0.8: a small M's dream is too kind at one τ for one seed and too
     harsh for another, and the hottest dream in which C still beats the random policy 2× transferred on every M
-    tried (README)."""
+    tried (docs/results.md)."""
     base = IterateConfig(final_temperatures=SMALL_FINAL_TEMPERATURES) if scale == "small" else IterateConfig()
     return base.replace(**changes)
 
@@ -318,7 +318,7 @@ def _paper(env: str) -> Preset:
 
 
 def _small(env: str) -> Preset:
-    """A 2-core laptop in under an hour (issue 7); sizes documented in the README."""
+    """A 2-core laptop in under an hour (issue 7); sizes and why in docs/pipeline.md."""
     p = _paper(env)
     if env == "carracing":
         return p.replace(
@@ -332,7 +332,7 @@ def _small(env: str) -> Preset:
         collect=p.collect.replace(episodes=500),
         vae=VAEConfig(z_dim=32, enc_channels=(16, 32, 64, 128), dec_channels=(64, 32, 16)),
         vae_train=p.vae_train.replace(epochs=2),
-        encode=p.encode.replace(mirror=True),  # both walls from either one (README: what makes small work)
+        encode=p.encode.replace(mirror=True),  # both walls from either one (docs/pipeline.md: what makes small work)
         mdn=p.mdn.replace(z_dim=32, hidden=256),
         mdn_train=p.mdn_train.replace(steps=1000, batch_size=32, seq_len=200, checkpoint_steps=100),
         evolve=p.evolve.replace(pop=32, trials=16, generations=30, eval_every=10, eval_episodes=128),

@@ -12,7 +12,7 @@ ids are offset by the sum of (max id + 1) of the inputs before it); episode seed
 `mirror` appends, after all the inputs, each input again seen in a left-right mirror: frames flipped horizontally
 and actions mirrored (`envs.mirror_actions`: Doom's left and right swap). The game is left-right symmetric, so
 this doubles M's data for the price of encoding it, and whatever M learns about one wall it learns about the other:
-a controller that found one side safe in the dream cannot simply switch to the other (README, small preset).
+a controller that found one side safe in the dream cannot simply switch to the other (docs/pipeline.md, small preset).
 An existing `<out>` made from the same inputs is reported as done; any other existing `<out>` is refused.
 """
 

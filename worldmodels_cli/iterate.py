@@ -18,15 +18,15 @@ The last round evolves the final controller with population `final_pop` (the pap
 generations, and evaluates it on `eval_episodes` real episodes. The earlier rounds' controllers only collect data:
 they evolve for `data_generations_fraction` of the generations and are evaluated on `data_eval_episodes`, enough
 to size the next collection (small Doom: 20 generations and 30 episodes; with the frame budget they bring
-`make demo` from 70 to 44 minutes on 2 cores: README). On three small-Doom final Ms, six population-64 runs scored
-502-799 real steps and six population-32 runs 405-718 (README).
+`make demo` from 70 to 44 minutes on 2 cores: docs/pipeline.md). On three small-Doom final Ms, six population-64 runs scored
+502-799 real steps and six population-32 runs 405-718 (docs/results.md).
 
 The last round chooses its dream temperature from inside the dream (`final_temperatures`, small Doom: 1.5, 1.15,
 0.8): it evolves C at each in turn, hottest first, and keeps the first C whose dream score is at least
 `final_dream_ratio` (2) × the uniform random policy's dream length at that τ. A small M's dream is too kind at 0.8
 for one seed (C finds a hole and dies fast in the real game) and too harsh at 1.15 for another (no C stands out
 of the noise); the ladder takes the hottest dream in which C still clearly learns. The real game only measures
-the kept controller (README). A started round keeps the population and τ it began with, so adding rounds to a run
+the kept controller (docs/results.md). A started round keeps the population and τ it began with, so adding rounds to a run
 continues it; a rerun of the last round replays its ladder from the rungs already evolved.
 
 Every stage resumes or skips itself when its artifact is complete, so rerunning the same command continues where
