@@ -46,8 +46,8 @@ import numpy as np
 from . import artifacts as A
 from . import metrics, seeding
 from .config import CollectConfig, EnvConfig, Preset
-from .envs import FRAME_SHAPE, Env, check_env_config, make_env
-from .episodes import ENVS_PER_WORKER, EpisodeError, lockstep
+from .envs import FRAME_SHAPE, Env, check_env_config
+from .episodes import ENVS_PER_WORKER, EnvSet, EpisodeError, lockstep
 from .errors import ArtifactError, ConfigError
 from .executor import make_executor
 from .policies import Actor, Policy, PolicyBatch, make_actor
@@ -122,13 +122,11 @@ class _Worker:
 
     def __init__(self, p: _Payload) -> None:
         self.p = p
-        self.envs: list[Env] = []
+        self.envs = EnvSet(p.env)
         self.actor: Actor = make_actor(p.env, p.collect, p.controller)
 
     def close(self) -> None:
-        envs, self.envs = self.envs, []
-        for env in envs:
-            env.close()
+        self.envs.close()
 
 
 def _init_worker(payload: _Payload) -> _Worker:
@@ -151,8 +149,6 @@ def _run_chunk(state: _Worker, indices: list[int]) -> list[EpisodeMeta]:
     """Episodes `indices` in lockstep; each is written to its shard as soon as it ends (a kill loses only the
     episodes still running)."""
     p, parts = state.p, Path(state.p.parts)
-    while len(state.envs) < len(indices):
-        state.envs.append(make_env(p.env))
     seeds = [episode_seed(p.seed, i) for i in indices]
     metas: list[EpisodeMeta] = []
 
@@ -166,10 +162,10 @@ def _run_chunk(state: _Worker, indices: list[int]) -> list[EpisodeMeta]:
         metas.append(EpisodeMeta(index, seeds[j], length, float(steps[A.REWARDS].sum(dtype=np.float64)), kept))
 
     try:
-        lockstep(state.envs[:len(indices)], state.actor, seeds, p.env.max_steps, record=True,
+        lockstep(state.envs.take(len(indices)), state.actor, seeds, p.env.max_steps, record=True,
                  ignore_done=p.collect.ignore_done, labels=[_describe_one(p.seed, i) for i in indices], on_end=write)
     except EpisodeError:
-        state.close()  # a failed env may be a dead Doom engine: the retry starts on new ones
+        state.envs.close()
         raise
     return sorted(metas, key=lambda m: m.index)
 

@@ -50,21 +50,18 @@ class EpisodeError(RuntimeError):
     """An env failed during one episode of a chunk; the message names it (candidate, trial, seed)."""
 
 
-class _Worker:
-    def __init__(self, p: _Payload) -> None:
-        self.p = p
-        self.envs: list[Env] = []
-        if p.policy == "agent":
-            self.actor: Actor = p.agent.build_batch()
-        elif p.policy == "random":
-            self.actor = PolicyBatch(lambda: baseline_policy(p.env))
-        else:
-            self.actor = PolicyBatch(lambda: random_policy(p.env, p.collect))
+class EnvSet:
+    """The envs a worker keeps across tasks, one per episode of its largest chunk so far (a Doom engine takes a
+    while to start). After an env failed, `close` them all: the retry starts on new ones (a dead engine is not
+    reused)."""
 
-    def env(self, i: int) -> Env:
-        while len(self.envs) <= i:
-            self.envs.append(make_env(self.p.env))
-        return self.envs[i]
+    def __init__(self, cfg: EnvConfig) -> None:
+        self.cfg, self.envs = cfg, []
+
+    def take(self, n: int) -> list[Env]:
+        while len(self.envs) < n:
+            self.envs.append(make_env(self.cfg))
+        return self.envs[:n]
 
     def close(self) -> None:
         envs, self.envs = self.envs, []
@@ -73,6 +70,21 @@ class _Worker:
                 env.close()
             except Exception:  # a crashed env may not close cleanly; it is dropped either way
                 log.debug("closing an env", exc_info=True)
+
+
+class _Worker:
+    def __init__(self, p: _Payload) -> None:
+        self.p = p
+        self.envs = EnvSet(p.env)
+        if p.policy == "agent":
+            self.actor: Actor = p.agent.build_batch()
+        elif p.policy == "random":
+            self.actor = PolicyBatch(lambda: baseline_policy(p.env))
+        else:
+            self.actor = PolicyBatch(lambda: random_policy(p.env, p.collect))
+
+    def close(self) -> None:
+        self.envs.close()
 
 
 def _init(p: _Payload) -> _Worker:
@@ -147,14 +159,12 @@ def _guarded(label: str, call):
 def _chunk(w: _Worker, chunk: list[tuple[np.ndarray | None, int, str]]) -> list[tuple[float, int]]:
     """Episodes (params, seed, label) in lockstep -> [(return, length)] in chunk order (float32 rewards summed
     in float64, as a rollouts artifact's returns)."""
-    n = len(chunk)
-    envs = [w.env(i) for i in range(n)]
     params = None if chunk[0][0] is None else np.stack([p for p, _, _ in chunk])
     try:
-        steps = lockstep(envs, w.actor, [s for _, s, _ in chunk], w.p.env.max_steps, params=params,
+        steps = lockstep(w.envs.take(len(chunk)), w.actor, [s for _, s, _ in chunk], w.p.env.max_steps, params=params,
                          labels=[label for _, _, label in chunk])
     except EpisodeError:
-        w.close()  # a failed env may be a dead Doom engine: the retry starts on new ones
+        w.envs.close()
         raise
     return [(float(s[A.REWARDS].sum(dtype=np.float64)), len(s[A.REWARDS])) for s in steps]
 
