@@ -13,7 +13,7 @@ DATA   ?= data
 RESULTS ?= results
 WORKERS ?= 2
 
-.PHONY: install test test-slow test-faults lint format bench demo clean
+.PHONY: install test test-slow test-faults lint format bench demo demo-carracing clean
 
 install: $(VENV)/.installed
 
@@ -49,6 +49,10 @@ bench: install
 
 demo: install
 	$(WM) demo --data $(DATA)/demo-seed$(SEED) --results $(RESULTS)/demo --seed $(SEED) --workers $(WORKERS)
+
+demo-carracing: install
+	$(WM) demo --env carracing --data $(DATA)/demo-carracing-seed$(SEED) --results $(RESULTS)/demo-carracing \
+	  --seed $(SEED) --workers $(WORKERS)
 
 include reproduce.mk
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from worldmodels_cli import artifacts as A
 from worldmodels_cli import episodes
 from worldmodels_cli.agent import MIN_ENCODE_ROWS, AgentSpec
 from worldmodels_cli.collect import rollout
@@ -128,3 +129,51 @@ def test_a_crashed_env_is_retried_and_named(tiny_world, monkeypatch):
         runner.episodes(params, seeds)
     msg = str(err.value)
     assert "episode (candidate 2, trial 1, seed 45): RuntimeError: engine died" in msg and "3 attempts" in msg
+
+
+class _Constant:
+    """A fixed CarRacing policy: the same (steer, gas, brake) every step."""
+
+    def __init__(self, action) -> None:
+        self.action = np.asarray(action, dtype=np.float32)
+
+    def reset(self, rng) -> None:
+        pass
+
+    def act(self, obs, rng):
+        return self.action
+
+
+def test_a_stalled_episode_ends_early_and_its_return_goes_on_to_the_cap():
+    """Stall rule (EvolveConfig.stall_steps): no gas, no positive reward -> cut after N steps; the return counts
+    the steps it was cut short of at the stretch's mean reward, which here is exactly the full episode's."""
+    cfg = preset("carracing", "tiny").env
+    env = make_env(cfg)
+    still = episodes.PolicyBatch.of(_Constant([0.0, 0.0, 0.0]))
+    full = episodes.lockstep([env], still, [3], cfg.max_steps)[0]
+    cut = episodes.lockstep([env], still, [3], cfg.max_steps, stall_steps=10)[0]
+    assert len(full[A.REWARDS]) == cfg.max_steps and len(cut[A.REWARDS]) == 10
+    assert int(cut[episodes.STALLED]) == cfg.max_steps - 10 and episodes.STALLED not in full
+    assert episodes.fitness_return(cut, 10) == pytest.approx(episodes.fitness_return(full, 0), rel=1e-6)
+    # a car that keeps gaining reward (its first 20 steps on the road) is not cut: the same steps either way
+    go = episodes.PolicyBatch.of(_Constant([0.0, 1.0, 0.0]))
+    a = episodes.lockstep([env], go, [3], 20)[0]
+    b = episodes.lockstep([env], go, [3], 20, stall_steps=10)[0]
+    assert episodes.STALLED not in b
+    np.testing.assert_array_equal(a[A.REWARDS], b[A.REWARDS])
+    assert (a[A.REWARDS] > 0).any()
+
+
+def test_the_stall_rule_reaches_the_workers_of_evolve_but_not_evaluate(tiny_car_world):
+    spec, n = _spec(tiny_car_world, "carracing")
+    cfg = preset("carracing", "tiny").env
+    params, seeds = _params(n, 3, seed=2), np.arange(6).reshape(3, 2) + 20
+    with EpisodeRunner(cfg, agent=spec, stall_steps=7) as cut, EpisodeRunner(cfg, agent=spec) as full:
+        (r_cut, l_cut), (_, l_full) = cut.episodes(params, seeds), full.episodes(params, seeds)
+    assert (l_cut < l_full).any() and (l_cut <= l_full).all()
+    agent = spec.build_batch()  # the same episodes in this process, with and without the rule
+    for p in range(3):
+        for r in range(2):
+            one = episodes.lockstep([make_env(cfg)], agent, [int(seeds[p, r])], cfg.max_steps, params=params[p:p + 1],
+                                    stall_steps=7)[0]
+            assert len(one[A.REWARDS]) == l_cut[p, r] and episodes.fitness_return(one, 7) == r_cut[p, r]

@@ -11,7 +11,7 @@ import numpy as np
 
 from worldmodels_cli import artifacts as A
 from worldmodels_cli import demo, iterate, report
-from worldmodels_cli.config import preset
+from worldmodels_cli.config import iterate_config, preset
 from worldmodels_cli.video import mp4_available
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,6 +95,40 @@ def test_demo_two_rounds_then_rerun_continues(tmp_path):
     # ratio 0: the hottest rung is kept at once, the colder one never evolved
     assert [r.tau for r in recs] == [p.evolve.temperature, 1.3, 1.3] and len(recs[2].ladder) == 1
     assert not (d / "round2/controller.tau0.8.h5").exists()
+
+
+def test_demo_carracing_has_the_papers_rows_and_resumes(tmp_path):
+    p = preset("carracing", "tiny")
+    it = iterate_config("tiny", "carracing", eval_episodes=4)
+    assert it.rounds == 1 and it.final_pop == 0 and it.final_temperatures == ()
+    data, results = tmp_path / "data", tmp_path / "results"
+    rows, recs, table = demo.run(p, data, results, it, seed=0, workers=1, device="cpu", scale="tiny")
+    assert len(recs) == 1 and recs[0].pop == p.evolve.pop
+    assert [r.paper for r in rows] == ["", "632 ± 251", "788 ± 141", "906 ± 21"]
+    d = data / "round0"
+    main = A.validate(d / "controller.h5", "controller").config
+    evals = [d / "eval_z.h5", d / "eval_z40.h5", d / "eval.h5"]
+    for name, hidden in (("z", 0), ("z40", 40)):
+        meta = A.validate(d / f"controller_{name}.h5", "controller")
+        assert meta.config["controller"] == {**main["controller"], "features": "z", "hidden": hidden}
+        assert meta.config["evolve"] == main["evolve"]  # the same scale as the full model
+        ev = A.validate(d / f"eval_{name}.h5", "eval")
+        assert ev.inputs["controller"]["sha256"] == A.sha256(d / f"controller_{name}.h5")
+        assert ev.summary["episodes"] == 4
+    for row, e in zip(rows[1:], evals, strict=True):
+        with A.open_artifact(e, "eval") as fh:
+            assert row.mean == float(fh[A.RETURNS][()].mean())
+        assert row.seconds > 0
+    with A.open_artifact(data / "baseline_random.h5", "eval") as fh:
+        assert rows[0].mean == float(fh[A.RETURNS][()].mean())
+    assert "906 ± 21" in table and "C on z with 40 tanh units" in table
+    for name in ("results.md", "results.json", "dream.gif", "reconstructions.png", "fitness.png"):
+        assert (results / name).stat().st_size > 0, name
+    # a rerun redoes nothing: every artifact is complete, the table is the same
+    stamps = {f: f.stat().st_mtime_ns for f in d.glob("*.h5")}
+    rows2, _, table2 = demo.run(p, data, results, it, seed=0, workers=1, device="cpu", scale="tiny")
+    assert {f: f.stat().st_mtime_ns for f in d.glob("*.h5")} == stamps
+    assert [(r.mean, r.std, r.dream) for r in rows2] == [(r.mean, r.std, r.dream) for r in rows]
 
 
 def test_final_temperatures_depend_on_the_preset_scale(wm, monkeypatch, tmp_path):

@@ -263,11 +263,20 @@ def disk_full(exc: BaseException) -> str | None:
 def copy_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """Copy a file (an artifact, its metrics) to `dst` as `atomic_write` writes: a temp name beside it, synced, then
     renamed, so a kill leaves `dst` whole or untouched; a failed copy removes its temp file."""
+    _replace_atomic(dst, lambda tmp: shutil.copyfile(src, tmp))
+
+
+def write_text_atomic(dst: str | os.PathLike, text: str) -> None:
+    """`copy_atomic` for a small text record (a JSON file of wall times)."""
+    _replace_atomic(dst, lambda tmp: tmp.write_text(text))
+
+
+def _replace_atomic(dst: str | os.PathLike, write) -> None:
     dst = Path(dst)
     remove_stale_temps(dst)
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     try:
-        shutil.copyfile(src, tmp)
+        write(tmp)
         _fsync(tmp)
         os.replace(tmp, dst)
     except BaseException:

@@ -274,13 +274,15 @@ def train_mdn_cmd(series: tuple[Path, ...], out: Path, preset: str, steps: int |
               help="C's inputs (z only: the paper's V-only rows; default: the preset's)")
 @click.option("--hidden-units", type=click.IntRange(min=0), default=None,
               help="a tanh hidden layer in C (the paper's V-only row with 40); 0 = linear")
+@click.option("--stall-steps", type=click.IntRange(min=0), default=None,
+              help="real env: end a trial after N steps without a positive reward (small CarRacing: 100); 0: off")
 @workers_option
 @seed_option
 @device_option
 @renderer_option
 @backend_options
 def evolve(vae: Path, mdn: Path, out: Path, preset: str, pop, trials, generations, sigma0, eval_every, eval_episodes,
-           in_dream, temperature, eval_real, features, hidden_units, workers: int, seed: int, device: str,
+           in_dream, temperature, eval_real, features, hidden_units, stall_steps, workers: int, seed: int, device: str,
            backend: str, ray_address: str | None) -> None:
     """Evolve C with CMA-ES in the real env or in M's dream; rerun the same command to resume."""
     from . import artifacts
@@ -291,7 +293,8 @@ def evolve(vae: Path, mdn: Path, out: Path, preset: str, pop, trials, generation
     cfg = get_preset(env, preset)
     cfg = cfg.replace(evolve=cfg.evolve.replace(
         pop=pop, trials=trials, generations=generations, sigma0=sigma0, eval_every=eval_every,
-        eval_episodes=eval_episodes, in_dream=in_dream, temperature=temperature, eval_real=eval_real),
+        eval_episodes=eval_episodes, in_dream=in_dream, temperature=temperature, eval_real=eval_real,
+        stall_steps=stall_steps),
         controller=cfg.controller.replace(features=features, hidden=hidden_units))
     res = evolve_stage.run(cfg, vae, mdn, out, seed=seed, workers=workers, device=device, backend=backend,
                            address=ray_address)
@@ -385,7 +388,7 @@ class FloatList(click.ParamType):
 def iterate_options(f):
     """The IterateConfig fields as options, plus --temperature. Lower bounds and help come from the dataclass; every
     option stays unset (None) unless given, so `config.iterate_config` applies the preset's defaults (the help shows
-    `small`'s, the default preset of both commands)."""
+    small Doom's, the default of both commands; CarRacing runs one round at the preset's population)."""
     f = click.option("--temperature", type=Number(min=0, min_open=True), default=None,
                      help="dream temperature tau of every round but the last (--final-temperatures)")(f)
     shown = iterate_config("small")
@@ -421,7 +424,7 @@ def iterate(env_name, preset, data, temperature, workers, seed, device, backend,
 
     cfg = get_preset(env_name, preset)
     cfg = cfg.replace(evolve=cfg.evolve.replace(temperature=temperature))
-    it = iterate_config(preset, **it_options)
+    it = iterate_config(preset, env_name, **it_options)
     recs = iterate_stage.run(cfg, data, it, seed=seed, workers=workers, device=device, backend=backend,
                              address=ray_address)
     click.echo("; ".join(f"round {r.round}: dream {r.dream_score:.0f}, real {r.real_mean:.0f} ± {r.real_std:.0f}"
@@ -429,21 +432,23 @@ def iterate(env_name, preset, data, temperature, workers, seed, device, backend,
 
 
 @cli.command()
+@click.option("--env", "env_name", type=click.Choice(ENVS), default="doom", show_default=True, help="environment")
 @preset_option(default="small")
 @iterate_options
-@click.option("--results", type=click.Path(file_okay=False, path_type=Path), default=Path("results/demo"),
-              show_default=True, help="folder of the table and pictures")
+@click.option("--results", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="folder of the table and pictures (default: results/demo, results/demo-carracing)")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="worker processes")
 @seed_option
 @device_option
-def demo(preset, data, results, temperature, workers, seed, device, **it_options) -> None:
-    """`make demo`: the small Doom pipeline end to end, baselines, a results table and pictures."""
+def demo(env_name, preset, data, results, temperature, workers, seed, device, **it_options) -> None:
+    """`make demo` / `make demo-carracing`: a small pipeline end to end, baselines, a results table and pictures."""
     from . import demo as demo_stage
     from .config import preset as get_preset
 
-    cfg = get_preset("doom", preset)
+    cfg = get_preset(env_name, preset)
     cfg = cfg.replace(evolve=cfg.evolve.replace(temperature=temperature))
-    it = iterate_config(preset, **it_options)
+    it = iterate_config(preset, env_name, **it_options)
+    results = results or Path("results/demo" if env_name == "doom" else "results/demo-carracing")
     _, _, table = demo_stage.run(cfg, data, results, it, seed=seed, workers=workers, device=device, scale=preset)
     click.echo(table.rstrip())
 

@@ -36,6 +36,7 @@ POLICIES = ("agent", "random", "data")  # random: the paper's baseline; data: th
 # steps slow down as more of them take turns (0.36 ms a step alone, 0.47 with 4, 0.65 with 8), so 4 is fastest
 # with the agent (1.86 -> 1.08 ms a step). Measured with /tmp probes like benchmarks/carracing.py, 2-core CPU.
 ENVS_PER_WORKER = {"carracing": 8, "doom": 4}
+STALLED = "stalled"  # in a lockstep episode's arrays: the steps a stalled episode was cut short of its cap
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class _Payload:
     policy: str
     agent: AgentSpec | None
     collect: CollectConfig
+    stall_steps: int = 0
 
 
 class EpisodeError(RuntimeError):
@@ -92,7 +94,7 @@ def _init(p: _Payload) -> _Worker:
 
 
 def lockstep(envs: list[Env], actor: Actor, seeds: list[int], max_steps: int, *, params: np.ndarray | None = None,
-             labels: list[str] | None = None, record: bool = False, ignore_done: bool = False,
+             labels: list[str] | None = None, record: bool = False, ignore_done: bool = False, stall_steps: int = 0,
              on_end: Callable[[int, dict[str, np.ndarray]], None] | None = None) -> list[dict[str, np.ndarray]]:
     """Episode i from seeds[i] on envs[i], all stepped together, `actor` acting for the running ones at once.
 
@@ -101,7 +103,10 @@ def lockstep(envs: list[Env], actor: Actor, seeds: list[int], max_steps: int, *,
     (ref §2.1); the frame after the last action is not kept. An episode ends at its env's termination (unless
     `ignore_done`: CarRacing runs on to the cap as the original's full_episode did, ref §2.1; vizdoom cannot step
     after a death), its truncation or `max_steps`; `on_end(i, arrays)` is called then. Each episode draws only from
-    its own stream `seeding.generator(seed, "policy")`. An env that raises fails the call with `labels[i]`."""
+    its own stream `seeding.generator(seed, "policy")`. An env that raises fails the call with `labels[i]`.
+
+    `stall_steps` > 0 (real-env fitness only) also ends an episode after that many steps in a row without a positive
+    reward; its arrays then hold `STALLED`, the steps it was cut short of `max_steps` (`fitness_return`)."""
     n = len(seeds)
     labels = labels or [f"episode (seed {s})" for s in seeds]
     rngs = [seeding.generator(int(s), "policy") for s in seeds]
@@ -115,6 +120,7 @@ def lockstep(envs: list[Env], actor: Actor, seeds: list[int], max_steps: int, *,
     flags = [np.zeros((max_steps, 2), dtype=bool) for _ in range(n)]  # terminated, truncated
     env_actions = [np.empty(cap, dtype=np.int8) for _ in range(n)]
     t = [0] * n
+    since = [0] * n  # steps since the last positive reward
     out: list[dict[str, np.ndarray]] = [{} for _ in range(n)]
     actor.start(params, rngs)
     running = list(range(n))
@@ -129,14 +135,29 @@ def lockstep(envs: list[Env], actor: Actor, seeds: list[int], max_steps: int, *,
                 frames[i][k], actions[i][k], env_actions[i][k] = obs[i], action, step.env_action
             rewards[i][k], flags[i][k] = step.reward, (step.terminated, step.truncated)
             t[i], obs[i] = k + 1, step.obs
-            if step.truncated or (step.terminated and not go_on) or t[i] >= max_steps:
+            since[i] = 0 if step.reward > 0 else since[i] + 1
+            stalled = 0 < stall_steps <= since[i]
+            if step.truncated or (step.terminated and not go_on) or t[i] >= max_steps or stalled:
                 out[i] = _arrays(i, t[i], record, env.name, frames, actions, rewards, flags, env_actions)
+                if stalled and not (step.truncated or step.terminated) and t[i] < max_steps:
+                    out[i][STALLED] = np.int64(max_steps - t[i])
                 if on_end is not None:
                     on_end(i, out[i])
             else:
                 still.append(i)
         running = still
     return out
+
+
+def fitness_return(steps: dict[str, np.ndarray], stall_steps: int) -> float:
+    """An episode's return (float32 rewards summed in float64, as a rollouts artifact's); a stalled one's goes on
+    at its stalled stretch's mean reward for the steps it was cut short of (CarRacing: the -0.1 a step a car that
+    gains no more tiles pays to the cap, so a cut return estimates the full one)."""
+    rewards = steps[A.REWARDS]
+    ret = float(rewards.sum(dtype=np.float64))
+    if STALLED in steps:
+        ret += int(steps[STALLED]) * float(rewards[-stall_steps:].mean(dtype=np.float64))
+    return ret
 
 
 def _arrays(i, length, record, env_name, frames, actions, rewards, flags, env_actions) -> dict[str, np.ndarray]:
@@ -157,16 +178,15 @@ def _guarded(label: str, call):
 
 
 def _chunk(w: _Worker, chunk: list[tuple[np.ndarray | None, int, str]]) -> list[tuple[float, int]]:
-    """Episodes (params, seed, label) in lockstep -> [(return, length)] in chunk order (float32 rewards summed
-    in float64, as a rollouts artifact's returns)."""
+    """Episodes (params, seed, label) in lockstep -> [(return, length)] in chunk order (`fitness_return`)."""
     params = None if chunk[0][0] is None else np.stack([p for p, _, _ in chunk])
     try:
         steps = lockstep(w.envs.take(len(chunk)), w.actor, [s for _, s, _ in chunk], w.p.env.max_steps, params=params,
-                         labels=[label for _, _, label in chunk])
+                         labels=[label for _, _, label in chunk], stall_steps=w.p.stall_steps)
     except EpisodeError:
         w.envs.close()
         raise
-    return [(float(s[A.REWARDS].sum(dtype=np.float64)), len(s[A.REWARDS])) for s in steps]
+    return [(fitness_return(s, w.p.stall_steps), len(s[A.REWARDS])) for s in steps]
 
 
 class EpisodeRunner:
@@ -174,8 +194,8 @@ class EpisodeRunner:
 
     def __init__(self, env: EnvConfig, *, policy: str = "agent", agent: AgentSpec | None = None,
                  collect: CollectConfig | None = None, workers: int = 1, backend: str = "local",
-                 address: str | None = None, envs_per_worker: int | None = None) -> None:
-        payload = _Payload(env, policy, agent, collect or CollectConfig())
+                 address: str | None = None, envs_per_worker: int | None = None, stall_steps: int = 0) -> None:
+        payload = _Payload(env, policy, agent, collect or CollectConfig(), stall_steps)
         self.workers = max(1, workers)
         self.envs_per_worker = envs_per_worker or ENVS_PER_WORKER[env.name]
         self.executor = make_executor(workers, _init, payload, backend=backend, address=address)

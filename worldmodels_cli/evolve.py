@@ -297,7 +297,8 @@ def run(
         if cfg.eval_real:
             real = EpisodeRunner(preset.env, agent=spec, workers=workers, backend=backend, address=address)
     else:
-        fitness = EpisodeRunner(preset.env, agent=spec, workers=workers, backend=backend, address=address)
+        fitness = EpisodeRunner(preset.env, agent=spec, workers=workers, backend=backend, address=address,
+                                stall_steps=cfg.stall_steps)
     try:
         result = optimize(preset, out, fitness=fitness, n_params=controller.param_count, model_config=model_config,
                           inputs=A.inputs_record({"vae": vae, "mdn": mdn}), seed=seed, real_fitness=real)

@@ -38,7 +38,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,9 +255,7 @@ def _load_records(path: Path) -> list[RoundRecord]:
 
 
 def _save_records(path: Path, records: list[RoundRecord]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps([r.__dict__ for r in records], indent=2, default=_nan_safe))
-    os.replace(tmp, path)
+    A.write_text_atomic(path, json.dumps([r.__dict__ for r in records], indent=2, default=_nan_safe))
 
 
 def _nan_safe(x):
