@@ -232,10 +232,12 @@ def encode(rollouts: tuple[Path, ...], vae: Path, out: Path, preset: str, batch_
 @click.option("--steps", type=click.IntRange(min=0), default=None, help="optimizer steps (default: the preset's)")
 @click.option("--init", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="start from this mdn artifact's weights (same architecture)")
+@click.option("--reward-head", type=click.Choice(["none", "regression", "sign"]), default=None,
+              help="also predict each step's reward (CarRacing's dream: C evolved --in-dream; default: the preset's)")
 @device_option
 @seed_option
 def train_mdn_cmd(series: tuple[Path, ...], out: Path, preset: str, steps: int | None, init: Path | None,
-                  device: str, seed: int) -> None:
+                  reward_head: str | None, device: str, seed: int) -> None:
     """Train M (the MDN-RNN) on encoded series; rerun the same command to resume."""
     from . import artifacts, train_mdn
     from .config import preset as get_preset
@@ -245,7 +247,7 @@ def train_mdn_cmd(series: tuple[Path, ...], out: Path, preset: str, steps: int |
     if not env:
         raise ConfigError(f"{series[0]}: the series artifact does not record its env")
     cfg = get_preset(env, preset)
-    cfg = cfg.replace(mdn_train=cfg.mdn_train.replace(steps=steps))
+    cfg = cfg.replace(mdn_train=cfg.mdn_train.replace(steps=steps), mdn=cfg.mdn.replace(reward_head=reward_head))
     res = train_mdn.run(cfg, list(series), out, seed=seed, device=device, init=init)
     val = "n/a" if res.val_nll is None else f"{res.val_nll:.4f}"
     nll = "n/a" if res.nll is None else f"{res.nll:.4f}"
