@@ -14,7 +14,7 @@ from worldmodels_cli import artifacts as A
 from worldmodels_cli import checkpoint
 from worldmodels_cli import dream as D
 from worldmodels_cli.cli import cli
-from worldmodels_cli.config import ControllerConfig, MDNConfig, VAEConfig
+from worldmodels_cli.config import ControllerConfig, MDNConfig, VAEConfig, preset
 from worldmodels_cli.errors import ArtifactError
 from worldmodels_cli.info import describe
 from worldmodels_cli.models.controller import Controller
@@ -382,3 +382,24 @@ def test_wm_dream_refuses_mismatched_models(tmp_path):
     with pytest.raises(ArtifactError, match="expected a mdn artifact"):
         D.run(D_config(), vae_path, vae_path, tmp_path / "d.gif", device="cpu")
     assert not (tmp_path / "d.gif").exists()
+
+
+def test_carracing_in_its_dream_needs_a_reward_head_and_then_runs(wm, tiny_car_world, tmp_path):
+    """CarRacing's M has no done head: `--in-dream` refuses it until `wm train-mdn --reward-head` gives it rewards
+    to dream; its controller then plays the real game like any other."""
+    w = tiny_car_world
+    c = tmp_path / "c.h5"
+    r = wm("evolve", "--vae", w.vae, "--mdn", w.mdn, "--preset", "tiny", "--in-dream", "--out", c, "--device", "cpu")
+    assert r.code == 2 and "done or reward head" in r.err and not c.exists()
+    m = tmp_path / "m.h5"
+    assert wm("train-mdn", "--series", w.series, "--preset", "tiny", "--reward-head", "regression", "--out", m,
+              "--device", "cpu").code == 0
+    meta = A.validate(m, "mdn")
+    assert meta.config["mdn"]["reward_head"] == "regression" and not meta.config["mdn"]["done_head"]
+    r = wm("evolve", "--vae", w.vae, "--mdn", m, "--preset", "tiny", "--in-dream", "--out", c, "--device", "cpu")
+    assert r.code == 0, r.err
+    dream_score = A.validate(c, "controller").summary["best_score"]
+    assert np.isfinite(dream_score) and dream_score != preset("carracing", "tiny").env.max_steps  # rewards, not +1s
+    r = wm("evaluate", "--controller", c, "--episodes", "2", "--preset", "tiny")
+    assert r.code == 0 and "controller c.h5 on carracing: return" in r.out, r.err
+    assert wm("train-mdn", "--series", w.series, "--reward-head", "other", "--out", tmp_path / "x.h5").code == 2
