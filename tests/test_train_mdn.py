@@ -140,6 +140,32 @@ def test_trainer_aligns_and_weights_the_done_loss(tmp_path):
     assert y.sum() == 2  # two episode ends inside the 8 inputs (the third is the stream's last frame)
 
 
+def test_the_reward_loss_ends_with_the_episode(tmp_path):
+    """CarRacing's data run past the end, where gymnasium pays -100 at every step after leaving the playfield: the
+    reward head learns the step that terminated (-100 once, as the real game pays it), nothing after."""
+    p = tmp_path / "car.h5"
+    write_fake_series(p, [12, 9], z_dim=4, action_dim=3, env="carracing", seed=2)
+    with h5py.File(p, "r+") as fh:  # episode 0 leaves the playfield at step 5 and runs on: terminated from there
+        fh[A.TERMINATED][5:12] = True
+        fh[A.REWARDS][5:12] = -100.0
+    data = load_series([p])
+    assert data.live.tolist() == [True] * 6 + [False] * 6 + [True] * 9
+    mcfg = preset("carracing", "tiny").mdn.replace(z_dim=4, action_dim=3, reward_head="regression")
+    tcfg = preset("carracing", "tiny").mdn_train.replace(batch_size=2, seq_len=12)
+    model = MDNRNN(mcfg)
+    trainer = train_mdn._Trainer(model, torch.optim.Adam(model.parameters()), None, tcfg, torch.device("cpu"))
+    batch = EpisodeBatcher(data, np.arange(2), batch_size=2, seq_len=12, seed=0).next()
+    _, parts, _ = trainer.losses(batch, None)
+    x = trainer._tensors(batch)
+    out, _ = model(x["z"][:, :-1], x["actions"][:, :-1], x["restart"][:, :-1])
+    row = int(np.argmax(batch.mask.sum(1)))  # the 12-step episode
+    keep = torch.from_numpy(batch.mask.copy())
+    keep[row, 6:] = 0  # its rewards after step 5 are not targets
+    err = (out.reward - x["rewards"][:, :-1]) ** 2
+    torch.testing.assert_close(parts["mdn/reward_loss"], (err * keep).sum() / keep.sum())
+    assert batch.rewards[row, 5] == -100.0 and keep[row, 5] == 1
+
+
 def test_z_is_sampled_afresh_from_mu_logvar_every_batch(tmp_path):
     """ref §4.1, §C.3: never μ; a new ε per batch; z ~ N(μ, exp(logσ²))."""
     p = tmp_path / "s.h5"

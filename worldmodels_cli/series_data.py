@@ -20,6 +20,7 @@ is acceptable for M training; frames are never loaded here.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -57,6 +58,17 @@ class SeriesData:
     @property
     def episodes(self) -> int:
         return self.index.episodes
+
+    @functools.cached_property
+    def live(self) -> np.ndarray:
+        """(N,) bool: no earlier step of the frame's episode terminated. CarRacing's data run on past the end
+        (ref §2.1), where gymnasium pays -100 at every step after leaving the playfield; the real game pays it once
+        and stops, so those later rewards are not M's to learn."""
+        ended = np.zeros(len(self.terminated), dtype=bool)
+        for start, length in zip(self.index.starts, self.index.lengths, strict=True):
+            t = self.terminated[start:start + length]
+            ended[start + 1:start + length] = np.cumsum(t[:-1]) > 0
+        return ~ended
 
     def initial(self) -> tuple[np.ndarray, np.ndarray]:
         """(μ, logσ²) of the first frame of every episode, (E, Z) each: where dreams start (ref §7)."""
@@ -130,6 +142,7 @@ class Batch:
     rewards: np.ndarray  # (B, T+1)
     restart: np.ndarray  # (B, T+1) float32: 1 on each episode's first frame
     mask: np.ndarray  # (B, T) float32: 1 where input t has a real target t+1 (0 on padding)
+    live: np.ndarray  # (B, T+1) float32: SeriesData.live (the reward of step t is a real one)
     reset: bool  # start this batch from a zero LSTM state
 
     @property
@@ -148,7 +161,7 @@ def _gather(data: SeriesData, idx: np.ndarray, restart: np.ndarray, mask: np.nda
     return Batch(
         z=sample_z(data.mu[idx], data.logvar[idx], rng),  # (B, T+1, Z)
         actions=data.actions[idx], rewards=data.rewards[idx], restart=restart.astype(np.float32),
-        mask=mask.astype(np.float32), reset=reset,
+        mask=mask.astype(np.float32), live=data.live[idx].astype(np.float32), reset=reset,
     )
 
 

@@ -176,7 +176,7 @@ class _Trainer:
 
     def _tensors(self, batch: Batch) -> dict[str, torch.Tensor]:
         return {k: torch.from_numpy(np.ascontiguousarray(getattr(batch, k))).to(self.dev)
-                for k in ("z", "actions", "rewards", "restart", "mask")}
+                for k in ("z", "actions", "rewards", "restart", "mask", "live")}
 
     def losses(self, batch: Batch, state) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple]:
         """Teacher forcing: inputs frames [:-1], targets frames [1:] (ref §4.1)."""
@@ -193,7 +193,8 @@ class _Trainer:
             parts["mdn/done_bce"] = bce
             loss = loss + bce
         if m.reward_head != "none":
-            rl = reward_loss(out.reward, x["rewards"][:, :-1], m.reward_head, mask)  # reward after action t
+            live = mask * x["live"][:, :-1]  # no reward after the episode's end (SeriesData.live)
+            rl = reward_loss(out.reward, x["rewards"][:, :-1], m.reward_head, live)  # reward after action t
             parts["mdn/reward_loss"] = rl
             loss = loss + cfg.reward_weight * rl
         return loss, parts, state
@@ -241,7 +242,6 @@ class _Trainer:
             "step": self.step,
             "optimizer": checkpoint.optimizer_state_to_tree(self.optimizer.state_dict()),
             "batcher": self.batcher.state_dict(),
-            "torch_rng": torch.get_rng_state(),
             "last_losses": self.last_losses,
         }
         if self.carried is not None:
@@ -252,7 +252,8 @@ class _Trainer:
         self.step = int(state["step"])
         self.optimizer.load_state_dict(checkpoint.optimizer_state_from_tree(state["optimizer"]))
         self.batcher.load_state_dict(state["batcher"])
-        torch.set_rng_state(torch.from_numpy(np.asarray(state["torch_rng"], dtype=np.uint8)))
+        # (older checkpoints also hold "torch_rng", the process's global torch state: training never draws from
+        # it, and torch seeds it afresh in every process, so it is not restored)
         self.last_losses = dict(state.get("last_losses") or {})
         carried = state.get("carried")
         self.carried = None if not carried else tuple(torch.from_numpy(carried[k]).to(self.dev) for k in ("h", "c"))
