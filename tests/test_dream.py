@@ -4,6 +4,7 @@ streams, starts from first frames, τ touching z but not done, the done rate `wm
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -151,6 +152,16 @@ def test_fused_step_equals_mdnrnn_step(cfg):
             assert torch.allclose(Y[:, 0], out.done_logit, atol=1e-12)
         if cfg.reward_head != "none":
             assert torch.allclose(Y[:, 1], out.reward, atol=1e-12)
+
+
+def test_the_fused_m_reads_all_of_m():
+    """M is written once: the dream's layout is built from MDNRNN's weights, and anything M gains that the layout
+    does not read fails here by name (then test_fused_step_equals_mdnrnn_step checks the function)."""
+    for cfg in (DOOM, CAR_REG, CAR_NO_DONE):
+        unread = {name for name, _ in _mdn(cfg).named_parameters()} - D.FusedM.PARAMETERS
+        assert not unread, f"MDNRNN parameters the dream's FusedM does not read: {sorted(unread)}; add them there"
+    unknown = {f.name for f in dataclasses.fields(MDNConfig)} - D.FusedM.CONFIG_FIELDS
+    assert not unknown, f"MDNConfig fields the dream's FusedM does not handle: {sorted(unknown)}; add them there"
 
 
 @pytest.mark.parametrize("tau", [0.0, 0.5, 1.15, 2.0])

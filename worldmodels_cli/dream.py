@@ -196,6 +196,12 @@ class FusedM:
     (softmax(logπ/τ) = softmax(logits/τ): log_softmax only shifts a row). The forget bias (+1, ref §4.1) is
     already in M's bias."""
 
+    # All of M that this layout reads. A parameter or config field `MDNRNN` gains (a second LSTM layer, a layer
+    # norm) fails tests/test_dream.py::test_the_fused_m_reads_all_of_m, naming it, until the fused step uses it.
+    PARAMETERS = frozenset({"weight_ih", "weight_hh", "bias", "head.weight", "head.bias"})
+    CONFIG_FIELDS = frozenset({"z_dim", "action_dim", "hidden", "mixtures", "done_head", "restart_input",
+                               "reward_head"})
+
     def __init__(self, mdn: MDNRNN, dtype: torch.dtype, device: torch.device | str, tau: float = 1.0) -> None:
         cfg = mdn.cfg
         z, a, h, k = cfg.z_dim, cfg.action_dim, cfg.hidden, cfg.mixtures
