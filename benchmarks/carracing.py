@@ -6,7 +6,7 @@
 - rollout_speedup: real-env episode steps/s of a `small` CarRacing world model agent (random weights, its real
   sizes) in one worker stepping ENVS_PER_WORKER[env] envs in lockstep with the fast renderer ÷ the path before it:
   one env per worker, gymnasium's renderer, the agent at batch 1 (V encode of one frame, M's full step with its
-  mixture head, as agent.py did) (target >= 5).
+  mixture head, as game/agent.py did) (target >= 5).
 - agent_overhead: the agent's time per env step ÷ the bare env step (the same runner with the random policy),
   for CarRacing and for Doom (target <= 0.5).
 
@@ -30,7 +30,7 @@ os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 
 def render_figures(episodes: int, steps: int) -> dict:
     from worldmodels_cli.config import EnvConfig
-    from worldmodels_cli.envs import CarRacingEnv
+    from worldmodels_cli.game.envs import CarRacingEnv
 
     rng = np.random.default_rng(0)
     actions = rng.uniform([-1.0, 0.0, 0.0], [1.0, 1.0, 0.3], size=(episodes, steps, 3))
@@ -70,7 +70,7 @@ def render_figures(episodes: int, steps: int) -> dict:
 
 
 class LegacyAgent:
-    """The agent before batching (agent.py until this change): one frame, M's full step with its head."""
+    """The agent before batching (game/agent.py before batching): one frame, M's full step with its head."""
 
     def __init__(self, spec) -> None:
         import torch
@@ -101,12 +101,12 @@ class LegacyAgent:
 def rollout_figures(env_name: str, episodes: int, steps: int, legacy: bool) -> dict:
     import torch
 
-    from worldmodels_cli.agent import AgentSpec
-    from worldmodels_cli.collect import rollout
     from worldmodels_cli.config import preset
-    from worldmodels_cli.envs import CarRacingEnv, make_env
-    from worldmodels_cli.episodes import ENVS_PER_WORKER, EpisodeRunner
+    from worldmodels_cli.game.agent import AgentSpec
+    from worldmodels_cli.game.envs import CarRacingEnv, make_env
+    from worldmodels_cli.game.episodes import ENVS_PER_WORKER, EpisodeRunner
     from worldmodels_cli.models.controller import build_controller
+    from worldmodels_cli.stages.collect import rollout
     from worldmodels_cli.testing import random_world
 
     torch.set_num_threads(1)

@@ -26,15 +26,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from worldmodels_cli import collect
 from worldmodels_cli.config import Preset, preset
-from worldmodels_cli.envs import make_env
-from worldmodels_cli.executor import make_executor
-from worldmodels_cli.policies import random_policy
+from worldmodels_cli.game.envs import make_env
+from worldmodels_cli.game.policies import random_policy
+from worldmodels_cli.runtime.executor import make_executor
+from worldmodels_cli.stages import collect
 
 _RSS_CHILD = """
 import resource, sys
-from worldmodels_cli import collect
+from worldmodels_cli.stages import collect
 from worldmodels_cli.config import preset
 p = preset("doom", "tiny")
 p = p.replace(collect=p.collect.replace(episodes=int(sys.argv[1])))

@@ -25,16 +25,10 @@ import numpy as np
 import torch
 
 from worldmodels_cli.config import ControllerConfig, MDNConfig
-from worldmodels_cli.dream import (
-    FusedM,
-    NoiseLayout,
-    dream_rollouts,
-    random_action,
-    reference_rollout,
-    rollout_keys,
-    start_z,
-    step_noise,
-)
+from worldmodels_cli.dream.fused import FusedM
+from worldmodels_cli.dream.program import dream_rollouts
+from worldmodels_cli.dream.reference import reference_rollout
+from worldmodels_cli.dream.streams import NoiseLayout, random_action, rollout_keys, start_z, step_noise
 from worldmodels_cli.models.controller import Controller
 from worldmodels_cli.models.mdnrnn import MDNRNN
 

@@ -31,9 +31,9 @@ def main() -> None:
     ap.add_argument("--env", default="doom", choices=["doom", "fake-doom"])
     args = ap.parse_args()
 
-    from worldmodels_cli.agent import AgentSpec
     from worldmodels_cli.config import preset
-    from worldmodels_cli.episodes import EpisodeRunner
+    from worldmodels_cli.game.agent import AgentSpec
+    from worldmodels_cli.game.episodes import EpisodeRunner
     from worldmodels_cli.models.controller import build_controller
     from worldmodels_cli.testing import random_world
 

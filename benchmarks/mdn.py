@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from worldmodels_cli import device as devices
-from worldmodels_cli import train_mdn
 from worldmodels_cli.config import MDNConfig, preset
 from worldmodels_cli.models.mdnrnn import MDNRNN
-from worldmodels_cli.series_data import load_series, make_batcher, write_fake_series
+from worldmodels_cli.runtime import device as devices
+from worldmodels_cli.stages import train_mdn
+from worldmodels_cli.store.series_data import load_series, make_batcher, write_fake_series
 
 
 def _sync(dev: torch.device) -> None:

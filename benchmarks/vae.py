@@ -34,10 +34,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from synthetic import write_rollouts  # noqa: E402
 
-from worldmodels_cli import artifacts as A  # noqa: E402
-from worldmodels_cli import frames, seeding, train_vae  # noqa: E402
 from worldmodels_cli.config import VAEConfig, preset  # noqa: E402
 from worldmodels_cli.models.vae import ConvVAE  # noqa: E402
+from worldmodels_cli.runtime import seeding  # noqa: E402
+from worldmodels_cli.stages import train_vae  # noqa: E402
+from worldmodels_cli.store import artifacts as A  # noqa: E402
+from worldmodels_cli.store import frames  # noqa: E402
 
 BATCH = 100
 

@@ -46,8 +46,8 @@ class TinyWorld:
 
 
 def _build_world(root: Path, env: str, episodes: int, mdn_steps: int) -> TinyWorld:
-    from worldmodels_cli import collect, encode, train_mdn, train_vae
     from worldmodels_cli.config import preset
+    from worldmodels_cli.stages import collect, encode, train_mdn, train_vae
 
     p = preset(env, "tiny")
     p = p.replace(collect=p.collect.replace(episodes=episodes))

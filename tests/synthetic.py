@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from worldmodels_cli import artifacts as A
 from worldmodels_cli.config import preset
+from worldmodels_cli.store import artifacts as A
 
 
 def frame_ids(frames: np.ndarray) -> np.ndarray:

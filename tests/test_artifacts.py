@@ -8,9 +8,10 @@ import h5py
 import numpy as np
 import pytest
 
-from worldmodels_cli import artifacts as A
 from worldmodels_cli.config import preset
-from worldmodels_cli.errors import ArtifactError
+from worldmodels_cli.runtime.errors import ArtifactError
+from worldmodels_cli.store import artifacts as A
+from worldmodels_cli.store import files
 
 
 def _write_eval(path, **kw):
@@ -100,7 +101,7 @@ def test_rejects_wrong_kind_newer_schema_missing_dataset_foreign_hdf5(tmp_path):
 
 def test_output_folder_checks(tmp_path):
     with pytest.raises(ArtifactError, match="does not exist"):
-        A.check_writable(tmp_path / "missing" / "x.h5")
+        files.check_writable(tmp_path / "missing" / "x.h5")
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o500)
@@ -110,7 +111,7 @@ def test_output_folder_checks(tmp_path):
         if os.access(ro, os.W_OK):  # root ignores permission bits
             pytest.skip("running as root: permission bits are not enforced")
         with pytest.raises(ArtifactError, match="not writable"):
-            A.check_writable(ro / "x.h5")
+            files.check_writable(ro / "x.h5")
     finally:
         ro.chmod(0o700)
 
@@ -142,10 +143,10 @@ def test_copy_atomic_replaces_whole_or_leaves_untouched(tmp_path):
     src.write_bytes(b"new contents")
     dst.write_bytes(b"old")
     (tmp_path / ".b.h5.tmp-999999999").write_bytes(b"left by a killed copy")  # no such pid
-    A.copy_atomic(src, dst)
+    files.copy_atomic(src, dst)
     assert dst.read_bytes() == b"new contents" and sorted(p.name for p in tmp_path.iterdir()) == ["a.h5", "b.h5"]
     with pytest.raises(FileNotFoundError):
-        A.copy_atomic(tmp_path / "missing.h5", dst)
+        files.copy_atomic(tmp_path / "missing.h5", dst)
     assert dst.read_bytes() == b"new contents" and sorted(p.name for p in tmp_path.iterdir()) == ["a.h5", "b.h5"]
 
 
@@ -173,7 +174,7 @@ def test_two_writers_of_one_output(command, tiny_world, tmp_path, wm):
             "evolve": ("--vae", w.vae, "--mdn", w.mdn, "--preset", "tiny"),
             "evaluate": ("--policy", "random", "--env", "doom", "--preset", "tiny", "--episodes", "2"),
             "dream": ("--vae", w.vae, "--mdn", w.mdn)}[command]
-    with A.output_lock(out):  # what the first command holds while it runs
+    with files.output_lock(out):  # what the first command holds while it runs
         res = wm(command, *args, "--out", out)
     assert res.code == 2 and res.err == f"error: {out}: another wm command is writing it; wait for it or choose another --out\n"
     assert not out.exists()

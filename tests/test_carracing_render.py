@@ -1,4 +1,4 @@
-"""The fast CarRacing renderer draws gymnasium's frames bit for bit (worldmodels_cli/carracing_render.py).
+"""The fast CarRacing renderer draws gymnasium's frames bit for bit (worldmodels_cli/game/carracing_render.py).
 
 Both envs step with the same actions from the same seed; every 96x96 `state_pixels` frame, reward and flag must be
 equal. The scenarios cover the first second's zoom-in (drawn with the background polygon, not a fill), random
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from worldmodels_cli.carracing_render import GYMNASIUM_VERSION
 from worldmodels_cli.config import EnvConfig
-from worldmodels_cli.envs import CarRacingEnv, carracing_renderer, select_renderer
-from worldmodels_cli.errors import ConfigError
+from worldmodels_cli.game.carracing_render import GYMNASIUM_VERSION
+from worldmodels_cli.game.envs import CarRacingEnv, carracing_renderer, select_renderer
+from worldmodels_cli.runtime.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

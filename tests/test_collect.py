@@ -13,13 +13,13 @@ import h5py
 import numpy as np
 import pytest
 
-from worldmodels_cli import artifacts as A
-from worldmodels_cli import collect
 from worldmodels_cli.cli import main
 from worldmodels_cli.config import preset
-from worldmodels_cli.envs import doom_button, make_env
-from worldmodels_cli.errors import ArtifactError, ConfigError
-from worldmodels_cli.info import describe
+from worldmodels_cli.game.envs import doom_button, make_env
+from worldmodels_cli.runtime.errors import ArtifactError, ConfigError
+from worldmodels_cli.stages import collect
+from worldmodels_cli.stages.info import describe
+from worldmodels_cli.store import artifacts as A
 
 
 def _cfg(env="doom", **changes):
@@ -138,7 +138,7 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch):
 def test_kill_9_then_rerun_loses_and_duplicates_nothing(tmp_path):
     out = tmp_path / "k.h5"
     script = (
-        "import sys; from worldmodels_cli import collect; from worldmodels_cli.config import preset\n"
+        "import sys; from worldmodels_cli.stages import collect; from worldmodels_cli.config import preset\n"
         "p = preset('doom', 'tiny'); p = p.replace(collect=p.collect.replace(episodes=150))\n"
         f"collect.run(p, {str(out)!r}, seed=2)\n"
     )
@@ -317,7 +317,7 @@ def test_real_doom_same_data_with_1_and_2_workers(tmp_path):
 def test_controller_collection_in_lockstep_equals_one_episode_at_a_time(tiny_world, tmp_path, monkeypatch, noise):
     """With a controller, a worker steps ENVS_PER_WORKER envs together (one batched agent); the data are those
     of the episodes collected one by one, exploration noise included."""
-    from worldmodels_cli import evolve
+    from worldmodels_cli.stages import evolve
 
     p = preset("doom", "tiny")
     c = tmp_path / "c.h5"

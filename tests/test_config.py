@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from worldmodels_cli.config import ENVS, SCALES, EvolveConfig, Preset, preset
-from worldmodels_cli.errors import ConfigError
+from worldmodels_cli.runtime.errors import ConfigError
 
 
 @pytest.mark.parametrize("env", ENVS)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from worldmodels_cli import artifacts as A
 from worldmodels_cli.config import ControllerConfig, preset
-from worldmodels_cli.errors import ArtifactError
 from worldmodels_cli.models.controller import Controller, build_controller, load_controller
+from worldmodels_cli.runtime.errors import ArtifactError
+from worldmodels_cli.store import artifacts as A
 
 
 def _model_config(cfg: ControllerConfig, env: str, z: int, h: int, a: int) -> dict:

@@ -1,4 +1,4 @@
-"""The dream (dream.py; ref §7, §4.4, §C.6-7): the batched program against the plain per-member loop rollout by
+"""The dream (worldmodels_cli/dream/; ref §7, §4.4, §C.6-7): the batched program against the plain per-member loop rollout by
 rollout (with and without compaction), its fused M against MDNRNN.step and sample_next, the per-rollout random
 streams, starts from first frames, τ touching z but not done, the done rate `wm info` reports, and `wm dream`."""
 
@@ -11,16 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from worldmodels_cli import artifacts as A
-from worldmodels_cli import checkpoint
-from worldmodels_cli import dream as D
 from worldmodels_cli.cli import cli
 from worldmodels_cli.config import ControllerConfig, MDNConfig, VAEConfig, preset
-from worldmodels_cli.errors import ArtifactError
-from worldmodels_cli.info import describe
+from worldmodels_cli.dream import fused, program, reference, streams
 from worldmodels_cli.models.controller import Controller
 from worldmodels_cli.models.mdnrnn import MDNRNN, sample_next
 from worldmodels_cli.models.vae import ConvVAE
+from worldmodels_cli.runtime.errors import ArtifactError
+from worldmodels_cli.stages import dream as dream_stage
+from worldmodels_cli.stages.info import describe
+from worldmodels_cli.store import artifacts as A
+from worldmodels_cli.store import checkpoint
 
 DOOM = MDNConfig(z_dim=6, action_dim=1, hidden=12, mixtures=3, done_head=True, restart_input=True)
 CAR_REG = MDNConfig(z_dim=5, action_dim=3, hidden=10, mixtures=2, done_head=True, reward_head="regression")
@@ -61,7 +62,7 @@ def _controller(cfg: ControllerConfig, mdn: MDNRNN, env: str, members: int, seed
 
 def _reference(mdn, seeds, mu0, lv0, controller, params, env=None, tau=1.15, max_steps=120, record_z=False):
     P, R = seeds.shape
-    out = [[D.reference_rollout(mdn, int(seeds[p, r]), mu0, lv0, controller=controller,
+    out = [[reference.reference_rollout(mdn, int(seeds[p, r]), mu0, lv0, controller=controller,
                                 params=None if params is None else params[p], env=env, tau=tau,
                                 max_steps=max_steps, record_z=record_z) for r in range(R)] for p in range(P)]
     returns = np.array([[o[0] for o in row] for row in out])
@@ -86,9 +87,9 @@ def _py_word(seed: int, block: int, j: int, stride: int) -> int:
 
 
 def test_stream_words_are_splitmix64():
-    layout = D.NoiseLayout(z_dim=6, action_dim=1)
+    layout = streams.NoiseLayout(z_dim=6, action_dim=1)
     seeds = [0, 1, 12345, 2**31 - 2, 2**40 + 7]
-    bits = D.block_bits(D.rollout_keys(seeds), 3, 2 * layout.stride, layout)
+    bits = streams.block_bits(streams.rollout_keys(seeds), 3, 2 * layout.stride, layout)
     words = layout.stride
     for i, s in enumerate(seeds):
         for j in range(words):
@@ -98,35 +99,35 @@ def test_stream_words_are_splitmix64():
 
 
 def test_streams_do_not_depend_on_the_batch():
-    layout = D.NoiseLayout(z_dim=5, action_dim=3)
-    keys = D.rollout_keys(np.arange(50) * 7919)
-    full = D.block_bits(keys, 9, layout.step_uniforms, layout)
+    layout = streams.NoiseLayout(z_dim=5, action_dim=3)
+    keys = streams.rollout_keys(np.arange(50) * 7919)
+    full = streams.block_bits(keys, 9, layout.step_uniforms, layout)
     pick = torch.tensor([41, 3, 17])
-    assert torch.equal(D.block_bits(keys[pick], 9, layout.step_uniforms, layout), full[pick])
-    u, eps, _ = D.step_noise(keys, 8, layout, torch.float64)
-    u1, eps1, _ = D.step_noise(keys[[17]], 8, layout, torch.float64)
+    assert torch.equal(streams.block_bits(keys[pick], 9, layout.step_uniforms, layout), full[pick])
+    u, eps, _ = streams.step_noise(keys, 8, layout, torch.float64)
+    u1, eps1, _ = streams.step_noise(keys[[17]], 8, layout, torch.float64)
     assert torch.equal(u[17:18], u1) and torch.equal(eps[17:18], eps1)
 
 
 def test_uniforms_lie_strictly_inside_zero_one_and_look_uniform():
-    layout = D.NoiseLayout(z_dim=64, action_dim=1)
-    u, eps, _ = D.step_noise(D.rollout_keys(np.arange(2000)), 0, layout, torch.float32)
+    layout = streams.NoiseLayout(z_dim=64, action_dim=1)
+    u, eps, _ = streams.step_noise(streams.rollout_keys(np.arange(2000)), 0, layout, torch.float32)
     assert (u > 0).all() and (u < 1).all()
     assert abs(u.mean().item() - 0.5) < 0.01 and abs(u.std().item() - math.sqrt(1 / 12)) < 0.01
     assert torch.isfinite(eps).all() and abs(eps.mean().item()) < 0.01 and abs(eps.std().item() - 1) < 0.01
-    assert D.to_uniform(torch.tensor([0, (1 << 23) - 1]), torch.float32).tolist() == [2.0**-24, 1 - 2.0**-24]
+    assert streams.to_uniform(torch.tensor([0, (1 << 23) - 1]), torch.float32).tolist() == [2.0**-24, 1 - 2.0**-24]
     k = torch.tensor([0, 1, 1 << 22, (1 << 23) - 1])
     normal = torch.distributions.Normal(0.0, 1.0)
-    expected = normal.icdf(D.to_uniform(k, torch.float64))
-    assert torch.allclose(D.to_normal(k, torch.float64), expected, rtol=1e-9, atol=1e-12)
-    assert torch.allclose(D.to_normal(k, torch.float32).double(), expected, rtol=1e-5, atol=1e-6)
+    expected = normal.icdf(streams.to_uniform(k, torch.float64))
+    assert torch.allclose(streams.to_normal(k, torch.float64), expected, rtol=1e-9, atol=1e-12)
+    assert torch.allclose(streams.to_normal(k, torch.float32).double(), expected, rtol=1e-5, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------ fused M
 @pytest.mark.parametrize("cfg", [DOOM, CAR_REG, CAR_NO_DONE])
 def test_fused_step_equals_mdnrnn_step(cfg):
     m = _mdn(cfg)
-    fm = D.FusedM(m, torch.float64, "cpu")
+    fm = fused.FusedM(m, torch.float64, "cpu")
     b = 4
     g = torch.Generator().manual_seed(0)
     S = fm.new_state(torch.zeros(b, cfg.z_dim, dtype=torch.float64))
@@ -158,22 +159,22 @@ def test_the_fused_m_reads_all_of_m():
     """M is written once: the dream's layout is built from MDNRNN's weights, and anything M gains that the layout
     does not read fails here by name (then test_fused_step_equals_mdnrnn_step checks the function)."""
     for cfg in (DOOM, CAR_REG, CAR_NO_DONE):
-        unread = {name for name, _ in _mdn(cfg).named_parameters()} - D.FusedM.PARAMETERS
+        unread = {name for name, _ in _mdn(cfg).named_parameters()} - fused.FusedM.PARAMETERS
         assert not unread, f"MDNRNN parameters the dream's FusedM does not read: {sorted(unread)}; add them there"
-    unknown = {f.name for f in dataclasses.fields(MDNConfig)} - D.FusedM.CONFIG_FIELDS
+    unknown = {f.name for f in dataclasses.fields(MDNConfig)} - fused.FusedM.CONFIG_FIELDS
     assert not unknown, f"MDNConfig fields the dream's FusedM does not handle: {sorted(unknown)}; add them there"
 
 
 @pytest.mark.parametrize("tau", [0.0, 0.5, 1.15, 2.0])
 def test_fused_sampling_equals_sample_next(tau):
     m = _mdn(DOOM)
-    fm = D.FusedM(m, torch.float64, "cpu", tau)
+    fm = fused.FusedM(m, torch.float64, "cpu", tau)
     b = 64
     S = fm.new_state(torch.randn(b, DOOM.z_dim, dtype=torch.float64))
     buf = fm.buffers(b)
     out, _ = m.step(S[:, fm.z_], S[:, fm.a_], S[:, fm.r_col], None)
     Y = fm.step(S, buf)
-    u, eps, _ = D.step_noise(D.rollout_keys(np.arange(b)), 0, D.NoiseLayout(DOOM.z_dim, 1), torch.float64)
+    u, eps, _ = streams.step_noise(streams.rollout_keys(np.arange(b)), 0, streams.NoiseLayout(DOOM.z_dim, 1), torch.float64)
     z = torch.empty(b, DOOM.z_dim, dtype=torch.float64)
     fm.sample(Y, u, eps, z, buf)
     assert torch.allclose(z, sample_next(out, tau, eps=eps, u=u), atol=1e-12)
@@ -198,7 +199,7 @@ def test_batched_equals_the_per_member_loop(case, compact):
     P, R, T = 3, 4, 60
     ctrl, params = _controller(ctrl_cfg, m, env, P) if ctrl_cfg else (None, None)
     seeds = np.arange(P * R).reshape(P, R) * 31 + 5
-    res = D.dream_rollouts(m, seeds, mu0, lv0, controller=ctrl, params=params, env=env, tau=1.15, max_steps=T,
+    res = program.dream_rollouts(m, seeds, mu0, lv0, controller=ctrl, params=params, env=env, tau=1.15, max_steps=T,
                            compact=compact, compact_every=2, record_z=True)
     returns, lengths, zs = _reference(m, seeds, mu0, lv0, ctrl, params, env=env, max_steps=T, record_z=True)
     assert np.array_equal(res.lengths, lengths)
@@ -220,7 +221,7 @@ def test_batched_equals_the_per_member_loop(case, compact):
 def test_doom_return_is_the_number_of_steps_including_the_terminal_one():
     m = _mdn(DOOM)
     mu0, lv0 = _starts(DOOM.z_dim)
-    res = D.dream_rollouts(m, np.arange(16).reshape(2, 8), mu0, lv0, tau=1.15, max_steps=50)
+    res = program.dream_rollouts(m, np.arange(16).reshape(2, 8), mu0, lv0, tau=1.15, max_steps=50)
     assert np.array_equal(res.returns, res.lengths.astype(float))
     assert res.lengths.min() >= 1 and res.lengths.max() <= 50
 
@@ -230,9 +231,9 @@ def test_compaction_changes_nothing_but_the_work():
     mu0, lv0 = _starts(DOOM.z_dim)
     ctrl, params = _controller(ControllerConfig(features="zch", bias=False), m, "doom", 4)
     seeds = np.arange(4 * 6).reshape(4, 6) + 1000
-    a = D.dream_rollouts(m, seeds, mu0, lv0, controller=ctrl, params=params, max_steps=80, compact=True,
+    a = program.dream_rollouts(m, seeds, mu0, lv0, controller=ctrl, params=params, max_steps=80, compact=True,
                          compact_every=1, record_z=True)
-    b = D.dream_rollouts(m, seeds, mu0, lv0, controller=ctrl, params=params, max_steps=80, compact=False,
+    b = program.dream_rollouts(m, seeds, mu0, lv0, controller=ctrl, params=params, max_steps=80, compact=False,
                          record_z=True)
     assert np.array_equal(a.lengths, b.lengths) and np.array_equal(a.returns, b.returns)
     assert np.allclose(a.z, b.z, atol=1e-9, equal_nan=True)
@@ -244,8 +245,8 @@ def test_float32_program_runs_and_agrees_on_most_rollouts():
     m32 = _mdn(DOOM).float()
     mu0, lv0 = _starts(DOOM.z_dim)
     seeds = np.arange(32).reshape(4, 8)
-    a = D.dream_rollouts(m, seeds, mu0, lv0, max_steps=40)
-    b = D.dream_rollouts(m32, seeds, mu0, lv0, max_steps=40)
+    a = program.dream_rollouts(m, seeds, mu0, lv0, max_steps=40)
+    b = program.dream_rollouts(m32, seeds, mu0, lv0, max_steps=40)
     assert (a.lengths == b.lengths).mean() > 0.8  # same streams; float32 rounding may flip a knife-edge choice
 
 
@@ -254,7 +255,7 @@ def test_starts_are_first_frames_with_zero_state_and_restart():
     m = _mdn(DOOM)
     mu0 = np.random.default_rng(3).normal(size=(7, DOOM.z_dim))
     lv0 = np.full_like(mu0, -200.0)  # σ ≈ 0: z0 must be exactly one of the stored first-frame means
-    res = D.dream_rollouts(m, np.arange(40).reshape(5, 8), mu0, lv0, max_steps=3, record_z=True)
+    res = program.dream_rollouts(m, np.arange(40).reshape(5, 8), mu0, lv0, max_steps=3, record_z=True)
     z0 = res.z[:, :, 0].reshape(-1, DOOM.z_dim)
     match = (z0[:, None, :] == mu0[None]).all(-1)  # (N, E)
     assert (match.sum(1) == 1).all()
@@ -268,7 +269,7 @@ def test_starts_are_first_frames_with_zero_state_and_restart():
         return step(z, a, restart, state)
 
     m.step = spy
-    D.reference_rollout(m, 0, mu0, lv0, max_steps=3)
+    reference.reference_rollout(m, 0, mu0, lv0, max_steps=3)
     assert calls[0][0].tolist() == [1.0] and all((s == 0).all() for s in calls[0][1])  # ref §7 reset
     assert calls[1][0].tolist() == [0.0] and any((s != 0).any() for s in calls[1][1])
 
@@ -277,8 +278,8 @@ def test_temperature_changes_z_and_not_done():
     m = _mdn(DOOM, done_bias=0.0, done_scale=6.0)  # about half the dreams end at their first step
     mu0, lv0 = _starts(DOOM.z_dim)
     seeds = np.arange(64).reshape(1, 64)
-    cold = D.dream_rollouts(m, seeds, mu0, lv0, tau=0.5, max_steps=2, record_z=True)
-    hot = D.dream_rollouts(m, seeds, mu0, lv0, tau=2.0, max_steps=2, record_z=True)
+    cold = program.dream_rollouts(m, seeds, mu0, lv0, tau=0.5, max_steps=2, record_z=True)
+    hot = program.dream_rollouts(m, seeds, mu0, lv0, tau=2.0, max_steps=2, record_z=True)
     first_done = cold.lengths == 1
     assert 0 < first_done.sum() < 64
     assert np.array_equal(first_done, hot.lengths == 1)  # the done cut-off ignores τ (ref §7)
@@ -288,11 +289,11 @@ def test_temperature_changes_z_and_not_done():
 
 
 def test_random_policy_actions():
-    bits = D.block_bits(D.rollout_keys(np.arange(3000)), 1, 2, D.NoiseLayout(4, 3))[:, :1]
-    doom = D.random_action(bits, "doom", torch.float64)
+    bits = streams.block_bits(streams.rollout_keys(np.arange(3000)), 1, 2, streams.NoiseLayout(4, 3))[:, :1]
+    doom = streams.random_action(bits, "doom", torch.float64)
     counts = [(doom == v).float().mean().item() for v in (-1.0, 0.0, 1.0)]
     assert all(abs(c - 1 / 3) < 0.04 for c in counts)  # left / none / right uniformly (ref §B baseline)
-    car = D.random_action(D.block_bits(D.rollout_keys(np.arange(500)), 1, 3, D.NoiseLayout(4, 3)), "carracing",
+    car = streams.random_action(streams.block_bits(streams.rollout_keys(np.arange(500)), 1, 3, streams.NoiseLayout(4, 3)), "carracing",
                           torch.float64)
     assert car[:, 0].min() < -0.9 and car[:, 0].max() > 0.9
     assert (car[:, 1:] >= 0).all() and (car[:, 1:] <= 1).all()
@@ -301,7 +302,7 @@ def test_random_policy_actions():
 def test_done_rate_is_finite():
     m = _mdn(DOOM)
     mu0, lv0 = _starts(DOOM.z_dim)
-    r = D.random_policy_done_rate(m, mu0, lv0, episodes=32, max_steps=200)
+    r = program.random_policy_done_rate(m, mu0, lv0, episodes=32, max_steps=200)
     assert all(math.isfinite(v) for v in r.values())
     assert 0 < r["done_fraction"] <= 1 and 1 <= r["mean_length"] <= 200 and r["done_per_step"] > 0
 
@@ -311,10 +312,10 @@ def test_dream_fitness_is_the_mean_over_trials():
     mu0, lv0 = _starts(DOOM.z_dim)
     ctrl, params = _controller(ControllerConfig(features="zch", bias=False), m, "doom", 3)
     seeds = np.arange(12).reshape(3, 4)
-    fit = D.DreamFitness(m, ctrl, mu0, lv0, tau=1.15, max_steps=40)
+    fit = program.DreamFitness(m, ctrl, mu0, lv0, tau=1.15, max_steps=40)
     returns = fit(params, seeds)
     assert returns.shape == (3, 4)
-    assert np.array_equal(D.dream_fitness(m, ctrl, params, seeds, mu0, lv0, tau=1.15, max_steps=40),
+    assert np.array_equal(program.dream_fitness(m, ctrl, params, seeds, mu0, lv0, tau=1.15, max_steps=40),
                           returns.mean(axis=1))
     fit.close()
 
@@ -325,8 +326,8 @@ def test_cuda_program_matches_cpu():
     mu0, lv0 = _starts(DOOM.z_dim)
     seeds = np.arange(48).reshape(4, 12)
     ctrl, params = _controller(ControllerConfig(features="zch", bias=False), m, "doom", 4)
-    cpu = D.dream_rollouts(m, seeds, mu0, lv0, controller=ctrl, params=params, max_steps=60)
-    gpu = D.dream_rollouts(m.cuda(), seeds, mu0, lv0, controller=ctrl, params=params, max_steps=60)
+    cpu = program.dream_rollouts(m, seeds, mu0, lv0, controller=ctrl, params=params, max_steps=60)
+    gpu = program.dream_rollouts(m.cuda(), seeds, mu0, lv0, controller=ctrl, params=params, max_steps=60)
     assert np.array_equal(cpu.lengths, gpu.lengths)
 
 
@@ -375,7 +376,7 @@ def test_wm_dream_with_a_controller(tmp_path):
         fh.create_dataset(A.BEST_PARAMS, data=np.full(ctrl.param_count, 0.1))
         fh.create_group(A.HISTORY)
         A.set_model_config(fh, mc)
-    res = D.run(D_config(), vae_path, mdn_path, tmp_path / "d.gif", controller_path=tmp_path / "c.h5", device="cpu")
+    res = dream_stage.run(D_config(), vae_path, mdn_path, tmp_path / "d.gif", controller_path=tmp_path / "c.h5", device="cpu")
     assert res.episodes == 2 and res.frames == max(res.lengths) == _frames(tmp_path / "d.gif")
     assert res.returns == [float(n) for n in res.lengths]
 
@@ -389,9 +390,9 @@ def D_config():
 def test_wm_dream_refuses_mismatched_models(tmp_path):
     mdn_path, vae_path = _write_models(tmp_path, vae_z=3)
     with pytest.raises(ArtifactError, match="latent size"):
-        D.run(D_config(), vae_path, mdn_path, tmp_path / "d.gif", device="cpu")
+        dream_stage.run(D_config(), vae_path, mdn_path, tmp_path / "d.gif", device="cpu")
     with pytest.raises(ArtifactError, match="expected a mdn artifact"):
-        D.run(D_config(), vae_path, vae_path, tmp_path / "d.gif", device="cpu")
+        dream_stage.run(D_config(), vae_path, vae_path, tmp_path / "d.gif", device="cpu")
     assert not (tmp_path / "d.gif").exists()
 
 

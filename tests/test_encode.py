@@ -8,12 +8,12 @@ import pytest
 import torch
 from synthetic import write_rollouts
 
-from worldmodels_cli import artifacts as A
-from worldmodels_cli import encode, train_vae
 from worldmodels_cli.cli import main
 from worldmodels_cli.config import preset
-from worldmodels_cli.errors import ArtifactError, ConfigError, Interrupted
 from worldmodels_cli.models.vae import load_vae, to_input
+from worldmodels_cli.runtime.errors import ArtifactError, ConfigError, Interrupted
+from worldmodels_cli.stages import encode, train_vae
+from worldmodels_cli.store import artifacts as A
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +163,7 @@ def test_mirror_appends_each_episode_flipped_with_left_and_right_swapped(tiny_wo
 
 
 def test_mirror_actions_carracing_negates_steering_only():
-    from worldmodels_cli.envs import mirror_actions
+    from worldmodels_cli.game.envs import mirror_actions
 
     a = np.array([[0.5, 0.25, 0.125], [-1.0, 1.0, 0.0]], np.float32)
     m, none = mirror_actions("carracing", a)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from worldmodels_cli.config import CollectConfig, EnvConfig
-from worldmodels_cli.envs import (
+from worldmodels_cli.game.envs import (
     DOOM_LEFT,
     DOOM_NONE,
     DOOM_RIGHT,
@@ -15,14 +15,14 @@ from worldmodels_cli.envs import (
     doom_button,
     make_env,
 )
-from worldmodels_cli.errors import ConfigError
-from worldmodels_cli.policies import (
+from worldmodels_cli.game.policies import (
     CarRacingRandom,
     DoomHeldRandom,
     DoomUniformRandom,
     make_actor,
     random_policy,
 )
+from worldmodels_cli.runtime.errors import ConfigError
 
 
 def _episode(env, seed, actions):
@@ -185,7 +185,7 @@ def test_doom_death_is_terminated():
 
 
 def test_bad_doom_resolution_is_one_line_error():
-    from worldmodels_cli.envs import check_env_config
+    from worldmodels_cli.game.envs import check_env_config
 
     with pytest.raises(ConfigError, match="doom_resolution '123x45'"):
         check_env_config(EnvConfig(name="doom", doom_resolution="123x45"))

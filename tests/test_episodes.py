@@ -1,4 +1,4 @@
-"""Batched agents in every worker (worldmodels_cli/episodes.py, agent.BatchAgent): an episode's result depends only
+"""Batched agents in every worker (worldmodels_cli/game/episodes.py, game/agent.BatchAgent): an episode's result depends only
 on its (params, seed), never on which episodes share its lockstep chunk; a crashed env names its episode."""
 
 from __future__ import annotations
@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from worldmodels_cli import artifacts as A
-from worldmodels_cli import episodes
-from worldmodels_cli.agent import MIN_ENCODE_ROWS, AgentSpec
-from worldmodels_cli.collect import rollout
 from worldmodels_cli.config import preset
-from worldmodels_cli.envs import make_env
-from worldmodels_cli.episodes import EpisodeRunner
-from worldmodels_cli.errors import WorkerError
-from worldmodels_cli.evolve import controller_model_config
+from worldmodels_cli.game import episodes
+from worldmodels_cli.game.agent import MIN_ENCODE_ROWS, AgentSpec
+from worldmodels_cli.game.envs import make_env
+from worldmodels_cli.game.episodes import EpisodeRunner
 from worldmodels_cli.models.controller import build_controller
 from worldmodels_cli.models.mdnrnn import MDNRNN
+from worldmodels_cli.runtime.errors import WorkerError
+from worldmodels_cli.stages.collect import rollout
+from worldmodels_cli.stages.evolve import controller_model_config
+from worldmodels_cli.store import artifacts as A
 
 
 def _spec(world, env: str, features: str = "zch") -> tuple[AgentSpec, int]:

@@ -10,10 +10,10 @@ import h5py
 import numpy as np
 import pytest
 
-from worldmodels_cli import artifacts as A
-from worldmodels_cli import evolve
 from worldmodels_cli.config import preset
-from worldmodels_cli.errors import ArtifactError, ConfigError
+from worldmodels_cli.runtime.errors import ArtifactError, ConfigError
+from worldmodels_cli.stages import evolve
+from worldmodels_cli.store import artifacts as A
 
 
 class Quadratic:
@@ -126,7 +126,7 @@ def test_generation_seeds_antithetic_pairs():
 
 _REPLAY = """
 import hashlib, numpy as np
-from worldmodels_cli import evolve
+from worldmodels_cli.stages import evolve
 from worldmodels_cli.config import preset
 cfg = preset("doom", "tiny").evolve.replace(pop=16)
 es = evolve.make_cma(600, cfg, 3)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from worldmodels_cli import testing as T
-from worldmodels_cli.errors import ConfigError, WorkerError
-from worldmodels_cli.executor import make_executor
+from worldmodels_cli.runtime.errors import ConfigError, WorkerError
+from worldmodels_cli.runtime.executor import make_executor
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 import pytest
 
-from worldmodels_cli import artifacts as A
+from worldmodels_cli.store import artifacts as A
 
 PACKAGE = Path(__file__).resolve().parents[1] / "worldmodels_cli"
 
@@ -44,8 +44,8 @@ class World:
 
 
 def _finish_world(base, env: str) -> World:
-    from worldmodels_cli import evaluate, evolve
     from worldmodels_cli.config import preset
+    from worldmodels_cli.stages import evaluate, evolve
 
     p = preset(env, "tiny")
     c, e = base.root / "controller.h5", base.root / "eval.h5"

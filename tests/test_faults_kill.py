@@ -30,8 +30,8 @@ import h5py
 import numpy as np
 import pytest
 
-from worldmodels_cli import artifacts as A
-from worldmodels_cli.metrics import metrics_path
+from worldmodels_cli.store import artifacts as A
+from worldmodels_cli.store.metrics import metrics_path
 
 pytestmark = pytest.mark.faults
 
@@ -233,8 +233,8 @@ BIG_EPISODES = 600
 @pytest.fixture(scope="module")
 def big_rollouts(tmp_path_factory) -> Path:
     """600 tiny Doom episodes (≈ 21k frames): what `wm collect --episodes 600` makes, and the input of encode."""
-    from worldmodels_cli import collect
     from worldmodels_cli.config import preset
+    from worldmodels_cli.stages import collect
 
     p = preset("doom", "tiny")
     path = tmp_path_factory.mktemp("big") / "rollouts.h5"
@@ -244,8 +244,8 @@ def big_rollouts(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def controller(tiny_world) -> Path:
-    from worldmodels_cli import evolve
     from worldmodels_cli.config import preset
+    from worldmodels_cli.stages import evolve
 
     p = preset("doom", "tiny")
     c = tiny_world.root / "faults-controller.h5"

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from worldmodels_cli import artifacts as A
-from worldmodels_cli import demo, iterate, report
 from worldmodels_cli.config import iterate_config, preset
+from worldmodels_cli.stages import demo, iterate, report
+from worldmodels_cli.store import artifacts as A
 from worldmodels_cli.video import mp4_available
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,7 +132,7 @@ def test_demo_carracing_has_the_papers_rows_and_resumes(tmp_path):
 
 
 def test_final_temperatures_depend_on_the_preset_scale(wm, monkeypatch, tmp_path):
-    from worldmodels_cli import demo as demo_stage
+    from worldmodels_cli.stages import demo as demo_stage
 
     seen = []
     monkeypatch.setattr(demo_stage, "run", lambda preset, data, results, it, **kw: seen.append((preset, it)) or
@@ -160,7 +160,7 @@ def test_iterate_later_vae_epochs_retrains_v_on_all_rollouts(tmp_path):
 
 
 def test_report_fills_rows_that_ran(tiny_world, tmp_path):
-    from worldmodels_cli import evaluate
+    from worldmodels_cli.stages import evaluate
 
     doom = tmp_path / "doom"
     doom.mkdir()

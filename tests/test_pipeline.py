@@ -7,9 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
-from worldmodels_cli import artifacts as A
-from worldmodels_cli import evaluate, evolve
 from worldmodels_cli.config import preset
+from worldmodels_cli.stages import evaluate, evolve
+from worldmodels_cli.store import artifacts as A
 
 
 def test_cli_pipeline_end_to_end(wm, tmp_path):

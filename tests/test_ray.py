@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from worldmodels_cli import testing as T
-from worldmodels_cli.executor import make_executor
+from worldmodels_cli.runtime.executor import make_executor
 
 ray = pytest.importorskip("ray")
 
@@ -34,16 +34,16 @@ def test_killed_actor_task_is_retried(ray_local, tmp_path):
 
 
 def test_task_error_is_retried_then_named(ray_local):
-    from worldmodels_cli.errors import WorkerError
+    from worldmodels_cli.runtime.errors import WorkerError
 
     with make_executor(2, T.init_counter, 0, backend="ray", retries=1) as ex, pytest.raises(WorkerError, match="seed=4"):
         list(ex.run(T.always_fails, [4], describe=lambda s: f"episode seed={s}"))
 
 
 def test_collect_and_evaluate_on_ray_equal_local(ray_local, tmp_path):
-    from worldmodels_cli import artifacts as A
-    from worldmodels_cli import collect, evaluate
     from worldmodels_cli.config import preset
+    from worldmodels_cli.stages import collect, evaluate
+    from worldmodels_cli.store import artifacts as A
 
     p = preset("doom", "tiny")
     collect.run(p, tmp_path / "local.h5", seed=4, workers=1)
@@ -59,9 +59,9 @@ def test_collect_and_evaluate_on_ray_equal_local(ray_local, tmp_path):
 def test_real_env_evolve_on_ray_equals_local_and_resumes_across(ray_local, tiny_world, tmp_path):
     import numpy as np
 
-    from worldmodels_cli import artifacts as A
-    from worldmodels_cli import evolve
     from worldmodels_cli.config import preset
+    from worldmodels_cli.stages import evolve
+    from worldmodels_cli.store import artifacts as A
 
     p = preset("doom", "tiny")
     p = p.replace(evolve=p.evolve.replace(in_dream=False, pop=4, trials=2, generations=3, eval_every=3, eval_episodes=2))

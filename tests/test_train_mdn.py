@@ -1,4 +1,4 @@
-"""Training M (series_data.py, train_mdn.py, `wm train-mdn`): batching as the reference (ref §4.2, §4.3), the
+"""Training M (store/series_data.py, stages/train_mdn.py, `wm train-mdn`): batching as the reference (ref §4.2, §4.3), the
 silent mismatches of ref §C (1: done labels, 2: done weighting, 3: fresh z), exact resume, NaN and Ctrl-C."""
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from worldmodels_cli import artifacts as A
-from worldmodels_cli import train_mdn
-from worldmodels_cli.checkpoint import load
 from worldmodels_cli.cli import cli
 from worldmodels_cli.config import preset
-from worldmodels_cli.errors import ArtifactError, ConfigError, TrainingDiverged
-from worldmodels_cli.metrics import MetricsWriter, metrics_path
 from worldmodels_cli.models.mdnrnn import MDNRNN, done_bce, load_initial_z, load_mdn, mdn_nll
-from worldmodels_cli.series_data import (
+from worldmodels_cli.runtime.errors import ArtifactError, ConfigError, TrainingDiverged
+from worldmodels_cli.stages import train_mdn
+from worldmodels_cli.store import artifacts as A
+from worldmodels_cli.store.checkpoint import load
+from worldmodels_cli.store.metrics import MetricsWriter, metrics_path
+from worldmodels_cli.store.series_data import (
     EpisodeBatcher,
     StreamBatcher,
     load_series,
@@ -365,7 +365,7 @@ def test_cli_trains_and_info_shows_the_figures(tmp_path, doom_series):
 
 
 def test_cli_error_paths_are_one_line(tmp_path, doom_series):
-    from worldmodels_cli.errors import WorldModelsError
+    from worldmodels_cli.runtime.errors import WorldModelsError
 
     runner = CliRunner()
     res = runner.invoke(cli, ["train-mdn", "--series", str(tmp_path / "nope.h5"), "--out", str(tmp_path / "m.h5")],

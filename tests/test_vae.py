@@ -12,12 +12,13 @@ import pytest
 import torch
 from synthetic import frame_ids, write_rollouts
 
-from worldmodels_cli import artifacts as A
-from worldmodels_cli import checkpoint, frames, train_vae
 from worldmodels_cli.cli import main
 from worldmodels_cli.config import VAEConfig, preset
-from worldmodels_cli.errors import ArtifactError, ConfigError, Interrupted, TrainingDiverged
 from worldmodels_cli.models.vae import ConvVAE, kl_divergence, load_vae, parameter_count, to_input, vae_loss
+from worldmodels_cli.runtime.errors import ArtifactError, ConfigError, Interrupted, TrainingDiverged
+from worldmodels_cli.stages import train_vae
+from worldmodels_cli.store import artifacts as A
+from worldmodels_cli.store import checkpoint, frames
 
 
 # ------------------------------------------------------------------------------------------------ model

@@ -16,7 +16,7 @@ import click
 
 from . import __version__
 from .config import ENVS, SCALES, IterateConfig, iterate_config
-from .errors import Interrupted, Terminated, WorldModelsError, clear_signals, on_signal
+from .runtime.errors import Interrupted, Terminated, WorldModelsError, clear_signals, on_signal
 
 log = logging.getLogger("worldmodels_cli")
 
@@ -66,7 +66,7 @@ def backend_options(f):
 
 
 def _select_renderer(ctx, param, value):
-    from .envs import select_renderer
+    from .game.envs import select_renderer
 
     select_renderer(value)  # a process setting the workers inherit: it changes no frame, so no config records it
 
@@ -80,7 +80,7 @@ def renderer_option(f):
 def _lock_out(ctx, param, value):
     """Hold the output's lock until the command ends (click closes the context's resources then)."""
     if value is not None:
-        from .artifacts import output_lock
+        from .store.files import output_lock
 
         ctx.with_resource(output_lock(value))
     return value
@@ -108,7 +108,7 @@ def cli(verbose: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def info(path: Path, as_json: bool) -> None:
     """Show an artifact's kind, key figures, provenance and whether it validates."""
-    from .info import describe
+    from .stages.info import describe
 
     report = describe(path)
     if as_json:
@@ -155,8 +155,8 @@ def presets(env_name: str, preset: str) -> None:
 def collect(env_name: str, episodes: int | None, workers: int, seed: int, preset: str, out: Path,
             controller: Path | None, noise: float | None, backend: str, ray_address: str | None) -> None:
     """Record episodes of the random data policy (ref §2), or of a controller; rerun the same command to resume."""
-    from . import collect as collect_stage
     from .config import preset as get_preset
+    from .stages import collect as collect_stage
 
     if noise is not None and controller is None:
         raise click.UsageError("--noise needs --controller")
@@ -187,8 +187,9 @@ def collect(env_name: str, episodes: int | None, workers: int, seed: int, preset
 def train_vae_cmd(rollouts: tuple[Path, ...], out: Path, preset: str, epochs: float | None, batch_size: int | None,
                   workers: int | None, init: Path | None, device: str, seed: int) -> None:
     """Train V (the ConvVAE) on rollouts, streamed from disk; rerun the same command to resume."""
-    from . import frames, train_vae
     from .config import preset as get_preset
+    from .stages import train_vae
+    from .store import frames
 
     cfg = get_preset(frames.rollouts_env(list(rollouts)), preset)  # the env comes from the data
     cfg = cfg.replace(vae_train=cfg.vae_train.replace(epochs=epochs, batch_size=batch_size, num_workers=workers))
@@ -212,9 +213,9 @@ def train_vae_cmd(rollouts: tuple[Path, ...], out: Path, preset: str, epochs: fl
 def encode(rollouts: tuple[Path, ...], vae: Path, out: Path, preset: str, batch_size: int | None, mirror: bool | None,
            device: str, seed: int) -> None:
     """Encode rollouts into a series (μ, logσ² per frame) for M; rerun the same command to resume."""
-    from . import encode as encode_stage
-    from . import frames
     from .config import preset as get_preset
+    from .stages import encode as encode_stage
+    from .store import frames
 
     cfg = get_preset(frames.rollouts_env(list(rollouts)), preset).encode.replace(batch_size=batch_size, mirror=mirror)
     res = encode_stage.run(list(rollouts), vae, out, device=device, batch_size=cfg.batch_size, seed=seed,
@@ -239,9 +240,10 @@ def encode(rollouts: tuple[Path, ...], vae: Path, out: Path, preset: str, batch_
 def train_mdn_cmd(series: tuple[Path, ...], out: Path, preset: str, steps: int | None, init: Path | None,
                   reward_head: str | None, device: str, seed: int) -> None:
     """Train M (the MDN-RNN) on encoded series; rerun the same command to resume."""
-    from . import artifacts, train_mdn
     from .config import preset as get_preset
-    from .errors import ConfigError
+    from .runtime.errors import ConfigError
+    from .stages import train_mdn
+    from .store import artifacts
 
     env = artifacts.validate(series[0], "series").env
     if not env:
@@ -287,9 +289,9 @@ def evolve(vae: Path, mdn: Path, out: Path, preset: str, pop, trials, generation
            in_dream, temperature, eval_real, features, hidden_units, stall_steps, workers: int, seed: int, device: str,
            backend: str, ray_address: str | None) -> None:
     """Evolve C with CMA-ES in the real env or in M's dream; rerun the same command to resume."""
-    from . import artifacts
-    from . import evolve as evolve_stage
     from .config import preset as get_preset
+    from .stages import evolve as evolve_stage
+    from .store import artifacts
 
     env = artifacts.validate(mdn, "mdn").env
     cfg = get_preset(env, preset)
@@ -330,8 +332,8 @@ def evolve(vae: Path, mdn: Path, out: Path, preset: str, pop, trials, generation
 def evaluate(controller, policy, env_name, preset, episodes, out, video, which, vae, mdn, workers, seed, backend,
              ray_address) -> None:
     """Run a controller (or a random baseline) for N real episodes with fixed seeds; print mean ± std."""
-    from . import evaluate as evaluate_stage
     from .config import preset as get_preset
+    from .stages import evaluate as evaluate_stage
 
     cfg = get_preset(env_name, preset) if env_name else None
     if policy == "agent" and controller is None and env_name:
@@ -359,8 +361,8 @@ def evaluate(controller, policy, env_name, preset, episodes, out, video, which, 
 def dream(vae: Path, mdn: Path, controller: Path | None, temperature: float | None, episodes: int | None,
           max_steps: int | None, out: Path, device: str, seed: int) -> None:
     """Render dream rollouts of M, decoded through V, as an animated GIF."""
-    from . import dream as dream_stage
     from .config import DreamConfig
+    from .stages import dream as dream_stage
 
     cfg = DreamConfig().replace(temperature=temperature, episodes=episodes, max_steps=max_steps)
     res = dream_stage.run(cfg, vae, mdn, out, controller_path=controller, seed=seed, device=device)
@@ -421,8 +423,8 @@ def iterate_options(f):
 def iterate(env_name, preset, data, temperature, workers, seed, device, backend, ray_address, **it_options) -> None:
     """The iterative procedure (ref §9): collect -> V -> M -> C in the dream -> evaluate, then again on the
     controller's own data; rerun the same command to continue."""
-    from . import iterate as iterate_stage
     from .config import preset as get_preset
+    from .stages import iterate as iterate_stage
 
     cfg = get_preset(env_name, preset)
     cfg = cfg.replace(evolve=cfg.evolve.replace(temperature=temperature))
@@ -444,8 +446,8 @@ def iterate(env_name, preset, data, temperature, workers, seed, device, backend,
 @device_option
 def demo(env_name, preset, data, results, temperature, workers, seed, device, **it_options) -> None:
     """`make demo` / `make demo-carracing`: a small pipeline end to end, baselines, a results table and pictures."""
-    from . import demo as demo_stage
     from .config import preset as get_preset
+    from .stages import demo as demo_stage
 
     cfg = get_preset(env_name, preset)
     cfg = cfg.replace(evolve=cfg.evolve.replace(temperature=temperature))
@@ -462,7 +464,7 @@ def demo(env_name, preset, data, results, temperature, workers, seed, device, **
               show_default=True, help="the report")
 def report(data: Path, out: Path) -> None:
     """Write the paper's tables with our numbers beside them (rows not yet run say so)."""
-    from . import report as report_stage
+    from .stages import report as report_stage
 
     click.echo(f"wrote {report_stage.run(data, out)}")
 

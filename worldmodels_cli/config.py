@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .errors import ConfigError
+from .runtime.errors import ConfigError
 
 ENVS = ("carracing", "doom")
 SCALES = ("paper", "small", "tiny")

@@ -73,7 +73,7 @@ def loss_curves(metrics_records: Sequence[dict[str, Any]], keys: Sequence[str], 
 def _save_atomically(out_png: Path, save) -> Path:
     """`save(tmp)` then rename onto `out_png`, as every artifact is written: a killed writer's temp file is removed
     by the next write, a failed one at once."""
-    from .artifacts import remove_stale_temps
+    from .store.files import remove_stale_temps
 
     remove_stale_temps(out_png)
     tmp = out_png.with_name(f".{out_png.name}.tmp-{os.getpid()}")

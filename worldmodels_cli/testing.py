@@ -54,12 +54,12 @@ def random_world(folder: Path, env: str, scale: str = "small") -> tuple[Path, Pa
     import numpy as np
     import torch
 
-    from . import artifacts as A
-    from . import checkpoint
     from .config import preset
-    from .evolve import controller_model_config
     from .models.mdnrnn import MDNRNN
     from .models.vae import ConvVAE
+    from .stages.evolve import controller_model_config
+    from .store import artifacts as A
+    from .store import checkpoint
 
     p = preset(env, scale)
     torch.manual_seed(0)

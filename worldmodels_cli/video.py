@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .artifacts import remove_stale_temps
-from .errors import ConfigError
+from .runtime.errors import ConfigError
+from .store.files import remove_stale_temps
 
 SUFFIXES = (".gif", ".mp4")
 

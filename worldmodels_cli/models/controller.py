@@ -141,8 +141,8 @@ def load_controller(path: str | os.PathLike, which: str = "best") -> tuple[Contr
 
     Expects the artifact's `model_config` as `build_controller` describes and the flat vectors `best_params`
     (which="best": the best evaluated CMA mean so far) or `mean` (which="mean": the current CMA mean)."""
-    from .. import artifacts as A
-    from ..errors import ArtifactError, WorldModelsError
+    from ..runtime.errors import ArtifactError, WorldModelsError
+    from ..store import artifacts as A
 
     meta = A.validate(path, "controller")
     try:

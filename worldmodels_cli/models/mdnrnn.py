@@ -259,7 +259,7 @@ def load_mdn(path: str | os.PathLike, device: str | torch.device = "cpu", *, all
              ) -> tuple[MDNRNN, object]:
     """Rebuild M from an `mdn` artifact's model_config and weights (never from constants) -> (model in eval mode,
     artifacts.Meta). An unfinished training checkpoint is refused unless `allow_incomplete`."""
-    from .. import checkpoint
+    from ..store import checkpoint
 
     return checkpoint.load_model(path, "mdn", lambda mc: MDNRNN(MDNConfig.from_dict(mc)), str(device),
                                  allow_incomplete=allow_incomplete)
@@ -267,8 +267,8 @@ def load_mdn(path: str | os.PathLike, device: str | torch.device = "cpu", *, all
 
 def load_initial_z(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """(μ, logσ²) (E, Z) of the first frame of each training episode stored in an mdn artifact (ref §7)."""
-    from .. import artifacts as A
-    from ..errors import ArtifactError
+    from ..runtime.errors import ArtifactError
+    from ..store import artifacts as A
 
     with A.open_artifact(path, "mdn") as fh:
         mu, logvar = A.read_initial_z(fh)

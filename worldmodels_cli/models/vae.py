@@ -124,7 +124,7 @@ def load_vae(path, device: str = "cpu", *, allow_incomplete: bool = False):
     """Rebuild V from a `vae` artifact (its model_config attribute) and load its weights -> (model in eval mode,
     artifacts.Meta). Raises ArtifactError for another kind, a damaged file, or (unless allow_incomplete) an
     unfinished training checkpoint."""
-    from .. import checkpoint
+    from ..store import checkpoint
 
     return checkpoint.load_model(path, "vae", lambda cfg: ConvVAE(VAEConfig.from_dict(cfg)), device,
                                  allow_incomplete=allow_incomplete)

@@ -26,9 +26,9 @@ import h5py
 import numpy as np
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ..runtime import seeding
+from ..runtime.errors import ArtifactError, ConfigError
 from . import artifacts as A
-from . import seeding
-from .errors import ArtifactError, ConfigError
 
 FRAME_SHAPE = (64, 64, 3)
 

@@ -44,9 +44,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import artifacts as A
-from .config import IterateConfig, Preset
-from .metrics import metrics_path
+from ..config import IterateConfig, Preset
+from ..store import artifacts as A
+from ..store import files
+from ..store.metrics import metrics_path
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +209,7 @@ def _climb_down(rec: RoundRecord, p: Preset, it: IterateConfig, v: Path, m: Path
     # the kept rung becomes the round's controller, with its per-generation metrics (the fitness plot, a resume)
     for src, dst in ((metrics_path(kept["path"]), metrics_path(c)), (Path(kept["path"]), c)):
         if src.exists():  # no metrics beside the rung: the plot is all that is missing
-            A.copy_atomic(src, dst)
+            files.copy_atomic(src, dst)
     return rungs
 
 
@@ -220,9 +221,9 @@ def random_dream_score(mdn_path: Path, tau: float, max_steps: int, *, seed: int,
                        episodes: int = 256) -> float:
     """The uniform random policy's mean return in M's dream at τ, the baseline a rung is measured by (in Doom's
     dream the return is the length survived)."""
-    from . import device as devices
-    from .dream import random_policy_done_rate
-    from .models.mdnrnn import load_initial_z, load_mdn
+    from ..dream.program import random_policy_done_rate
+    from ..models.mdnrnn import load_initial_z, load_mdn
+    from ..runtime import device as devices
 
     mdn, _ = load_mdn(mdn_path, devices.resolve(device))
     mu, logvar = load_initial_z(mdn_path)
@@ -255,7 +256,7 @@ def _load_records(path: Path) -> list[RoundRecord]:
 
 
 def _save_records(path: Path, records: list[RoundRecord]) -> None:
-    A.write_text_atomic(path, json.dumps([r.__dict__ for r in records], indent=2, default=_nan_safe))
+    files.write_text_atomic(path, json.dumps([r.__dict__ for r in records], indent=2, default=_nan_safe))
 
 
 def _nan_safe(x):

@@ -1,7 +1,7 @@
 """`wm train-vae`: train V (ref §3) on frames streamed from one or more rollouts artifacts.
 
 Adam (lr 1e-4), batch 100, `epochs` passes over the training frames (a float: 0.5 is half an epoch); frames are
-shuffled across the whole dataset every epoch without loading it (frames.py). Whole episodes are held out for a
+shuffled across the whole dataset every epoch without loading it (store/frames.py). Whole episodes are held out for a
 validation loss per epoch. On CUDA the forward pass runs under autocast (bf16 where supported, else fp16 with a
 gradient scaler); the loss is always computed in float32.
 
@@ -33,12 +33,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import artifacts as A
-from . import checkpoint, frames, metrics, plots, seeding
-from . import device as device_mod
-from .config import Preset, VAEConfig
-from .errors import ArtifactError, ConfigError, Interrupted, TrainingDiverged
-from .models.vae import ConvVAE, parameter_count, reparameterize, to_input, vae_loss
+from .. import plots
+from ..config import Preset, VAEConfig
+from ..models.vae import ConvVAE, parameter_count, reparameterize, to_input, vae_loss
+from ..runtime import device as device_mod
+from ..runtime import seeding
+from ..runtime.errors import ArtifactError, ConfigError, Interrupted, TrainingDiverged
+from ..store import artifacts as A
+from ..store import checkpoint, files, frames, metrics
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +238,7 @@ def run(
         raise ConfigError(f"the rollouts are {env} data but the preset is for {config.env.name}")
     dev = device_mod.resolve(device)
     tc = config.vae_train
-    A.check_writable(out)
+    files.check_writable(out)
 
     init_ckpt = None
     if init is not None:

@@ -28,13 +28,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import artifacts as A
-from . import checkpoint, metrics, seeding
-from . import device as devices
-from .config import MDNConfig, MDNTrainConfig, Preset
-from .errors import ArtifactError, ConfigError, TrainingDiverged
-from .models.mdnrnn import MDNRNN, count_parameters, done_bce, load_mdn, mdn_nll, reward_loss
-from .series_data import Batch, SeriesData, load_series, make_batcher, split_episodes, validation_batches
+from ..config import MDNConfig, MDNTrainConfig, Preset
+from ..models.mdnrnn import MDNRNN, count_parameters, done_bce, load_mdn, mdn_nll, reward_loss
+from ..runtime import device as devices
+from ..runtime import seeding
+from ..runtime.errors import ArtifactError, ConfigError, TrainingDiverged
+from ..store import artifacts as A
+from ..store import checkpoint, files, metrics
+from ..store.series_data import (
+    Batch,
+    SeriesData,
+    load_series,
+    make_batcher,
+    split_episodes,
+    validation_batches,
+)
 
 log = logging.getLogger(__name__)
 STAGE = "mdn"
@@ -72,7 +80,7 @@ def run(
     `init` warm-starts the weights from another mdn artifact with the same architecture (iterative training).
     `on_step(step)` is called after each completed step (tests use it to inject interruptions)."""
     out = Path(out)
-    A.check_writable(out)  # before any work: a missing folder is a one-line error, not a late failure
+    files.check_writable(out)  # before any work: a missing folder is a one-line error, not a late failure
     series = [Path(p) for p in series]
     data = load_series(series)
     if data.env and preset.env.name != data.env:
@@ -353,7 +361,7 @@ def _done_fraction(data: SeriesData, train_eps: np.ndarray) -> float:
 
 def _plot(writer: metrics.MetricsWriter, out: Path) -> None:
     """PNG of the loss curves beside the artifact."""
-    from . import plots
+    from .. import plots
 
     plots.loss_curves(writer.read(), ("mdn/nll", "mdn/val_nll", "mdn/done_bce", "mdn/reward_loss", "mdn/lr"),
                       checkpoint.beside(out, ".losses.png"), title=f"M: {out.name}")

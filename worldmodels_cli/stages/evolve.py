@@ -23,11 +23,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import artifacts as A
-from . import seeding
-from .config import ControllerConfig, EvolveConfig, Preset
-from .errors import ArtifactError, ConfigError
-from .metrics import MetricsWriter, kv, metrics_path
+from ..config import ControllerConfig, EvolveConfig, Preset
+from ..runtime import seeding
+from ..runtime.errors import ArtifactError, ConfigError
+from ..store import artifacts as A
+from ..store.metrics import MetricsWriter, kv, metrics_path
 
 log = logging.getLogger(__name__)
 
@@ -267,13 +267,13 @@ def run(
     address: str | None = None,
 ) -> EvolveResult:
     """`wm evolve`: build C for V and M, pick the fitness (dream or real env), run or resume CMA-ES, plot."""
-    from . import device as devices
-    from .agent import AgentSpec
-    from .dream import DreamFitness
-    from .episodes import EpisodeRunner
-    from .models.controller import Controller
-    from .models.mdnrnn import load_mdn
-    from .models.vae import load_vae
+    from ..dream.program import DreamFitness
+    from ..game.agent import AgentSpec
+    from ..game.episodes import EpisodeRunner
+    from ..models.controller import Controller
+    from ..models.mdnrnn import load_mdn
+    from ..models.vae import load_vae
+    from ..runtime import device as devices
 
     cfg = preset.evolve
     vae_meta, mdn_meta = A.validate(vae, "vae"), A.validate(mdn, "mdn")
@@ -312,7 +312,7 @@ def run(
 
 def plot_history(out: Path) -> Path | None:
     """`<out>.fitness.png`: best / mean / worst per generation and the periodic evaluations."""
-    from .plots import loss_curves
+    from ..plots import loss_curves
 
     records = MetricsWriter(metrics_path(out)).read()
     keys = ["evolve/best", "evolve/mean", "evolve/worst", "evolve/eval_score", "evolve/eval_real_score", "evolve/sigma"]

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from . import artifacts as A
-from .errors import ArtifactError
+from ..runtime.errors import ArtifactError
+from ..store import artifacts as A
 
 
 def describe(path: str | os.PathLike) -> dict[str, Any]:
@@ -16,11 +16,11 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
     try:
         meta = A.validate(path)
         if meta.kind in ("vae", "mdn"):  # the weights too: NaN or a non-numeric tensor makes it invalid
-            from .checkpoint import load
+            from ..store.checkpoint import load
 
             load(path, meta.kind)
         elif meta.kind == "controller":
-            from .models.controller import load_controller
+            from ..models.controller import load_controller
 
             for which in ("best", "mean"):
                 load_controller(path, which)
@@ -40,7 +40,7 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
     if meta.model_config:
         report["model"] = meta.model_config
     if meta.kind == "mdn":
-        from .dream import mdn_dream_summary
+        from ..dream.program import mdn_dream_summary
 
         report["dream_random_policy"] = mdn_dream_summary(path, meta)  # issue 6: the dream's done rate
     report.update({k: v for k, v in meta.summary.items() if not isinstance(v, (list, dict)) or k == "scores"})

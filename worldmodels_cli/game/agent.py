@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import artifacts as A
-from .errors import ArtifactError
-from .models.controller import Controller, build_controller, load_controller
-from .models.mdnrnn import MDNRNN, load_mdn
-from .models.vae import ConvVAE, load_vae, to_input
+from ..models.controller import Controller, build_controller, load_controller
+from ..models.mdnrnn import MDNRNN, load_mdn
+from ..models.vae import ConvVAE, load_vae, to_input
+from ..runtime.errors import ArtifactError
+from ..store import artifacts as A
 
 # A V encode of fewer rows takes another kernel path (the linear layers' matrix-vector case) whose z differs in the
 # last bit; padding every batch to this many rows makes an episode's z, hence its actions, the same whichever

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..runtime import seeding
+from ..runtime.errors import ArtifactError, ConfigError
 from . import artifacts as A
-from . import seeding
-from .errors import ArtifactError, ConfigError
 
 
 @dataclass(frozen=True)

@@ -30,13 +30,13 @@ import h5py
 import numpy as np
 import torch
 
-from . import artifacts as A
-from . import device as device_mod
-from . import frames as frames_mod
-from . import metrics
-from .envs import mirror_actions
-from .errors import ArtifactError, ConfigError
-from .models.vae import kl_divergence, load_vae, to_input
+from ..game.envs import mirror_actions
+from ..models.vae import kl_divergence, load_vae, to_input
+from ..runtime import device as device_mod
+from ..runtime.errors import ArtifactError, ConfigError
+from ..store import artifacts as A
+from ..store import files, metrics
+from ..store import frames as frames_mod
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def run(
     model, vmeta = load_vae(vae, dev)
     if vmeta.env and vmeta.env != env:
         raise ConfigError(f"{rollouts[0]} holds {env} frames but the VAE {vae} was trained on {vmeta.env}")
-    A.check_writable(out)
+    files.check_writable(out)
 
     indexes, action_dims, env_actions = [], set(), True
     for p in rollouts:

@@ -23,8 +23,8 @@ from typing import Protocol
 
 import numpy as np
 
-from .config import CollectConfig, EnvConfig
-from .errors import ConfigError
+from ..config import CollectConfig, EnvConfig
+from ..runtime.errors import ConfigError
 
 
 class Policy(Protocol):

@@ -21,10 +21,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import artifacts as A
-from .config import DreamConfig, Preset
+from ..config import DreamConfig, Preset
+from ..store import artifacts as A
+from ..store import files
+from ..video import mp4_available
 from .iterate import IterateConfig, RoundRecord, _timed, round_dir
-from .video import mp4_available
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def _v_only_rows(preset: Preset, data: Path, records: list[RoundRecord], it: Ite
         if not _evaluated(e, c, it.eval_episodes):
             _timed(t, "evaluate", evaluate.run, e, controller=c, episodes=it.eval_episodes, seed=seed, workers=workers)
         times[name] = t.seconds
-        A.write_text_atomic(times_path, json.dumps(times, indent=2))
+        files.write_text_atomic(times_path, json.dumps(times, indent=2))
         what = "C on z" + (f" with {hidden} tanh units" if hidden else "") + " (V only, ref §8)"
         rows.append(Row(what, *_score(e), ev.best_score, None, paper, sum(t.seconds.values())))
     return rows

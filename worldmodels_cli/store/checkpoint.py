@@ -18,8 +18,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ..runtime.errors import ArtifactError
 from . import artifacts as A
-from .errors import ArtifactError
 
 COMPLETE = "complete"  # summary entry: False while training is unfinished
 
@@ -99,7 +99,7 @@ def load_model(path: str | os.PathLike, kind: str, build: Callable[[dict], Any],
                allow_incomplete: bool = False):
     """Rebuild a model from the artifact's model_config with `build(model_config)`, load its weights, move it to
     `device`, put it in eval mode -> (model, Meta)."""
-    from .errors import WorldModelsError
+    from ..runtime.errors import WorldModelsError
 
     ckpt = load(path, kind)
     if not allow_incomplete and not ckpt.complete:

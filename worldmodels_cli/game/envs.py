@@ -47,8 +47,8 @@ from typing import NamedTuple, Protocol
 import numpy as np
 from PIL import Image
 
-from .config import EnvConfig
-from .errors import ConfigError
+from ..config import EnvConfig
+from ..runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

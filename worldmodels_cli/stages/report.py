@@ -12,8 +12,8 @@ import os
 import platform
 from pathlib import Path
 
-from . import artifacts as A
-from .metrics import MetricsWriter, metrics_path
+from ..store import artifacts as A
+from ..store.metrics import MetricsWriter, metrics_path
 
 NOT_RUN = "not run"
 

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import artifacts as A
-from . import seeding
-from .agent import agent_spec
-from .config import EnvConfig, Preset
-from .episodes import POLICIES, EpisodeRunner
-from .errors import ArtifactError, ConfigError
+from ..config import EnvConfig, Preset
+from ..game.agent import agent_spec
+from ..game.episodes import POLICIES, EpisodeRunner
+from ..runtime import seeding
+from ..runtime.errors import ArtifactError, ConfigError
+from ..store import artifacts as A
+from ..store import files
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def run(
     if episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {episodes}")
     if out is not None:
-        A.check_writable(Path(out))
+        files.check_writable(Path(out))
         if Path(out).exists():  # re-evaluating replaces an eval artifact; anything else is never overwritten
             try:
                 A.validate(out, "eval")
@@ -129,11 +130,11 @@ def record_video(path, env_cfg: EnvConfig, spec, params, policy: str, collect_cf
     """One episode from `seed`: the real frames, and beside them V's reconstruction of each (what C saw)."""
     import torch
 
+    from ..game.envs import make_env
+    from ..game.policies import baseline_policy, random_policy
+    from ..models.vae import to_input
+    from ..video import check_video_path, side_by_side, write_video
     from .collect import rollout
-    from .envs import make_env
-    from .models.vae import to_input
-    from .policies import baseline_policy, random_policy
-    from .video import check_video_path, side_by_side, write_video
 
     check_video_path(path)
     env = make_env(env_cfg)

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import artifacts as A
-from . import seeding
+from ..config import CollectConfig, EnvConfig
+from ..runtime import seeding
+from ..runtime.errors import raise_if_signalled
+from ..runtime.executor import make_executor
+from ..store import artifacts as A
 from .agent import AgentSpec
-from .config import CollectConfig, EnvConfig
 from .envs import FRAME_SHAPE, Env, make_env
-from .errors import raise_if_signalled
-from .executor import make_executor
 from .policies import Actor, PolicyBatch, baseline_policy, random_policy
 
 log = logging.getLogger(__name__)

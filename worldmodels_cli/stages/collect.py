@@ -43,14 +43,15 @@ from typing import Any
 import h5py
 import numpy as np
 
-from . import artifacts as A
-from . import metrics, seeding
-from .config import CollectConfig, EnvConfig, Preset
-from .envs import FRAME_SHAPE, Env, check_env_config
-from .episodes import ENVS_PER_WORKER, EnvSet, EpisodeError, lockstep
-from .errors import ArtifactError, ConfigError
-from .executor import make_executor
-from .policies import Actor, Policy, PolicyBatch, make_actor
+from ..config import CollectConfig, EnvConfig, Preset
+from ..game.envs import FRAME_SHAPE, Env, check_env_config
+from ..game.episodes import ENVS_PER_WORKER, EnvSet, EpisodeError, lockstep
+from ..game.policies import Actor, Policy, PolicyBatch, make_actor
+from ..runtime import seeding
+from ..runtime.errors import ArtifactError, ConfigError
+from ..runtime.executor import make_executor
+from ..store import artifacts as A
+from ..store import files, metrics
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +288,7 @@ def run(
     if col.min_length >= env_cfg.max_steps:
         raise ConfigError(f"CollectConfig.min_length ({col.min_length}) >= EnvConfig.max_steps ({env_cfg.max_steps}): "
                           "no episode could be kept")
-    A.check_writable(out)
+    files.check_writable(out)
     check_env_config(env_cfg)
     controller = None if controller is None else str(controller)
     make_actor(env_cfg, col, controller)  # a bad policy setting fails here, in one line, not in a worker

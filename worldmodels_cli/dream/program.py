@@ -1,0 +1,282 @@
+"""The batched dream (see the package doc): P members × R trials as one tensor program, its CMA-ES fitness
+and the random policy's diagnostics."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..models.controller import Controller, apply_layers
+from ..models.mdnrnn import MDNRNN, is_done, sample_next
+from .fused import FusedM
+from .streams import NoiseLayout, random_action, rollout_keys, start_z, step_noise
+
+log = logging.getLogger(__name__)
+
+
+_SMALL_BATCH = 64  # below this many rows the CPU program runs on one thread
+
+
+def reward_of(kind: str, value: Tensor | None, like: Tensor) -> Tensor:
+    """Per-step dream reward: +1 without a reward head (ref §7); the regression head's value; or ±1 from the
+    sign head's logit (a sign, never a survival probability: ref §C.7)."""
+    if kind == "none" or value is None:
+        return torch.ones_like(like)
+    if kind == "regression":
+        return value
+    return torch.where(value > 0, 1.0, -1.0).to(like.dtype)
+
+
+# ------------------------------------------------------------------------------------------ the batched program
+@dataclass
+class DreamResult:
+    """Per rollout (P, R): returns (float64) and lengths (steps); figures of the run."""
+
+    returns: np.ndarray
+    lengths: np.ndarray
+    seconds: float
+    row_steps: int  # rows stepped in total (what was computed, finished-but-not-yet-compacted rows included)
+    z: np.ndarray | None = field(default=None, repr=False)  # (P, R, max_steps+1, Z) with NaN after the end
+
+    @property
+    def rollout_steps(self) -> int:
+        return int(self.lengths.sum())
+
+
+def policy_env(controller: Controller | None, mdn: MDNRNN, env: str | None) -> str:
+    if controller is not None:
+        return controller.env
+    if env:
+        return env
+    return "doom" if mdn.cfg.action_dim == 1 else "carracing"
+
+
+@torch.no_grad()
+def dream_rollouts(
+    mdn: MDNRNN,
+    seeds,
+    initial_mu,
+    initial_logvar,
+    *,
+    controller: Controller | None = None,
+    params=None,
+    env: str | None = None,
+    tau: float = 1.15,
+    max_steps: int = 2100,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    compact: bool = True,
+    compact_every: int = 8,
+    record_z: bool = False,
+) -> DreamResult:
+    """P members × R trials of the dream at once -> DreamResult with (P, R) returns and lengths.
+
+    seeds (P, R) ints, one stream per rollout; controller + params (P, n) give member p's weights to its R rows
+    (without a controller: the random policy of `random_action` for `env`). initial_mu/logvar (E, Z): the first
+    frames of real episodes. `compact` gathers the unfinished rows every `compact_every` steps; record_z keeps every
+    z (tests, `wm dream`). Runs on `device` (default M's) in `dtype` (default M's)."""
+    seeds = np.asarray(seeds, dtype=np.int64)
+    if seeds.ndim != 2:
+        raise ValueError(f"seeds must be (P, R), got shape {seeds.shape}")
+    P, R = seeds.shape
+    n_rows = P * R
+    device = torch.device(device) if device is not None else mdn.bias.device
+    dtype = dtype or mdn.bias.dtype
+    fm = FusedM(mdn, dtype, device, tau)
+    layout = NoiseLayout(fm.z_dim, fm.action_dim)
+    env_name = policy_env(controller, mdn, env)
+    t_start = time.perf_counter()
+
+    keys = rollout_keys(seeds, device)  # (N,)
+    mu0 = torch.as_tensor(np.asarray(initial_mu), device=device).to(dtype)
+    lv0 = torch.as_tensor(np.asarray(initial_logvar), device=device).to(dtype)
+    S = fm.new_state(start_z(keys, mu0, lv0, layout)[0])  # zero state, restart flag set (ref §7)
+    feats = layers = None
+    if controller is not None:
+        p = torch.as_tensor(np.asarray(params) if not isinstance(params, Tensor) else params, device=device)
+        member_layers, feats = fm.row_layers(controller, p.to(dtype).reshape(P, controller.param_count))
+        # row r runs member r // R: its weights repeated per row, so rows can be compacted freely
+        layers = [(w.repeat_interleave(R, 0), None if b is None else b.repeat_interleave(R, 0))
+                  for w, b in member_layers]
+    buf = fm.buffers(n_rows)
+    rows = torch.arange(n_rows, device=device)  # each row's rollout id
+    alive = torch.ones(n_rows, dtype=torch.bool, device=device)
+    ret = torch.zeros(n_rows, dtype=torch.float64, device=device)
+    length = torch.zeros(n_rows, dtype=torch.int64, device=device)
+    out_ret = torch.zeros(n_rows, dtype=torch.float64, device=device)
+    out_len = torch.zeros(n_rows, dtype=torch.int64, device=device)
+    zs = None
+    if record_z:
+        zs = torch.full((max_steps + 1, n_rows, fm.z_dim), math.nan, dtype=dtype, device=device)
+        zs[0] = S[:, fm.z_]
+    row_steps = 0
+
+    per_step_reward = fm.reward_head != "none"  # else +1 per step: the return is the length (ref §7)
+    threads = torch.get_num_threads()
+    try:
+        for t in range(max_steps):
+            B = S.shape[0]
+            row_steps += B
+            if B < _SMALL_BATCH and device.type == "cpu":
+                torch.set_num_threads(1)  # a few rows: splitting tiny ops only adds synchronisation
+            j = t % compact_every
+            if j == 0:  # the noise of the next `compact_every` steps at once: rows only change between such chunks
+                k = min(compact_every, max_steps - t)
+                U, EPS, AB = (x.view(B, k, -1) for x in step_noise(keys, t, layout, dtype, steps=k))  # (B, k, ·)
+            if layers is None:
+                S[:, fm.a_] = random_action(AB[:, j], env_name, dtype)
+            else:
+                raw = apply_layers(layers, S[:, feats].unsqueeze(1))  # (B, 1, A): member weights per row
+                S[:, fm.a_] = controller.to_action(raw.squeeze(1))
+            Y = fm.step(S, buf)
+            if t == 0 and fm.restart:
+                S[:, fm.r_col] = 0.0
+            if per_step_reward:
+                ret.add_(reward_of(fm.reward_head, Y[:, 1 if fm.done_head else 0], ret).to(torch.float64) * alive)
+            length.add_(alive)
+            if fm.done_head:
+                alive &= ~(Y[:, 0] > 0)  # done when the done logit > 0; τ plays no part (ref §7)
+            fm.sample(Y, U[:, j], EPS[:, j], S[:, fm.z_], buf)
+            if zs is not None:
+                zs[t + 1, rows[alive]] = S[alive][:, fm.z_]
+            if j == compact_every - 1 and t + 1 < max_steps:
+                n_alive = int(alive.sum())
+                if n_alive == 0:
+                    break
+                if compact and B - n_alive >= max(1, B // 32):
+                    done_rows = (~alive).nonzero().squeeze(1)
+                    out_ret[rows[done_rows]] = ret[done_rows]
+                    out_len[rows[done_rows]] = length[done_rows]
+                    keep = alive.nonzero().squeeze(1)
+                    S, keys, rows, ret, length = S[keep], keys[keep], rows[keep], ret[keep], length[keep]
+                    alive = alive[keep]
+                    if layers is not None:
+                        layers = [(w[keep], None if b is None else b[keep]) for w, b in layers]
+    finally:
+        torch.set_num_threads(threads)
+    out_ret[rows] = ret
+    out_len[rows] = length
+    if not per_step_reward:
+        out_ret = out_len.to(torch.float64)
+    seconds = time.perf_counter() - t_start
+    log.debug("dream: %d rollouts, %d rollout-steps (%d rows stepped) in %.2f s", n_rows, int(out_len.sum()),
+              row_steps, seconds)
+    return DreamResult(
+        returns=out_ret.cpu().numpy().reshape(P, R),
+        lengths=out_len.cpu().numpy().reshape(P, R),
+        seconds=seconds,
+        row_steps=row_steps,
+        z=None if zs is None else zs.permute(1, 0, 2).reshape(P, R, max_steps + 1, fm.z_dim).cpu().numpy(),
+    )
+
+
+def dream_fitness(mdn: MDNRNN, controller: Controller, params, seeds, initial_mu, initial_logvar, *,
+                  tau: float, max_steps: int, device=None) -> np.ndarray:
+    """Fitness of each member (P,): the mean dream return over its R trials (ref §6)."""
+    res = dream_rollouts(mdn, seeds, initial_mu, initial_logvar, controller=controller, params=params, tau=tau,
+                         max_steps=max_steps, device=device)
+    return res.returns.mean(axis=1)
+
+
+class DreamFitness:
+    """`evolve.Fitness` in the dream: (params (P, n), seeds (P, R)) -> returns (P, R), one batched program per call."""
+
+    def __init__(self, mdn: MDNRNN, controller: Controller, initial_mu, initial_logvar, *, tau: float,
+                 max_steps: int, device=None) -> None:
+        self.mdn, self.controller = mdn, controller
+        self.initial_mu, self.initial_logvar = initial_mu, initial_logvar
+        self.tau, self.max_steps, self.device = tau, max_steps, device
+        self.last: DreamResult | None = None
+
+    @classmethod
+    def from_artifact(cls, mdn_path: str | os.PathLike, controller: Controller, *, tau: float, max_steps: int,
+                      device: str = "cpu") -> DreamFitness:
+        from ..models.mdnrnn import load_initial_z, load_mdn
+
+        mdn, _ = load_mdn(mdn_path, device)
+        mu, logvar = load_initial_z(mdn_path)
+        return cls(mdn, controller, mu, logvar, tau=tau, max_steps=max_steps, device=device)
+
+    def __call__(self, params: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+        self.last = dream_rollouts(self.mdn, seeds, self.initial_mu, self.initial_logvar, controller=self.controller,
+                                   params=np.asarray(params), tau=self.tau, max_steps=self.max_steps,
+                                   device=self.device)
+        return self.last.returns
+
+    def close(self) -> None:
+        pass
+
+
+# ------------------------------------------------------------------------------------------ diagnostics
+def random_policy_done_rate(mdn: MDNRNN, initial_mu, initial_logvar, *, env: str | None = None, episodes: int = 64,
+                            tau: float = 1.0, max_steps: int = 2100, seed: int = 0) -> dict:
+    """How the dream ends under the random policy: mean ± std length, the fraction of episodes M ends by its
+    done head before the cap, and done events per step. A dream that never ends (rate 0) or ends at once is a
+    broken M. Shown by `wm info` on an mdn artifact."""
+    from ..runtime import seeding
+
+    seeds = np.array([[seeding.derive(seed, "done-rate", i) for i in range(episodes)]], dtype=np.int64)
+    res = dream_rollouts(mdn, seeds, initial_mu, initial_logvar, env=env, tau=tau, max_steps=max_steps)
+    lengths = res.lengths.reshape(-1).astype(np.float64)
+    ended = (lengths < max_steps) if mdn.cfg.done_head else np.zeros_like(lengths, dtype=bool)
+    return {"episodes": episodes, "temperature": tau, "max_steps": max_steps,
+            "mean_length": float(lengths.mean()), "std_length": float(lengths.std()),
+            "mean_return": float(res.returns.mean()),
+            "done_fraction": float(ended.mean()), "done_per_step": float(ended.sum() / lengths.sum())}
+
+
+@torch.no_grad()
+def constant_action_lengths(mdn: MDNRNN, initial_mu, initial_logvar, actions: dict[str, float], *,
+                            episodes: int = 64, tau: float = 1.15, max_steps: int = 2100, seed: int = 0) -> dict:
+    """Mean dream length when one action is held the whole episode (Doom: always left / none / right).
+
+    The diagnostic of the dream exploit (ref §B): in the real game holding a direction dies at a wall in ≈150-190
+    steps; an M that lets it survive far longer in the dream has not seen those deaths, and CMA-ES will find it."""
+    gen = torch.Generator().manual_seed(seed)
+    mu0, lv0 = torch.as_tensor(initial_mu, dtype=torch.float32), torch.as_tensor(initial_logvar, dtype=torch.float32)
+    out = {}
+    for name, value in actions.items():
+        idx = torch.randint(len(mu0), (episodes,), generator=gen)
+        z = mu0[idx] + torch.exp(0.5 * lv0[idx]) * torch.randn(mu0[idx].shape, generator=gen)  # (B, Z)
+        a = torch.full((episodes, mdn.cfg.action_dim), float(value))
+        state, alive = mdn.initial_state(episodes), torch.ones(episodes, dtype=torch.bool)
+        restart, length = torch.ones(episodes), torch.zeros(episodes)
+        for _ in range(max_steps):
+            step, state = mdn.step(z, a, restart if mdn.cfg.restart_input else None, state)
+            length += alive.float()
+            if step.done_logit is not None:
+                alive &= ~is_done(step)
+            if not alive.any():
+                break
+            restart = torch.zeros(episodes)
+            z = sample_next(step, tau, gen)
+        out[name] = f"{length.mean():.0f} ± {length.std():.0f}"
+    return out
+
+
+def mdn_dream_summary(path: str | os.PathLike, meta) -> dict | str:
+    """`wm info` on an mdn artifact: `random_policy_done_rate` at the temperature and cap its preset records
+    (default τ 1.15, 2100 steps); a one-line reason instead when the artifact cannot dream."""
+    from ..models.mdnrnn import load_initial_z, load_mdn
+    from ..runtime.errors import WorldModelsError
+
+    evolve = meta.config.get("evolve", {}) if isinstance(meta.config, dict) else {}
+    tau, cap = float(evolve.get("temperature", 1.15)), int(evolve.get("max_steps", 2100))
+    try:
+        mdn, _ = load_mdn(path, "cpu", allow_incomplete=True)
+        mu0, lv0 = load_initial_z(path)
+    except WorldModelsError as exc:
+        return f"n/a ({exc})"
+    r = random_policy_done_rate(mdn, mu0, lv0, env=meta.env or None, tau=tau, max_steps=cap)
+    r = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
+    if meta.env == "doom" and mdn.cfg.done_head:
+        r["held_action_length"] = constant_action_lengths(mdn, mu0, lv0, {"left": -1.0, "none": 0.0, "right": 1.0},
+                                                          episodes=32, tau=tau, max_steps=cap)
+    return r

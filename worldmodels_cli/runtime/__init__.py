@@ -1,0 +1,1 @@
+"""What runs the work: errors, seeds, devices, and the executor (local processes or Ray)."""

@@ -1,0 +1,1 @@
+"""The commands' work, one module per stage, each with one `run()`."""

@@ -1,0 +1,91 @@
+"""`wm dream`: dream rollouts (a controller's or the random policy's) decoded through V into an animated GIF."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..dream.program import dream_rollouts
+
+
+# ------------------------------------------------------------------------------------------ wm dream
+@dataclass
+class DreamRunResult:
+    out: Path
+    episodes: int
+    lengths: list[int]
+    returns: list[float]
+    frames: int
+
+    def line(self) -> str:
+        mean = float(np.mean(self.returns))
+        return (f"{self.out}: {self.episodes} dream episode(s), {self.frames} frames, lengths {self.lengths}, "
+                f"mean return {mean:.1f}")
+
+
+def run(cfg, vae_path, mdn_path, out, *, controller_path=None, seed: int = 0, device: str = "auto") -> DreamRunResult:
+    """`wm dream`: dream `cfg.episodes` rollouts (the controller's, else the random policy) at `cfg.temperature`,
+    decode every z through V's decoder, and write them side by side as an animated GIF."""
+    from ..models.controller import load_controller
+    from ..models.mdnrnn import load_initial_z, load_mdn
+    from ..models.vae import load_vae
+    from ..runtime import seeding
+    from ..runtime.device import resolve
+    from ..runtime.errors import ArtifactError
+    from ..store.files import check_writable
+    from ..video import check_video_path, write_video
+
+    dev = resolve(device)
+    check_video_path(out)
+    out = Path(out)
+    check_writable(out)
+    mdn, mdn_meta = load_mdn(mdn_path, dev)
+    mu0, lv0 = load_initial_z(mdn_path)
+    vae, vae_meta = load_vae(vae_path, dev)
+    if vae_meta.env != mdn_meta.env:
+        raise ArtifactError(f"{vae_path}: a {vae_meta.env} V, but {mdn_path} is a {mdn_meta.env} M")
+    if vae.config.z_dim != mdn.cfg.z_dim:
+        raise ArtifactError(f"{vae_path}: V's latent size {vae.config.z_dim} differs from M's {mdn.cfg.z_dim} "
+                            f"({mdn_path}); use the V that M's series was encoded with")
+    controller = params = None
+    if controller_path is not None:
+        controller, params, c_meta = load_controller(controller_path)
+        if c_meta.env != mdn_meta.env:
+            raise ArtifactError(f"{controller_path}: a {c_meta.env} controller, but {mdn_path} is a {mdn_meta.env} M")
+        want = (mdn.cfg.z_dim, mdn.cfg.hidden, mdn.cfg.action_dim)
+        if (controller.z_dim, controller.hidden, controller.action_dim) != want:
+            raise ArtifactError(f"{controller_path}: controller sizes (z {controller.z_dim}, h {controller.hidden}, "
+                                f"a {controller.action_dim}) do not match M's {want} ({mdn_path})")
+        params = params[None, :]
+    seeds = np.array([[seeding.derive(seed, "dream", i) for i in range(cfg.episodes)]], dtype=np.int64)
+    res = dream_rollouts(mdn, seeds, mu0, lv0, controller=controller, params=params, env=mdn_meta.env or None,
+                         tau=cfg.temperature, max_steps=cfg.max_steps, compact=False, record_z=True)
+    lengths = res.lengths[0].tolist()
+    frames = _decode_episodes(vae, res.z[0], lengths, dev)
+    write_video(out, frames, fps=cfg.fps)
+    return DreamRunResult(out, cfg.episodes, lengths, res.returns[0].tolist(), len(frames))
+
+
+@torch.no_grad()
+def _decode_episodes(vae, z: np.ndarray, lengths: list[int], device: str, batch: int = 256) -> list[np.ndarray]:
+    """z (N, T+1, Z) -> GIF frames (H, W·N, 3) uint8: episodes side by side, each holding its last picture after
+    its end (a 2-pixel gap between them)."""
+    n, t_max = z.shape[0], max(lengths)  # episode i shows z0..z_{len-1}: the frames it saw before acting
+    tiles = []
+    for i in range(n):
+        zi = torch.as_tensor(z[i, : lengths[i]], dtype=torch.float32, device=device)
+        pics = torch.cat([vae.decode(zi[j : j + batch]) for j in range(0, len(zi), batch)])  # (L, 3, 64, 64)
+        tiles.append((pics.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+    gap = np.zeros((64, 2, 3), dtype=np.uint8)
+    frames = []
+    for t in range(t_max):
+        row = []
+        for i, tile in enumerate(tiles):
+            if i:
+                row.append(gap)
+            row.append(tile[min(t, len(tile) - 1)])
+        frames.append(np.concatenate(row, axis=1))
+    return frames
