@@ -29,6 +29,7 @@ from pathlib import Path
 from worldmodels_cli.config import Preset, preset
 from worldmodels_cli.game.envs import make_env
 from worldmodels_cli.game.policies import random_policy
+from worldmodels_cli.runtime import Runtime
 from worldmodels_cli.runtime.executor import make_executor
 from worldmodels_cli.stages import collect
 
@@ -81,7 +82,7 @@ def bare(cfg: Preset, episodes: int) -> tuple[int, float, float]:
 
 def timed_collect(cfg: Preset, out: Path, workers: int) -> tuple[int, float, float]:
     c0, t0 = _cpu(), time.perf_counter()
-    res = collect.run(cfg, out, seed=0, workers=workers)
+    res = collect.run(cfg, out, runtime=Runtime(seed=0, workers=workers))
     return res.frames, time.perf_counter() - t0, _cpu() - c0
 
 

@@ -36,7 +36,7 @@ from synthetic import write_rollouts  # noqa: E402
 
 from worldmodels_cli.config import VAEConfig, preset  # noqa: E402
 from worldmodels_cli.models.vae import ConvVAE  # noqa: E402
-from worldmodels_cli.runtime import seeding  # noqa: E402
+from worldmodels_cli.runtime import Runtime, seeding  # noqa: E402
 from worldmodels_cli.stages import train_vae  # noqa: E402
 from worldmodels_cli.store import artifacts as A  # noqa: E402
 from worldmodels_cli.store import frames  # noqa: E402
@@ -143,7 +143,7 @@ def rss_child(path: str, out: str) -> None:
     cfg = preset("carracing", "tiny")
     cfg = cfg.replace(vae_train=cfg.vae_train.replace(epochs=1, batch_size=BATCH, block_frames=256, buffer_blocks=4,
                                                       val_episodes=0.05, num_workers=0, log_steps=50))
-    train_vae.run(cfg, [path], out, seed=0, device="cpu")
+    train_vae.run(cfg, [path], out, runtime=Runtime(seed=0, device='cpu'))
     print(json.dumps({"rss_mb": peak_rss_mb()}))
 
 

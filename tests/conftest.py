@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from worldmodels_cli.cli import main
+from worldmodels_cli.runtime import Runtime
 
 
 @dataclass
@@ -52,10 +53,10 @@ def _build_world(root: Path, env: str, episodes: int, mdn_steps: int) -> TinyWor
     p = preset(env, "tiny")
     p = p.replace(collect=p.collect.replace(episodes=episodes))
     r, v, s, m = (root / n for n in ("rollouts.h5", "vae.h5", "series.h5", "mdn.h5"))
-    collect.run(p, r, seed=0, workers=1)
-    train_vae.run(p, [r], v, seed=0, device="cpu")
-    encode.run([r], v, s, device="cpu", seed=0)
-    train_mdn.run(p.replace(mdn_train=p.mdn_train.replace(steps=mdn_steps)), [s], m, seed=0, device="cpu")
+    collect.run(p, r, runtime=Runtime(seed=0, workers=1))
+    train_vae.run(p, [r], v, runtime=Runtime(seed=0, device='cpu'))
+    encode.run([r], v, s, runtime=Runtime(device='cpu', seed=0))
+    train_mdn.run(p.replace(mdn_train=p.mdn_train.replace(steps=mdn_steps)), [s], m, runtime=Runtime(seed=0, device='cpu'))
     return TinyWorld(root, r, v, s, m)
 
 

@@ -16,6 +16,7 @@ import pytest
 from worldmodels_cli.cli import main
 from worldmodels_cli.config import preset
 from worldmodels_cli.game.envs import doom_button, make_env
+from worldmodels_cli.runtime import Runtime
 from worldmodels_cli.runtime.errors import ArtifactError, ConfigError
 from worldmodels_cli.stages import collect
 from worldmodels_cli.stages.info import describe
@@ -41,7 +42,7 @@ def _assert_same(a, b):
 
 def test_collect_writes_a_valid_rollouts_artifact(tmp_path):
     out = tmp_path / "doom.h5"
-    res = collect.run(_cfg(episodes=5), out, seed=3)
+    res = collect.run(_cfg(episodes=5), out, runtime=Runtime(seed=3))
     meta = A.validate(out, "rollouts")
     assert meta.env == "doom" and meta.seed == 3 and meta.config["collect"]["episodes"] == 5
     d = _data(out)
@@ -70,7 +71,7 @@ def test_frames_are_the_frame_before_each_action(tmp_path):
     """Replaying the stored actions from the stored seed reproduces the stored frames (ref §2.1)."""
     out = tmp_path / "car.h5"
     cfg = _cfg("carracing", episodes=2)
-    collect.run(cfg, out, seed=0)
+    collect.run(cfg, out, runtime=Runtime(seed=0))
     d = _data(out)
     env = make_env(cfg.env)
     for e in range(2):
@@ -92,14 +93,14 @@ def test_frames_are_the_frame_before_each_action(tmp_path):
 def test_same_seed_same_data_with_1_and_2_workers(tmp_path):
     # min_length discards some episodes: the kept set must not depend on the workers either (ref §2.2)
     cfg = _cfg(episodes=8, min_length=40)
-    r1 = collect.run(cfg, tmp_path / "w1.h5", seed=5, workers=1)
-    r2 = collect.run(cfg, tmp_path / "w2.h5", seed=5, workers=2)
+    r1 = collect.run(cfg, tmp_path / "w1.h5", runtime=Runtime(seed=5, workers=1))
+    r2 = collect.run(cfg, tmp_path / "w2.h5", runtime=Runtime(seed=5, workers=2))
     _assert_same(tmp_path / "w1.h5", tmp_path / "w2.h5")
     ids = _data(tmp_path / "w1.h5")[A.EPISODE_IDS]
     assert r1.ran > 8 and len(ids) == 8 and ids[-1] > 7  # some were discarded
     assert np.all(_data(tmp_path / "w1.h5")[A.EPISODE_LENGTHS] > 40)
     assert r2.episodes == 8
-    other = collect.run(cfg, tmp_path / "s6.h5", seed=6)
+    other = collect.run(cfg, tmp_path / "s6.h5", runtime=Runtime(seed=6))
     assert not np.array_equal(_data(tmp_path / "s6.h5")[A.FRAMES][:10], _data(tmp_path / "w1.h5")[A.FRAMES][:10])
     assert other.episodes == 8
 
@@ -107,7 +108,7 @@ def test_same_seed_same_data_with_1_and_2_workers(tmp_path):
 def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch):
     cfg = _cfg(episodes=9, min_length=30)
     ref = tmp_path / "ref.h5"
-    collect.run(cfg, ref, seed=1)
+    collect.run(cfg, ref, runtime=Runtime(seed=1))
 
     out = tmp_path / "out.h5"
     real, calls = collect._run_chunk, []
@@ -120,7 +121,7 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch):
 
     monkeypatch.setattr(collect, "_run_chunk", dies_after_4)
     with pytest.raises(KeyboardInterrupt):
-        collect.run(cfg, out, seed=1)
+        collect.run(cfg, out, runtime=Runtime(seed=1))
     monkeypatch.setattr(collect, "_run_chunk", real)
     parts = collect.parts_dir(out)
     assert not out.exists() and len([p for p in parts.iterdir() if p.name.startswith("episode-")]) == 4
@@ -129,7 +130,7 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch):
     (tmp_path / ".out.h5.tmp-99999").write_bytes(b"half")
 
     kept_before = sum(1 for p in parts.iterdir() if p.name.startswith("episode-") and p.suffix == ".h5")
-    res = collect.run(cfg, out, seed=1)
+    res = collect.run(cfg, out, runtime=Runtime(seed=1))
     _assert_same(ref, out)
     assert res.reused == kept_before and res.ran > 0 and calls == [0, 1, 2, 3]
     assert not parts.exists() and not (tmp_path / ".out.h5.tmp-99999").exists()
@@ -155,20 +156,20 @@ def test_kill_9_then_rerun_loses_and_duplicates_nothing(tmp_path):
     proc.wait(timeout=60)
     assert not out.exists()
     cfg = _cfg(episodes=150)
-    res = collect.run(cfg, out, seed=2)
+    res = collect.run(cfg, out, runtime=Runtime(seed=2))
     assert res.reused >= 20 and res.reused + res.ran == 150
-    collect.run(cfg, tmp_path / "ref.h5", seed=2)
+    collect.run(cfg, tmp_path / "ref.h5", runtime=Runtime(seed=2))
     _assert_same(tmp_path / "ref.h5", out)
 
 
 def test_append_equals_a_fresh_larger_run(tmp_path):
     cfg = _cfg(episodes=4, min_length=30)
     out = tmp_path / "a.h5"
-    collect.run(cfg, out, seed=4)
+    collect.run(cfg, out, runtime=Runtime(seed=4))
     first = _data(out)
-    res = collect.run(_cfg(episodes=7, min_length=30), out, seed=4)
+    res = collect.run(_cfg(episodes=7, min_length=30), out, runtime=Runtime(seed=4))
     assert res.appended_to == 4 and res.episodes == 7
-    collect.run(_cfg(episodes=7, min_length=30), tmp_path / "fresh.h5", seed=4)
+    collect.run(_cfg(episodes=7, min_length=30), tmp_path / "fresh.h5", runtime=Runtime(seed=4))
     _assert_same(tmp_path / "fresh.h5", out)
     after = _data(out)
     n = first[A.FRAMES].shape[0]
@@ -176,22 +177,22 @@ def test_append_equals_a_fresh_larger_run(tmp_path):
     assert A.validate(out, "rollouts").config["collect"]["episodes"] == 7
     # the same command again: nothing to do, nothing changed
     sha = A.sha256(out)
-    again = collect.run(_cfg(episodes=7, min_length=30), out, seed=4)
+    again = collect.run(_cfg(episodes=7, min_length=30), out, runtime=Runtime(seed=4))
     assert again.ran == 0 and again.episodes == 7 and A.sha256(out) == sha
 
 
 def test_refuses_to_mix_or_shrink(tmp_path):
     out = tmp_path / "r.h5"
-    collect.run(_cfg(episodes=3), out, seed=0)
+    collect.run(_cfg(episodes=3), out, runtime=Runtime(seed=0))
     sha = A.sha256(out)
     with pytest.raises(ConfigError, match="seed 0 vs 1"):
-        collect.run(_cfg(episodes=5), out, seed=1)
+        collect.run(_cfg(episodes=5), out, runtime=Runtime(seed=1))
     with pytest.raises(ConfigError, match="min_length 0 vs 5"):
-        collect.run(_cfg(episodes=5, min_length=5), out, seed=0)
+        collect.run(_cfg(episodes=5, min_length=5), out, runtime=Runtime(seed=0))
     with pytest.raises(ConfigError, match="env.name 'doom' vs 'carracing'"):
-        collect.run(_cfg("carracing", episodes=5), out, seed=0)
+        collect.run(_cfg("carracing", episodes=5), out, runtime=Runtime(seed=0))
     with pytest.raises(ConfigError, match="already holds 3 episodes"):
-        collect.run(_cfg(episodes=2), out, seed=0)
+        collect.run(_cfg(episodes=2), out, runtime=Runtime(seed=0))
     assert A.sha256(out) == sha and not collect.parts_dir(out).exists()
 
 
@@ -203,20 +204,20 @@ def test_refuses_an_unfinished_collection_with_other_settings(tmp_path, monkeypa
 
     monkeypatch.setattr(collect, "_run_chunk", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        collect.run(_cfg(episodes=3), out, seed=0)
+        collect.run(_cfg(episodes=3), out, runtime=Runtime(seed=0))
     monkeypatch.undo()
     with pytest.raises(ConfigError, match="unfinished collection.*seed 0 vs 9"):
-        collect.run(_cfg(episodes=3), out, seed=9)
+        collect.run(_cfg(episodes=3), out, runtime=Runtime(seed=9))
 
 
 def test_refuses_to_overwrite_other_files(tmp_path):
     junk = tmp_path / "junk.h5"
     junk.write_text("not hdf5")
     with pytest.raises(ArtifactError, match="not an HDF5 file.*refusing to overwrite"):
-        collect.run(_cfg(episodes=2), junk, seed=0)
+        collect.run(_cfg(episodes=2), junk, runtime=Runtime(seed=0))
     assert junk.read_text() == "not hdf5"
     with pytest.raises(ConfigError, match="min_length"):
-        collect.run(_cfg(episodes=2, min_length=60), tmp_path / "x.h5", seed=0)
+        collect.run(_cfg(episodes=2, min_length=60), tmp_path / "x.h5", runtime=Runtime(seed=0))
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
@@ -291,16 +292,16 @@ def test_a_damaged_shard_is_removed_and_recollected(tmp_path, monkeypatch):
 
     monkeypatch.setattr(collect, "_run_chunk", dies_after_3)
     with pytest.raises(KeyboardInterrupt):
-        collect.run(cfg, out, seed=0)
+        collect.run(cfg, out, runtime=Runtime(seed=0))
     monkeypatch.undo()
     shard = collect.shard_path(collect.parts_dir(out), 1)
     shard.write_bytes(shard.read_bytes()[:100])  # what an OS crash could leave under the final name
     with pytest.raises(ArtifactError, match="episode-000001.h5: unreadable.*removed it"):
-        collect.run(cfg, out, seed=0)
+        collect.run(cfg, out, runtime=Runtime(seed=0))
     assert not shard.exists() and not out.exists()
-    res = collect.run(cfg, out, seed=0)
+    res = collect.run(cfg, out, runtime=Runtime(seed=0))
     assert res.reused == 3 and res.ran == 1  # only the damaged episode is run again
-    collect.run(cfg, tmp_path / "ref.h5", seed=0)
+    collect.run(cfg, tmp_path / "ref.h5", runtime=Runtime(seed=0))
     _assert_same(tmp_path / "ref.h5", out)
 
 
@@ -308,8 +309,8 @@ def test_a_damaged_shard_is_removed_and_recollected(tmp_path, monkeypatch):
 def test_real_doom_same_data_with_1_and_2_workers(tmp_path):
     p = preset("doom", "paper")
     cfg = p.replace(env=p.env.replace(max_steps=200), collect=p.collect.replace(episodes=3, min_length=0))
-    collect.run(cfg, tmp_path / "a.h5", seed=1, workers=1)
-    collect.run(cfg, tmp_path / "b.h5", seed=1, workers=2)
+    collect.run(cfg, tmp_path / "a.h5", runtime=Runtime(seed=1, workers=1))
+    collect.run(cfg, tmp_path / "b.h5", runtime=Runtime(seed=1, workers=2))
     _assert_same(tmp_path / "a.h5", tmp_path / "b.h5")
 
 
@@ -321,11 +322,11 @@ def test_controller_collection_in_lockstep_equals_one_episode_at_a_time(tiny_wor
 
     p = preset("doom", "tiny")
     c = tmp_path / "c.h5"
-    evolve.run(p.replace(evolve=p.evolve.replace(generations=1)), tiny_world.vae, tiny_world.mdn, c, seed=0)
+    evolve.run(p.replace(evolve=p.evolve.replace(generations=1)), tiny_world.vae, tiny_world.mdn, c, runtime=Runtime(seed=0))
     cfg = _cfg(episodes=7, min_length=5, policy="controller", noise=noise)
-    collect.run(cfg, tmp_path / "lockstep.h5", seed=4, controller=c)
+    collect.run(cfg, tmp_path / "lockstep.h5", runtime=Runtime(seed=4), controller=c)
     monkeypatch.setattr(collect, "chunk_size", lambda col, env: 1)
-    collect.run(cfg, tmp_path / "alone.h5", seed=4, controller=c)
+    collect.run(cfg, tmp_path / "alone.h5", runtime=Runtime(seed=4), controller=c)
     _assert_same(tmp_path / "lockstep.h5", tmp_path / "alone.h5")
     lengths = _data(tmp_path / "alone.h5")[A.EPISODE_LENGTHS]
     assert len(set(lengths.tolist())) > 1  # episodes ended at different steps inside one chunk

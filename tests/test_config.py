@@ -61,3 +61,46 @@ def test_a_float_field_must_be_finite(value):
 def test_nonsense_numbers_are_usage_errors(wm, tmp_path, args):
     res = wm(*args.split())
     assert res.code == 2 and res.err.startswith("error: Invalid value") and res.err.count("\n") == 1, res.err
+
+
+def test_every_config_field_is_an_option_written_once():
+    """The stage options are made from the config dataclasses (cli.config_options): a new field is an option
+    of its command without a second edit, with the field's doc as its help."""
+    import dataclasses
+
+    from worldmodels_cli.cli import OPTION_NAMES, cli
+    from worldmodels_cli.config import ControllerConfig, DreamConfig, IterateConfig
+
+    def options(command: str) -> dict[str, object]:
+        return {p.name: p for p in cli.commands[command].params}
+
+    for command, classes, skip in (("evolve", (EvolveConfig, ControllerConfig), ()), ("dream", (DreamConfig,), ()),
+                                   ("iterate", (IterateConfig,), ("later_mdn_steps_fraction",)),
+                                   ("demo", (IterateConfig,), ("later_mdn_steps_fraction",))):
+        have = options(command)
+        for cls in classes:
+            for fl in dataclasses.fields(cls):
+                if fl.name in skip:
+                    continue
+                assert fl.name in have, f"wm {command} has no option for {cls.__name__}.{fl.name}"
+                assert have[fl.name].help.startswith(fl.metadata["doc"])
+    assert "--hidden-units" in options("evolve")["hidden"].opts and OPTION_NAMES["in_dream"].startswith("--in-dream")
+
+
+def test_evolve_options_reach_the_config(wm, monkeypatch, tmp_path, tiny_world):
+    from worldmodels_cli.stages import evolve
+
+    seen = []
+    monkeypatch.setattr(evolve, "run", lambda cfg, vae, mdn, out, runtime: seen.append((cfg, runtime)) or
+                        evolve.EvolveResult(out, 1, 0.0, 0, 0.0))
+    r = wm("evolve", "--vae", tiny_world.vae, "--mdn", tiny_world.mdn, "--out", tmp_path / "c.h5", "--preset", "tiny",
+           "--real", "--stall-steps", "7", "--hidden-units", "3", "--no-bias", "--features", "z", "--seed", "5",
+           "--workers", "2")
+    assert r.code == 0, r.err
+    cfg, runtime = seen[0]
+    assert (cfg.evolve.in_dream, cfg.evolve.stall_steps) == (False, 7)
+    assert (cfg.controller.hidden, cfg.controller.bias, cfg.controller.features) == (3, False, "z")
+    assert cfg.evolve.pop == preset("doom", "tiny").evolve.pop  # unset options keep the preset's value
+    assert (runtime.seed, runtime.workers, runtime.backend) == (5, 2, "local")
+    assert wm("evolve", "--vae", tiny_world.vae, "--mdn", tiny_world.mdn, "--out", tmp_path / "d.h5",
+              "--hidden-units", "-1").code == 2

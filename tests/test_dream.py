@@ -17,6 +17,7 @@ from worldmodels_cli.dream import fused, program, reference, streams
 from worldmodels_cli.models.controller import Controller
 from worldmodels_cli.models.mdnrnn import MDNRNN, sample_next
 from worldmodels_cli.models.vae import ConvVAE
+from worldmodels_cli.runtime import Runtime
 from worldmodels_cli.runtime.errors import ArtifactError
 from worldmodels_cli.stages import dream as dream_stage
 from worldmodels_cli.stages.info import describe
@@ -376,7 +377,7 @@ def test_wm_dream_with_a_controller(tmp_path):
         fh.create_dataset(A.BEST_PARAMS, data=np.full(ctrl.param_count, 0.1))
         fh.create_group(A.HISTORY)
         A.set_model_config(fh, mc)
-    res = dream_stage.run(D_config(), vae_path, mdn_path, tmp_path / "d.gif", controller_path=tmp_path / "c.h5", device="cpu")
+    res = dream_stage.run(D_config(), vae_path, mdn_path, tmp_path / "d.gif", controller_path=tmp_path / "c.h5", runtime=Runtime(device='cpu'))
     assert res.episodes == 2 and res.frames == max(res.lengths) == _frames(tmp_path / "d.gif")
     assert res.returns == [float(n) for n in res.lengths]
 
@@ -390,9 +391,9 @@ def D_config():
 def test_wm_dream_refuses_mismatched_models(tmp_path):
     mdn_path, vae_path = _write_models(tmp_path, vae_z=3)
     with pytest.raises(ArtifactError, match="latent size"):
-        dream_stage.run(D_config(), vae_path, mdn_path, tmp_path / "d.gif", device="cpu")
+        dream_stage.run(D_config(), vae_path, mdn_path, tmp_path / "d.gif", runtime=Runtime(device='cpu'))
     with pytest.raises(ArtifactError, match="expected a mdn artifact"):
-        dream_stage.run(D_config(), vae_path, vae_path, tmp_path / "d.gif", device="cpu")
+        dream_stage.run(D_config(), vae_path, vae_path, tmp_path / "d.gif", runtime=Runtime(device='cpu'))
     assert not (tmp_path / "d.gif").exists()
 
 

@@ -11,6 +11,7 @@ from synthetic import write_rollouts
 from worldmodels_cli.cli import main
 from worldmodels_cli.config import preset
 from worldmodels_cli.models.vae import load_vae, to_input
+from worldmodels_cli.runtime import Runtime
 from worldmodels_cli.runtime.errors import ArtifactError, ConfigError, Interrupted
 from worldmodels_cli.stages import encode, train_vae
 from worldmodels_cli.store import artifacts as A
@@ -23,7 +24,7 @@ def data(tmp_path_factory):
     r2 = write_rollouts(d / "r2.h5", lengths=(15, 22, 18), seed=2, first_id=3)
     v = d / "v.h5"
     cfg = preset("carracing", "tiny")
-    train_vae.run(cfg.replace(vae_train=cfg.vae_train.replace(epochs=0.3)), [r1], v, seed=0, device="cpu")
+    train_vae.run(cfg.replace(vae_train=cfg.vae_train.replace(epochs=0.3)), [r1], v, runtime=Runtime(seed=0, device='cpu'))
     return d, r1, r2, v
 
 
@@ -35,7 +36,7 @@ def _read(path):
 def test_encode_keeps_order_shapes_and_boundaries(data, tmp_path):
     _, r1, _, v = data
     out = tmp_path / "s.h5"
-    res = encode.run([r1], v, out, device="cpu", batch_size=7, block_frames=50)
+    res = encode.run([r1], v, out, runtime=Runtime(device='cpu'), batch_size=7, block_frames=50)
     assert (res.episodes, res.frames, res.z_dim) == (4, 115, 8) and res.blocks == 2  # (30+25), (40+20)
     s = _read(out)
     model, _ = load_vae(v)
@@ -52,13 +53,13 @@ def test_encode_keeps_order_shapes_and_boundaries(data, tmp_path):
     assert meta.env == "carracing" and meta.model_config["z_dim"] == 8
     assert meta.inputs["vae"]["sha256"] == A.sha256(v)
     assert not out.with_name("s.h5.parts").exists()
-    assert encode.run([r1], v, out, device="cpu").already_done
+    assert encode.run([r1], v, out, runtime=Runtime(device='cpu')).already_done
 
 
 def test_several_inputs_are_concatenated_and_renumbered(data, tmp_path):
     _, r1, r2, v = data
     out = tmp_path / "s.h5"
-    encode.run([r1, r2], v, out, device="cpu", block_frames=40)
+    encode.run([r1, r2], v, out, runtime=Runtime(device='cpu'), block_frames=40)
     s = _read(out)
     assert np.array_equal(s[A.EPISODE_LENGTHS], [30, 25, 40, 20, 15, 22, 18])
     assert np.array_equal(s[A.EPISODE_STARTS], np.concatenate([[0], np.cumsum([30, 25, 40, 20, 15, 22])]))
@@ -72,7 +73,7 @@ def test_several_inputs_are_concatenated_and_renumbered(data, tmp_path):
 def test_encode_resumes_after_a_kill(data, tmp_path, monkeypatch):
     _, r1, r2, v = data
     ref = tmp_path / "ref.h5"
-    encode.run([r1, r2], v, ref, device="cpu", block_frames=30)
+    encode.run([r1, r2], v, ref, runtime=Runtime(device='cpu'), block_frames=30)
     out = tmp_path / "s.h5"
     real, calls = encode._encode_block, {"n": 0}
 
@@ -84,10 +85,10 @@ def test_encode_resumes_after_a_kill(data, tmp_path, monkeypatch):
 
     monkeypatch.setattr(encode, "_encode_block", dying)
     with pytest.raises(KeyboardInterrupt):
-        encode.run([r1, r2], v, out, device="cpu", block_frames=30)
+        encode.run([r1, r2], v, out, runtime=Runtime(device='cpu'), block_frames=30)
     assert not out.exists() and len(list(out.with_name("s.h5.parts").glob("*.h5"))) == 3
     monkeypatch.setattr(encode, "_encode_block", real)
-    res = encode.run([r1, r2], v, out, device="cpu", block_frames=30)
+    res = encode.run([r1, r2], v, out, runtime=Runtime(device='cpu'), block_frames=30)
     assert res.blocks_reused == 3 and res.blocks > 3
     a, b = _read(ref), _read(out)
     assert all(np.array_equal(a[k], b[k]) for k in a)
@@ -97,24 +98,24 @@ def test_encode_rejects_bad_inputs(data, tmp_path):
     d, r1, r2, v = data
     doom = write_rollouts(tmp_path / "d.h5", env="doom", lengths=(12, 12))
     with pytest.raises(ConfigError, match="trained on carracing"):
-        encode.run([doom], v, tmp_path / "s.h5", device="cpu")
+        encode.run([doom], v, tmp_path / "s.h5", runtime=Runtime(device='cpu'))
     with pytest.raises(ArtifactError, match="expected a vae artifact"):
-        encode.run([r1], r1, tmp_path / "s.h5", device="cpu")
+        encode.run([r1], r1, tmp_path / "s.h5", runtime=Runtime(device='cpu'))
     with pytest.raises(ArtifactError, match="expected a rollouts artifact"):
-        encode.run([v], v, tmp_path / "s.h5", device="cpu")
+        encode.run([v], v, tmp_path / "s.h5", runtime=Runtime(device='cpu'))
     # an unfinished VAE checkpoint is not used by mistake
     cfg = preset("carracing", "tiny")
     unfinished = tmp_path / "u.h5"
     with pytest.raises(Interrupted):
-        train_vae.run(cfg, [r1], unfinished, device="cpu",
+        train_vae.run(cfg, [r1], unfinished, runtime=Runtime(device='cpu'),
                       on_step=lambda s: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(ArtifactError, match="unfinished"):
-        encode.run([r1], unfinished, tmp_path / "s.h5", device="cpu")
+        encode.run([r1], unfinished, tmp_path / "s.h5", runtime=Runtime(device='cpu'))
     # an existing output from other inputs is refused, not overwritten
     out = tmp_path / "s.h5"
-    encode.run([r2], v, out, device="cpu")
+    encode.run([r2], v, out, runtime=Runtime(device='cpu'))
     with pytest.raises(ArtifactError, match="other inputs"):
-        encode.run([r1], v, out, device="cpu")
+        encode.run([r1], v, out, runtime=Runtime(device='cpu'))
     with h5py.File(out, "r") as fh:
         assert fh[A.MU].shape[0] == 55
 
@@ -135,7 +136,7 @@ def test_cli_encode(data, tmp_path, capsys):
 def test_mirror_appends_each_episode_flipped_with_left_and_right_swapped(tiny_world, tmp_path):
     """--mirror: the inputs as they are, then each again with frames flipped left-right and actions mirrored."""
     out = tmp_path / "s.h5"
-    res = encode.run([tiny_world.rollouts], tiny_world.vae, out, device="cpu", batch_size=7, block_frames=50, mirror=True)
+    res = encode.run([tiny_world.rollouts], tiny_world.vae, out, runtime=Runtime(device='cpu'), batch_size=7, block_frames=50, mirror=True)
     plain = _read(tiny_world.series)
     s = _read(out)
     n, eps = len(plain[A.MU]), len(plain[A.EPISODE_LENGTHS])
@@ -157,9 +158,9 @@ def test_mirror_appends_each_episode_flipped_with_left_and_right_swapped(tiny_wo
         assert np.array_equal(s[key][len(s[key]) // 2:], plain[key]), key
     assert len(np.unique(s[A.EPISODE_IDS])) == 2 * eps
     assert A.validate(out, "series").summary["mirror"] is True
-    assert encode.run([tiny_world.rollouts], tiny_world.vae, out, device="cpu", mirror=True).already_done
+    assert encode.run([tiny_world.rollouts], tiny_world.vae, out, runtime=Runtime(device='cpu'), mirror=True).already_done
     with pytest.raises(ArtifactError, match="other inputs"):
-        encode.run([tiny_world.rollouts], tiny_world.vae, out, device="cpu", mirror=False)
+        encode.run([tiny_world.rollouts], tiny_world.vae, out, runtime=Runtime(device='cpu'), mirror=False)
 
 
 def test_mirror_actions_carracing_negates_steering_only():

@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 import pytest
 
+from worldmodels_cli.runtime import Runtime
 from worldmodels_cli.store import artifacts as A
 
 PACKAGE = Path(__file__).resolve().parents[1] / "worldmodels_cli"
@@ -49,8 +50,8 @@ def _finish_world(base, env: str) -> World:
 
     p = preset(env, "tiny")
     c, e = base.root / "controller.h5", base.root / "eval.h5"
-    evolve.run(p.replace(evolve=p.evolve.replace(generations=1)), base.vae, base.mdn, c, seed=0, device="cpu")
-    evaluate.run(e, controller=c, episodes=2, seed=0)
+    evolve.run(p.replace(evolve=p.evolve.replace(generations=1)), base.vae, base.mdn, c, runtime=Runtime(seed=0, device='cpu'))
+    evaluate.run(e, controller=c, episodes=2, runtime=Runtime(seed=0))
     return World(env, base.rollouts, base.vae, base.series, base.mdn, c, e)
 
 

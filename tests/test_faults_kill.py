@@ -30,6 +30,7 @@ import h5py
 import numpy as np
 import pytest
 
+from worldmodels_cli.runtime import Runtime
 from worldmodels_cli.store import artifacts as A
 from worldmodels_cli.store.metrics import metrics_path
 
@@ -238,7 +239,7 @@ def big_rollouts(tmp_path_factory) -> Path:
 
     p = preset("doom", "tiny")
     path = tmp_path_factory.mktemp("big") / "rollouts.h5"
-    collect.run(p.replace(collect=p.collect.replace(episodes=BIG_EPISODES)), path, seed=0, workers=2)
+    collect.run(p.replace(collect=p.collect.replace(episodes=BIG_EPISODES)), path, runtime=Runtime(seed=0, workers=2))
     return path
 
 
@@ -250,8 +251,7 @@ def controller(tiny_world) -> Path:
     p = preset("doom", "tiny")
     c = tiny_world.root / "faults-controller.h5"
     if not c.exists():
-        evolve.run(p.replace(evolve=p.evolve.replace(generations=2)), tiny_world.vae, tiny_world.mdn, c, seed=0,
-                   device="cpu")
+        evolve.run(p.replace(evolve=p.evolve.replace(generations=2)), tiny_world.vae, tiny_world.mdn, c, runtime=Runtime(seed=0, device='cpu'))
     return c
 
 

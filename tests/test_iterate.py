@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from worldmodels_cli.config import iterate_config, preset
+from worldmodels_cli.runtime import Runtime
 from worldmodels_cli.stages import demo, iterate, report
 from worldmodels_cli.store import artifacts as A
 from worldmodels_cli.video import mp4_available
@@ -22,7 +23,7 @@ def test_demo_two_rounds_then_rerun_continues(tmp_path):
     # no rung reaches the ratio: the ladder tries both and keeps the one furthest above the random policy
     it = iterate.IterateConfig(rounds=2, controller_episodes=4, eval_episodes=5, data_eval_episodes=3,
                                final_temperatures=(1.3, 0.8), final_dream_ratio=1e9)
-    rows, recs, table = demo.run(p, tmp_path / "data", tmp_path / "results", it, seed=0, workers=1, device="cpu")
+    rows, recs, table = demo.run(p, tmp_path / "data", tmp_path / "results", it, runtime=Runtime(seed=0, workers=1, device='cpu'))
     assert [r.round for r in recs] == [0, 1]
     assert all(r.real_mean > 0 for r in recs)
     # round 1 collected with round 0's controller, kept round 0's V, encoded only its new episodes and trained M
@@ -76,18 +77,18 @@ def test_demo_two_rounds_then_rerun_continues(tmp_path):
     assert [r["round"] for r in saved] == [0, 1]
     # rerunning finds every artifact complete: nothing is retrained or re-evaluated
     mtimes = [(d / f).stat().st_mtime for f in ("round1/mdn.h5", "round1/controller.tau0.8.h5", "round1/eval.h5")]
-    iterate.run(p, d, it, seed=0, workers=1, device="cpu")
+    iterate.run(p, d, it, runtime=Runtime(seed=0, workers=1, device='cpu'))
     assert [(d / f).stat().st_mtime for f in ("round1/mdn.h5", "round1/controller.tau0.8.h5", "round1/eval.h5")] == mtimes
     # a ratio the first rung reaches: the rerun replays the ladder from its rungs and keeps the first; the
     # evaluation follows the controller it keeps
-    first = iterate.run(p, d, it.replace(final_dream_ratio=ladder[0]["ratio"]), seed=0, workers=1, device="cpu")[1]
+    first = iterate.run(p, d, it.replace(final_dream_ratio=ladder[0]["ratio"]), runtime=Runtime(seed=0, workers=1, device='cpu'))[1]
     assert [r["tau"] for r in first.ladder] == [1.3] and first.ladder[0]["kept"] and first.tau == 1.3
     assert A.sha256(d / "round1/controller.h5") == A.sha256(d / "round1/controller.tau1.3.h5")
     assert A.validate(d / "round1/eval.h5", "eval").inputs["controller"]["sha256"] == A.sha256(d / "round1/controller.h5")
     saved = json.loads((d / iterate.RECORD).read_text())
     # a third round: round 1 becomes a data round and keeps its full evolution and evaluation
     evals = (d / "round1/eval.h5").stat().st_mtime, (d / "round1/controller.h5").stat().st_mtime
-    recs = iterate.run(p, d, it.replace(rounds=3, final_dream_ratio=0), seed=0, workers=1, device="cpu")
+    recs = iterate.run(p, d, it.replace(rounds=3, final_dream_ratio=0), runtime=Runtime(seed=0, workers=1, device='cpu'))
     assert [r.round for r in recs] == [0, 1, 2] and recs[1].real_mean == saved[1]["real_mean"]
     assert ((d / "round1/eval.h5").stat().st_mtime, (d / "round1/controller.h5").stat().st_mtime) == evals
     r2 = A.validate(d / "round2/controller.h5", "controller")
@@ -102,7 +103,7 @@ def test_demo_carracing_has_the_papers_rows_and_resumes(tmp_path):
     it = iterate_config("tiny", "carracing", eval_episodes=4)
     assert it.rounds == 1 and it.final_pop == 0 and it.final_temperatures == ()
     data, results = tmp_path / "data", tmp_path / "results"
-    rows, recs, table = demo.run(p, data, results, it, seed=0, workers=1, device="cpu", scale="tiny")
+    rows, recs, table = demo.run(p, data, results, it, runtime=Runtime(seed=0, workers=1, device='cpu'), scale="tiny")
     assert len(recs) == 1 and recs[0].pop == p.evolve.pop
     assert [r.paper for r in rows] == ["", "632 ± 251", "788 ± 141", "906 ± 21"]
     d = data / "round0"
@@ -126,7 +127,7 @@ def test_demo_carracing_has_the_papers_rows_and_resumes(tmp_path):
         assert (results / name).stat().st_size > 0, name
     # a rerun redoes nothing: every artifact is complete, the table is the same
     stamps = {f: f.stat().st_mtime_ns for f in d.glob("*.h5")}
-    rows2, _, table2 = demo.run(p, data, results, it, seed=0, workers=1, device="cpu", scale="tiny")
+    rows2, _, table2 = demo.run(p, data, results, it, runtime=Runtime(seed=0, workers=1, device='cpu'), scale="tiny")
     assert {f: f.stat().st_mtime_ns for f in d.glob("*.h5")} == stamps
     assert [(r.mean, r.std, r.dream) for r in rows2] == [(r.mean, r.std, r.dream) for r in rows]
 
@@ -151,7 +152,7 @@ def test_final_temperatures_depend_on_the_preset_scale(wm, monkeypatch, tmp_path
 def test_iterate_later_vae_epochs_retrains_v_on_all_rollouts(tmp_path):
     p = preset("doom", "tiny")
     it = iterate.IterateConfig(rounds=2, controller_episodes=3, eval_episodes=2, later_vae_epochs=0.5)
-    recs = iterate.run(p, tmp_path, it, seed=0, workers=1, device="cpu")
+    recs = iterate.run(p, tmp_path, it, runtime=Runtime(seed=0, workers=1, device='cpu'))
     v1 = A.validate(tmp_path / "round1/vae.h5", "vae")
     assert len(v1.inputs["rollouts"]) == 2 and v1.inputs["init"]["sha256"] == A.sha256(tmp_path / "round0/vae.h5")
     assert recs[1].vae == str(tmp_path / "round1/vae.h5")
@@ -203,7 +204,7 @@ def test_wm_demo_command_passes_its_iterate_options(tmp_path):
 def test_controller_frames_budget_sizes_later_collection(tmp_path):
     p = preset("doom", "tiny")
     it = iterate.IterateConfig(rounds=2, controller_episodes=50, controller_frames=90, eval_episodes=3)
-    iterate.run(p, tmp_path, it, seed=0, workers=1, device="cpu")
+    iterate.run(p, tmp_path, it, runtime=Runtime(seed=0, workers=1, device='cpu'))
     with A.open_artifact(tmp_path / "round0/eval.h5", "eval") as fh:
         mean_length = fh[A.LENGTHS][()].mean()
     expected = int(np.ceil(90 / mean_length))
@@ -217,7 +218,7 @@ def test_no_ladder_when_c_evolves_in_the_real_env(tmp_path):
     p = preset("doom", "tiny")
     p = p.replace(evolve=p.evolve.replace(in_dream=False, generations=2))
     it = iterate.IterateConfig(rounds=1, eval_episodes=2, final_temperatures=(1.3, 0.8), final_dream_ratio=1e9)
-    rec = iterate.run(p, tmp_path, it, seed=0, workers=1, device="cpu")[0]
+    rec = iterate.run(p, tmp_path, it, runtime=Runtime(seed=0, workers=1, device='cpu'))[0]
     assert rec.ladder == [] and not list(tmp_path.glob("round0/controller.tau*"))
     meta = A.validate(tmp_path / "round0/controller.h5", "controller")
     assert not meta.config["evolve"]["in_dream"] and meta.config["evolve"]["pop"] == it.final_pop

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from worldmodels_cli.config import preset
+from worldmodels_cli.runtime import Runtime
 from worldmodels_cli.stages import evaluate, evolve
 from worldmodels_cli.store import artifacts as A
 
@@ -44,7 +45,7 @@ def test_evolve_real_env_improves(tiny_car_world, tmp_path):
     p = p.replace(evolve=p.evolve.replace(in_dream=False, pop=8, trials=4, generations=10, eval_every=10, sigma0=0.1),
                   controller=p.controller.replace(features="z"))
     out = tmp_path / "c.h5"
-    evolve.run(p, tiny_car_world.vae, tiny_car_world.mdn, out, seed=0, workers=1)
+    evolve.run(p, tiny_car_world.vae, tiny_car_world.mdn, out, runtime=Runtime(seed=0, workers=1))
     with A.open_artifact(out) as fh:
         mean = fh[A.HISTORY]["mean"][()]
     assert mean[-3:].mean() > mean[:3].mean() + 10
@@ -54,13 +55,13 @@ def test_evaluate_independent_of_workers_and_records_seeds(tiny_world, tmp_path)
     p = preset("doom", "tiny")
     p = p.replace(evolve=p.evolve.replace(generations=1))
     c = tmp_path / "c.h5"
-    evolve.run(p, tiny_world.vae, tiny_world.mdn, c, seed=0)
-    one = evaluate.run(tmp_path / "e1.h5", controller=c, episodes=6, seed=3, workers=1)
-    two = evaluate.run(tmp_path / "e2.h5", controller=c, episodes=6, seed=3, workers=2)
+    evolve.run(p, tiny_world.vae, tiny_world.mdn, c, runtime=Runtime(seed=0))
+    one = evaluate.run(tmp_path / "e1.h5", controller=c, episodes=6, runtime=Runtime(seed=3, workers=1))
+    two = evaluate.run(tmp_path / "e2.h5", controller=c, episodes=6, runtime=Runtime(seed=3, workers=2))
     np.testing.assert_array_equal(one.returns, two.returns)
     with A.open_artifact(tmp_path / "e1.h5", "eval") as fh:
         np.testing.assert_array_equal(fh[A.EPISODE_SEEDS][()], evaluate.episode_seeds(3, 6))
-    rnd = evaluate.run(None, policy="random", preset=p, episodes=6, seed=3)
+    rnd = evaluate.run(None, policy="random", preset=p, episodes=6, runtime=Runtime(seed=3))
     assert rnd.lengths.min() >= 1
 
 
@@ -69,7 +70,7 @@ def test_controller_refuses_a_changed_vae(tiny_world, tmp_path, wm):
     v = tmp_path / "v.h5"
     shutil.copy(tiny_world.vae, v)
     c = tmp_path / "c.h5"
-    evolve.run(p.replace(evolve=p.evolve.replace(generations=1)), v, tiny_world.mdn, c, seed=0)
+    evolve.run(p.replace(evolve=p.evolve.replace(generations=1)), v, tiny_world.mdn, c, runtime=Runtime(seed=0))
     shutil.copy(tiny_world.rollouts, v)  # a different file now sits at the recorded path
     res = wm("evaluate", "--controller", c, "--episodes", "2")
     assert res.code == 2 and "not the vae it was evolved with" in res.err and res.err.count("\n") == 1

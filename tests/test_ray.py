@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from worldmodels_cli import testing as T
+from worldmodels_cli.runtime import Runtime
 from worldmodels_cli.runtime.executor import make_executor
 
 ray = pytest.importorskip("ray")
@@ -46,13 +47,13 @@ def test_collect_and_evaluate_on_ray_equal_local(ray_local, tmp_path):
     from worldmodels_cli.store import artifacts as A
 
     p = preset("doom", "tiny")
-    collect.run(p, tmp_path / "local.h5", seed=4, workers=1)
-    collect.run(p, tmp_path / "ray.h5", seed=4, workers=2, backend="ray")
+    collect.run(p, tmp_path / "local.h5", runtime=Runtime(seed=4, workers=1))
+    collect.run(p, tmp_path / "ray.h5", runtime=Runtime(seed=4, workers=2, backend='ray'))
     with A.open_artifact(tmp_path / "local.h5") as a, A.open_artifact(tmp_path / "ray.h5") as b:
         for key in (A.FRAMES, A.ACTIONS, A.REWARDS, A.EPISODE_SEEDS):
             assert (a[key][()] == b[key][()]).all(), key
-    one = evaluate.run(None, policy="data", preset=p, episodes=5, seed=2)
-    two = evaluate.run(None, policy="data", preset=p, episodes=5, seed=2, workers=2, backend="ray")
+    one = evaluate.run(None, policy="data", preset=p, episodes=5, runtime=Runtime(seed=2))
+    two = evaluate.run(None, policy="data", preset=p, episodes=5, runtime=Runtime(seed=2, workers=2, backend='ray'))
     assert (one.returns == two.returns).all()
 
 
@@ -65,11 +66,11 @@ def test_real_env_evolve_on_ray_equals_local_and_resumes_across(ray_local, tiny_
 
     p = preset("doom", "tiny")
     p = p.replace(evolve=p.evolve.replace(in_dream=False, pop=4, trials=2, generations=3, eval_every=3, eval_episodes=2))
-    evolve.run(p, tiny_world.vae, tiny_world.mdn, tmp_path / "local.h5", seed=1)
+    evolve.run(p, tiny_world.vae, tiny_world.mdn, tmp_path / "local.h5", runtime=Runtime(seed=1))
     # two generations locally, the third on Ray: the same history as one uninterrupted local run
     short = p.replace(evolve=p.evolve.replace(generations=2))
-    evolve.run(short, tiny_world.vae, tiny_world.mdn, tmp_path / "mixed.h5", seed=1)
-    evolve.run(p, tiny_world.vae, tiny_world.mdn, tmp_path / "mixed.h5", seed=1, workers=2, backend="ray")
+    evolve.run(short, tiny_world.vae, tiny_world.mdn, tmp_path / "mixed.h5", runtime=Runtime(seed=1))
+    evolve.run(p, tiny_world.vae, tiny_world.mdn, tmp_path / "mixed.h5", runtime=Runtime(seed=1, workers=2, backend='ray'))
     with A.open_artifact(tmp_path / "local.h5") as a, A.open_artifact(tmp_path / "mixed.h5") as b:
         np.testing.assert_array_equal(a[A.HISTORY]["mean"][()], b[A.HISTORY]["mean"][()])
         np.testing.assert_array_equal(a[A.MEAN][()], b[A.MEAN][()])

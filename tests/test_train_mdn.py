@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from worldmodels_cli.cli import cli
 from worldmodels_cli.config import preset
 from worldmodels_cli.models.mdnrnn import MDNRNN, done_bce, load_initial_z, load_mdn, mdn_nll
+from worldmodels_cli.runtime import Runtime
 from worldmodels_cli.runtime.errors import ArtifactError, ConfigError, TrainingDiverged
 from worldmodels_cli.stages import train_mdn
 from worldmodels_cli.store import artifacts as A
@@ -217,7 +218,7 @@ def test_too_little_data_for_streams_is_a_clear_error(tmp_path):
 def test_tiny_training_reduces_the_loss(tmp_path, car_series):
     p = preset("carracing", "tiny")
     p = p.replace(mdn_train=p.mdn_train.replace(steps=60, lr=3e-3, log_steps=5, checkpoint_steps=60))
-    res = train_mdn.run(p, [car_series], tmp_path / "m.h5", device="cpu")
+    res = train_mdn.run(p, [car_series], tmp_path / "m.h5", runtime=Runtime(device='cpu'))
     recs = [r for r in MetricsWriter(metrics_path(tmp_path / "m.h5")).read() if "mdn/nll" in r]
     assert recs[-1]["mdn/nll"] < recs[0]["mdn/nll"] - 0.2
     assert res.steps == 60 and res.val_nll is not None
@@ -226,7 +227,7 @@ def test_tiny_training_reduces_the_loss(tmp_path, car_series):
 
 def test_artifact_rebuilds_the_model_and_stores_first_frames(tmp_path, doom_series):
     out = tmp_path / "m.h5"
-    res = train_mdn.run(preset("doom", "tiny"), [doom_series], out, device="cpu")
+    res = train_mdn.run(preset("doom", "tiny"), [doom_series], out, runtime=Runtime(device='cpu'))
     model, meta = load_mdn(out)
     assert meta.kind == "mdn" and model.cfg.done_head and model.cfg.z_dim == 8
     assert res.parameters == sum(p.numel() for p in model.parameters()) == meta.summary["parameters"]
@@ -245,7 +246,7 @@ def test_resume_ends_with_the_same_weights(tmp_path, env, fixture, how, request)
     series = request.getfixturevalue(fixture)
     p = preset(env, "tiny")
     p = p.replace(mdn_train=p.mdn_train.replace(steps=12, log_steps=1))
-    ref = train_mdn.run(p, [series], tmp_path / "ref.h5", device="cpu")
+    ref = train_mdn.run(p, [series], tmp_path / "ref.h5", runtime=Runtime(device='cpu'))
     out = tmp_path / "m.h5"
     err = RuntimeError if how == "crash" else KeyboardInterrupt
 
@@ -256,10 +257,10 @@ def test_resume_ends_with_the_same_weights(tmp_path, env, fixture, how, request)
             raise err("injected")
 
     with pytest.raises(err):
-        train_mdn.run(p, [series], out, device="cpu", on_step=stop)
+        train_mdn.run(p, [series], out, runtime=Runtime(device='cpu'), on_step=stop)
     ckpt = load(out, "mdn")
     assert ckpt.meta.summary["steps"] == (5 if how == "crash" else 7) and not ckpt.complete
-    res = train_mdn.run(p, [series], out, device="cpu")
+    res = train_mdn.run(p, [series], out, runtime=Runtime(device='cpu'))
     assert res.resumed_from == ckpt.meta.summary["steps"] and res.steps == 12
     a, b = _weights(tmp_path / "ref.h5"), _weights(out)
     for k in a:
@@ -272,26 +273,26 @@ def test_resume_ends_with_the_same_weights(tmp_path, env, fixture, how, request)
 def test_rerun_of_a_finished_run_is_a_no_op_and_more_steps_continue(tmp_path, car_series):
     p = preset("carracing", "tiny")
     out = tmp_path / "m.h5"
-    train_mdn.run(p, [car_series], out, device="cpu")
+    train_mdn.run(p, [car_series], out, runtime=Runtime(device='cpu'))
     before = out.stat().st_mtime_ns
-    assert train_mdn.run(p, [car_series], out, device="cpu").steps == 10
+    assert train_mdn.run(p, [car_series], out, runtime=Runtime(device='cpu')).steps == 10
     assert out.stat().st_mtime_ns == before
     more = p.replace(mdn_train=p.mdn_train.replace(steps=15))
-    res = train_mdn.run(more, [car_series], out, device="cpu")
+    res = train_mdn.run(more, [car_series], out, runtime=Runtime(device='cpu'))
     assert res.resumed_from == 10 and res.steps == 15
 
 
 def test_a_different_run_into_the_same_output_is_refused(tmp_path, car_series, doom_series):
     p = preset("carracing", "tiny")
     out = tmp_path / "m.h5"
-    train_mdn.run(p, [car_series], out, device="cpu")
+    train_mdn.run(p, [car_series], out, runtime=Runtime(device='cpu'))
     with pytest.raises(ArtifactError, match="different run.*seed"):
-        train_mdn.run(p, [car_series], out, seed=1, device="cpu")
+        train_mdn.run(p, [car_series], out, runtime=Runtime(seed=1, device='cpu'))
     lr = p.replace(mdn_train=p.mdn_train.replace(lr=0.1))
     with pytest.raises(ArtifactError, match="mdn_train"):
-        train_mdn.run(lr, [car_series], out, device="cpu")
+        train_mdn.run(lr, [car_series], out, runtime=Runtime(device='cpu'))
     with pytest.raises(ArtifactError, match="is a series artifact"):
-        train_mdn.run(p, [car_series], car_series, device="cpu")
+        train_mdn.run(p, [car_series], car_series, runtime=Runtime(device='cpu'))
 
 
 def test_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path, car_series):
@@ -313,7 +314,7 @@ def test_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path, car_series):
     train_mdn._Trainer.__init__ = spy
     try:
         with pytest.raises(TrainingDiverged, match=r"step 7.*step 5"):
-            train_mdn.run(p, [car_series], out, device="cpu", on_step=poison)
+            train_mdn.run(p, [car_series], out, runtime=Runtime(device='cpu'), on_step=poison)
     finally:
         train_mdn._Trainer.__init__ = orig
     ckpt = load(out, "mdn")
@@ -324,29 +325,29 @@ def test_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path, car_series):
 def test_warm_start_from_another_m(tmp_path, car_series):
     p = preset("carracing", "tiny")
     first = tmp_path / "m0.h5"
-    train_mdn.run(p, [car_series], first, device="cpu")
+    train_mdn.run(p, [car_series], first, runtime=Runtime(device='cpu'))
     zero = p.replace(mdn_train=p.mdn_train.replace(steps=0))
-    train_mdn.run(zero, [car_series], tmp_path / "m1.h5", device="cpu", init=first)
+    train_mdn.run(zero, [car_series], tmp_path / "m1.h5", runtime=Runtime(device='cpu'), init=first)
     a, b = _weights(first), _weights(tmp_path / "m1.h5")
     assert all(np.array_equal(a[k], b[k]) for k in a)
     bigger = p.replace(mdn=p.mdn.replace(hidden=20))
     with pytest.raises(ConfigError, match="differs"):
-        train_mdn.run(bigger, [car_series], tmp_path / "m2.h5", device="cpu", init=first)
+        train_mdn.run(bigger, [car_series], tmp_path / "m2.h5", runtime=Runtime(device='cpu'), init=first)
 
 
 def test_config_errors(tmp_path, car_series, doom_series):
     p = preset("carracing", "tiny")
     with pytest.raises(ConfigError, match="done head"):
-        train_mdn.run(p.replace(mdn=p.mdn.replace(done_head=True)), [car_series], tmp_path / "m.h5", device="cpu")
+        train_mdn.run(p.replace(mdn=p.mdn.replace(done_head=True)), [car_series], tmp_path / "m.h5", runtime=Runtime(device='cpu'))
     with pytest.raises(ConfigError, match="preset is for"):
-        train_mdn.run(p, [doom_series], tmp_path / "m.h5", device="cpu")
+        train_mdn.run(p, [doom_series], tmp_path / "m.h5", runtime=Runtime(device='cpu'))
     assert not (tmp_path / "m.h5").exists()
 
 
 def test_reward_head_trains(tmp_path, car_series):
     p = preset("carracing", "tiny")
     p = p.replace(mdn=p.mdn.replace(reward_head="sign"))
-    res = train_mdn.run(p, [car_series], tmp_path / "m.h5", device="cpu")
+    res = train_mdn.run(p, [car_series], tmp_path / "m.h5", runtime=Runtime(device='cpu'))
     assert res.summary["reward_loss"] > 0
 
 

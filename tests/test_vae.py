@@ -15,6 +15,7 @@ from synthetic import frame_ids, write_rollouts
 from worldmodels_cli.cli import main
 from worldmodels_cli.config import VAEConfig, preset
 from worldmodels_cli.models.vae import ConvVAE, kl_divergence, load_vae, parameter_count, to_input, vae_loss
+from worldmodels_cli.runtime import Runtime
 from worldmodels_cli.runtime.errors import ArtifactError, ConfigError, Interrupted, TrainingDiverged
 from worldmodels_cli.stages import train_vae
 from worldmodels_cli.store import artifacts as A
@@ -141,7 +142,7 @@ def _weights(path):
 
 def test_train_writes_artifact_metrics_and_pictures(rollouts, tmp_path):
     out = tmp_path / "v.h5"
-    res = train_vae.run(_tiny(), [rollouts], out, seed=0, device="cpu")
+    res = train_vae.run(_tiny(), [rollouts], out, runtime=Runtime(seed=0, device='cpu'))
     assert res.epochs == 1.0 and res.val_loss is not None and not res.already_done
     meta = A.validate(out, "vae")
     assert meta.summary["complete"] is True and meta.env == "carracing"
@@ -154,20 +155,19 @@ def test_train_writes_artifact_metrics_and_pictures(rollouts, tmp_path):
     assert {"vae/loss", "vae/recon", "vae/kl", "vae/val_loss", "frames/s"} <= keys
     assert (tmp_path / "v.recon.png").stat().st_size > 0 and (tmp_path / "v.loss.png").stat().st_size > 0
     # rerunning the same command: nothing to do
-    assert train_vae.run(_tiny(), [rollouts], out, seed=0, device="cpu").already_done
+    assert train_vae.run(_tiny(), [rollouts], out, runtime=Runtime(seed=0, device='cpu')).already_done
     # other settings: refused, the artifact untouched
     with pytest.raises(ArtifactError, match="other settings"):
-        train_vae.run(_tiny(epochs=2), [rollouts], out, seed=0, device="cpu")
+        train_vae.run(_tiny(epochs=2), [rollouts], out, runtime=Runtime(seed=0, device='cpu'))
     with pytest.raises(ArtifactError, match="other settings"):
-        train_vae.run(_tiny(), [rollouts], out, seed=1, device="cpu")
+        train_vae.run(_tiny(), [rollouts], out, runtime=Runtime(seed=1, device='cpu'))
 
 
 def test_resume_equals_uninterrupted(rollouts, tmp_path):
     cfg = _tiny(epochs=1.5)  # a mid-epoch and a second-epoch interruption, and a fractional last epoch
     ref = tmp_path / "ref.h5"
     # the reference also checkpoints inside epochs at every step (checkpoint_minutes ~ 0): saving changes nothing
-    train_vae.run(cfg.replace(vae_train=cfg.vae_train.replace(checkpoint_minutes=1e-9)), [rollouts], ref, seed=5,
-                  device="cpu")
+    train_vae.run(cfg.replace(vae_train=cfg.vae_train.replace(checkpoint_minutes=1e-9)), [rollouts], ref, runtime=Runtime(seed=5, device='cpu'))
 
     out = tmp_path / "v.h5"
 
@@ -181,14 +181,14 @@ def test_resume_equals_uninterrupted(rollouts, tmp_path):
         return hook
 
     with pytest.raises(Interrupted, match="rerun the same command"):
-        train_vae.run(cfg, [rollouts], out, seed=5, device="cpu", on_step=interrupt_at(3, "signal"))
+        train_vae.run(cfg, [rollouts], out, runtime=Runtime(seed=5, device='cpu'), on_step=interrupt_at(3, "signal"))
     meta = A.validate(out, "vae")
     assert meta.summary["complete"] is False and meta.summary["steps"] == 3
     with pytest.raises(ArtifactError, match="unfinished"):
         load_vae(out)
     with pytest.raises(Interrupted):
-        train_vae.run(cfg, [rollouts], out, seed=5, device="cpu", on_step=interrupt_at(14, "raise"))
-    res = train_vae.run(cfg, [rollouts], out, seed=5, device="cpu")
+        train_vae.run(cfg, [rollouts], out, runtime=Runtime(seed=5, device='cpu'), on_step=interrupt_at(14, "raise"))
+    res = train_vae.run(cfg, [rollouts], out, runtime=Runtime(seed=5, device='cpu'))
     assert res.resumed_from == 14 and res.steps == A.validate(ref).summary["steps"]
     (w_ref, opt_ref), (w, opt) = _weights(ref), _weights(out)
     for k in w_ref:
@@ -211,7 +211,7 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(rollouts, tmp_path, monkey
     monkeypatch.setattr(train_vae, "vae_loss", poisoned)
     out = tmp_path / "v.h5"
     with pytest.raises(TrainingDiverged, match=r"kept the last good checkpoint .*\(step \d+\)"):
-        train_vae.run(_tiny(epochs=3), [rollouts], out, seed=0, device="cpu")
+        train_vae.run(_tiny(epochs=3), [rollouts], out, runtime=Runtime(seed=0, device='cpu'))
     meta = A.validate(out, "vae")
     assert meta.summary["complete"] is False
     weights, _ = _weights(out)
@@ -220,9 +220,9 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(rollouts, tmp_path, monkey
 
 def test_init_starts_from_another_vae(rollouts, tmp_path):
     v0 = tmp_path / "v0.h5"
-    train_vae.run(_tiny(), [rollouts], v0, seed=0, device="cpu")
+    train_vae.run(_tiny(), [rollouts], v0, runtime=Runtime(seed=0, device='cpu'))
     v1 = tmp_path / "v1.h5"
-    train_vae.run(_tiny(epochs=0), [rollouts], v1, seed=9, device="cpu", init=v0)
+    train_vae.run(_tiny(epochs=0), [rollouts], v1, runtime=Runtime(seed=9, device='cpu'), init=v0)
     (a, _), (b, _) = _weights(v0), _weights(v1)
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert "init" in A.validate(v1).inputs
@@ -231,29 +231,29 @@ def test_init_starts_from_another_vae(rollouts, tmp_path):
 def test_corrupt_training_state_is_a_one_line_error(rollouts, tmp_path):
     out = tmp_path / "v.h5"
     with pytest.raises(Interrupted):
-        train_vae.run(_tiny(), [rollouts], out, seed=0, device="cpu",
+        train_vae.run(_tiny(), [rollouts], out, runtime=Runtime(seed=0, device='cpu'),
                       on_step=lambda s: (_ for _ in ()).throw(KeyboardInterrupt) if s == 2 else None)
     with h5py.File(out, "a") as fh:
         del fh[A.TRAIN_STATE]["optimizer"]
     with pytest.raises(ArtifactError, match="corrupt training state"):
-        train_vae.run(_tiny(), [rollouts], out, seed=0, device="cpu")
+        train_vae.run(_tiny(), [rollouts], out, runtime=Runtime(seed=0, device='cpu'))
 
 
 def test_bad_inputs(rollouts, tmp_path):
     doom = write_rollouts(tmp_path / "d.h5", env="doom", lengths=(20, 20))
     with pytest.raises(ConfigError, match="different envs"):
-        train_vae.run(_tiny(), [rollouts, doom], tmp_path / "v.h5", device="cpu")
+        train_vae.run(_tiny(), [rollouts, doom], tmp_path / "v.h5", runtime=Runtime(device='cpu'))
     with pytest.raises(ConfigError, match="preset is for"):
-        train_vae.run(preset("doom", "tiny"), [rollouts], tmp_path / "v.h5", device="cpu")
+        train_vae.run(preset("doom", "tiny"), [rollouts], tmp_path / "v.h5", runtime=Runtime(device='cpu'))
     with pytest.raises(ArtifactError, match="no such file"):
-        train_vae.run(_tiny(), [tmp_path / "missing.h5"], tmp_path / "v.h5", device="cpu")
+        train_vae.run(_tiny(), [tmp_path / "missing.h5"], tmp_path / "v.h5", runtime=Runtime(device='cpu'))
     with pytest.raises(ArtifactError, match="expected a vae artifact"):
         load_vae(rollouts)
     with pytest.raises(ArtifactError, match="expected a vae artifact"):
-        train_vae.run(_tiny(), [rollouts], tmp_path / "v.h5", device="cpu", init=rollouts)
+        train_vae.run(_tiny(), [rollouts], tmp_path / "v.h5", runtime=Runtime(device='cpu'), init=rollouts)
     (tmp_path / "junk.h5").write_bytes(b"not hdf5")
     with pytest.raises(ArtifactError, match="not a readable VAE checkpoint"):
-        train_vae.run(_tiny(), [rollouts], tmp_path / "junk.h5", device="cpu")
+        train_vae.run(_tiny(), [rollouts], tmp_path / "junk.h5", runtime=Runtime(device='cpu'))
 
 
 # ------------------------------------------------------------------------------------------------ CLI

@@ -4,6 +4,7 @@ one summary line. Errors from the WorldModelsError family become one line on std
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -15,7 +16,8 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .config import ENVS, SCALES, IterateConfig, iterate_config
+from .config import ENVS, SCALES, ControllerConfig, DreamConfig, EvolveConfig, IterateConfig, iterate_config
+from .runtime import Runtime
 from .runtime.errors import Interrupted, Terminated, WorldModelsError, clear_signals, on_signal
 
 log = logging.getLogger("worldmodels_cli")
@@ -65,6 +67,21 @@ def backend_options(f):
                         help="where workers run")(f)
 
 
+def as_runtime(*names: str):
+    """The command receives the options `names` (seed, device, workers, backend, ray_address) as one `runtime`
+    (the stages' `Runtime`); the innermost decorator, right above the function."""
+
+    def deco(f):
+        @functools.wraps(f)
+        def wrapper(*args, **kwargs):
+            given = {("address" if n == "ray_address" else n): kwargs.pop(n) for n in names}
+            return f(*args, runtime=Runtime(**given), **kwargs)
+
+        return wrapper
+
+    return deco
+
+
 def _select_renderer(ctx, param, value):
     from .game.envs import select_renderer
 
@@ -89,6 +106,70 @@ def _lock_out(ctx, param, value):
 def out_option(f):
     return click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, callback=_lock_out,
                         help="output artifact (.h5)")(f)
+
+
+class FloatList(click.ParamType):
+    """Comma-separated positive numbers ("1.5,1.15,0.8") -> a tuple of floats; "" -> ()."""
+
+    name = "tau,tau,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        if not str(value).strip():
+            return ()  # "": none
+        try:
+            out = tuple(float(x) for x in str(value).split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
+        if not all(math.isfinite(x) and x > 0 for x in out):
+            self.fail(f"{value!r}: every value must be a finite number > 0", param, ctx)
+        return out
+
+
+# option names that are not `--<field-name>` (a flag pair; a name clearer on the command line)
+OPTION_NAMES = {"in_dream": "--in-dream/--real", "hidden": "--hidden-units"}
+
+
+def config_options(*classes, skip: tuple[str, ...] = (), shown=None):
+    """Every field of the config dataclasses `classes` as an option named after it, with its doc as help and its
+    bounds or choices as type; unset (None) unless given, so the preset's value applies (`config_values`). A field
+    is written once, in config.py. `shown`: a config instance whose values the help shows as defaults."""
+
+    def deco(f):
+        for cls in reversed(classes):
+            for fl in reversed(dataclasses.fields(cls)):
+                if fl.name not in skip:
+                    f = _field_option(fl, shown)(f)
+        return f
+
+    return deco
+
+
+def _field_option(fl, shown):
+    lo, choices, doc = fl.metadata.get("min"), fl.metadata.get("choices"), fl.metadata.get("doc", "")
+    if shown is not None:
+        value = getattr(shown, fl.name)
+        doc += f" (default: {','.join(f'{x:g}' for x in value) if isinstance(value, tuple) else value})"
+    name = OPTION_NAMES.get(fl.name, "--" + fl.name.replace("_", "-"))
+    if isinstance(fl.default, bool):
+        return click.option(name if "/" in name else f"{name}/--no-{name[2:]}", fl.name, default=None, help=doc)
+    if choices:
+        kind = click.Choice(choices)
+    elif isinstance(fl.default, tuple):
+        kind = FloatList()  # a list of numbers, given as "1.5,1.15,0.8"
+    elif isinstance(fl.default, int):
+        kind = click.IntRange(min=lo)
+    elif isinstance(fl.default, float):
+        kind = Number(min=lo)
+    else:
+        kind = str
+    return click.option(name, fl.name, type=kind, default=None, help=doc)
+
+
+def config_values(cls, options: dict) -> dict:
+    """The options `config_options(cls)` made, taken out of a command's keyword arguments."""
+    return {fl.name: options.pop(fl.name) for fl in dataclasses.fields(cls) if fl.name in options}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -152,8 +233,9 @@ def presets(env_name: str, preset: str) -> None:
               help="with --controller: std of Gaussian exploration noise on its actions")
 @renderer_option
 @backend_options
-def collect(env_name: str, episodes: int | None, workers: int, seed: int, preset: str, out: Path,
-            controller: Path | None, noise: float | None, backend: str, ray_address: str | None) -> None:
+@as_runtime("seed", "workers", "backend", "ray_address")
+def collect(env_name: str, episodes: int | None, preset: str, out: Path,
+            controller: Path | None, noise: float | None, runtime: Runtime) -> None:
     """Record episodes of the random data policy (ref §2), or of a controller; rerun the same command to resume."""
     from .config import preset as get_preset
     from .stages import collect as collect_stage
@@ -163,8 +245,7 @@ def collect(env_name: str, episodes: int | None, workers: int, seed: int, preset
     cfg = get_preset(env_name, preset)
     cfg = cfg.replace(collect=cfg.collect.replace(
         episodes=episodes, noise=noise, policy="controller" if controller is not None else None))
-    res = collect_stage.run(cfg, out, seed=seed, workers=workers, backend=backend, address=ray_address,
-                            controller=controller)
+    res = collect_stage.run(cfg, out, controller=controller, runtime=runtime)
     click.echo(res.summary_line())
 
 
@@ -184,8 +265,9 @@ def collect(env_name: str, episodes: int | None, workers: int, seed: int, preset
               help="start from this vae artifact's weights and architecture")
 @device_option
 @seed_option
+@as_runtime("seed", "device")
 def train_vae_cmd(rollouts: tuple[Path, ...], out: Path, preset: str, epochs: float | None, batch_size: int | None,
-                  workers: int | None, init: Path | None, device: str, seed: int) -> None:
+                  workers: int | None, init: Path | None, runtime: Runtime) -> None:
     """Train V (the ConvVAE) on rollouts, streamed from disk; rerun the same command to resume."""
     from .config import preset as get_preset
     from .stages import train_vae
@@ -193,7 +275,7 @@ def train_vae_cmd(rollouts: tuple[Path, ...], out: Path, preset: str, epochs: fl
 
     cfg = get_preset(frames.rollouts_env(list(rollouts)), preset)  # the env comes from the data
     cfg = cfg.replace(vae_train=cfg.vae_train.replace(epochs=epochs, batch_size=batch_size, num_workers=workers))
-    res = train_vae.run(cfg, list(rollouts), out, seed=seed, device=device, init=init)
+    res = train_vae.run(cfg, list(rollouts), out, init=init, runtime=runtime)
     click.echo(res.line())
 
 
@@ -210,16 +292,16 @@ def train_vae_cmd(rollouts: tuple[Path, ...], out: Path, preset: str, epochs: fl
               help="also encode each episode left-right mirrored, left and right swapped (default: the preset's; small Doom: on)")
 @device_option
 @seed_option
+@as_runtime("seed", "device")
 def encode(rollouts: tuple[Path, ...], vae: Path, out: Path, preset: str, batch_size: int | None, mirror: bool | None,
-           device: str, seed: int) -> None:
+           runtime: Runtime) -> None:
     """Encode rollouts into a series (μ, logσ² per frame) for M; rerun the same command to resume."""
     from .config import preset as get_preset
     from .stages import encode as encode_stage
     from .store import frames
 
     cfg = get_preset(frames.rollouts_env(list(rollouts)), preset).encode.replace(batch_size=batch_size, mirror=mirror)
-    res = encode_stage.run(list(rollouts), vae, out, device=device, batch_size=cfg.batch_size, seed=seed,
-                           mirror=cfg.mirror)
+    res = encode_stage.run(list(rollouts), vae, out, batch_size=cfg.batch_size, mirror=cfg.mirror, runtime=runtime)
     click.echo(res.line())
 
 
@@ -237,8 +319,9 @@ def encode(rollouts: tuple[Path, ...], vae: Path, out: Path, preset: str, batch_
               help="also predict each step's reward (CarRacing's dream: C evolved --in-dream; default: the preset's)")
 @device_option
 @seed_option
+@as_runtime("seed", "device")
 def train_mdn_cmd(series: tuple[Path, ...], out: Path, preset: str, steps: int | None, init: Path | None,
-                  reward_head: str | None, device: str, seed: int) -> None:
+                  reward_head: str | None, runtime: Runtime) -> None:
     """Train M (the MDN-RNN) on encoded series; rerun the same command to resume."""
     from .config import preset as get_preset
     from .runtime.errors import ConfigError
@@ -250,7 +333,7 @@ def train_mdn_cmd(series: tuple[Path, ...], out: Path, preset: str, steps: int |
         raise ConfigError(f"{series[0]}: the series artifact does not record its env")
     cfg = get_preset(env, preset)
     cfg = cfg.replace(mdn_train=cfg.mdn_train.replace(steps=steps), mdn=cfg.mdn.replace(reward_head=reward_head))
-    res = train_mdn.run(cfg, list(series), out, seed=seed, device=device, init=init)
+    res = train_mdn.run(cfg, list(series), out, init=init, runtime=runtime)
     val = "n/a" if res.val_nll is None else f"{res.val_nll:.4f}"
     nll = "n/a" if res.nll is None else f"{res.nll:.4f}"
     done = "" if res.done_bce is None else f", done_bce {res.done_bce:.4f}"
@@ -264,30 +347,14 @@ def train_mdn_cmd(series: tuple[Path, ...], out: Path, preset: str, steps: int |
 @click.option("--mdn", type=click.Path(dir_okay=False, path_type=Path), required=True, help="mdn artifact (M)")
 @out_option
 @preset_option()
-@click.option("--pop", type=click.IntRange(min=2), default=None, help="CMA-ES population (paper: 64)")
-@click.option("--trials", type=click.IntRange(min=1), default=None, help="rollouts per member (paper: 16)")
-@click.option("--generations", type=click.IntRange(min=1), default=None, help="generations (more continues a run)")
-@click.option("--sigma0", type=Number(min=0, min_open=True), default=None, help="initial step size (paper: 0.1)")
-@click.option("--eval-every", type=click.IntRange(min=1), default=None, help="evaluate the CMA mean every N generations")
-@click.option("--eval-episodes", type=click.IntRange(min=1), default=None, help="episodes of that evaluation (paper: 1024)")
-@click.option("--in-dream/--real", "in_dream", default=None, help="fitness in M's dream or in the real env (default: the preset's)")
-@click.option("--temperature", type=Number(min=0, min_open=True), default=None, help="dream temperature tau")
-@click.option("--eval-real", type=click.IntRange(min=0), default=None,
-              help="with --in-dream: also evaluate the CMA mean on N real episodes")
-@click.option("--features", type=click.Choice(["z", "zh", "zch"]), default=None,
-              help="C's inputs (z only: the paper's V-only rows; default: the preset's)")
-@click.option("--hidden-units", type=click.IntRange(min=0), default=None,
-              help="a tanh hidden layer in C (the paper's V-only row with 40); 0 = linear")
-@click.option("--stall-steps", type=click.IntRange(min=0), default=None,
-              help="real env: end a trial after N steps without a positive reward (small CarRacing: 100); 0: off")
+@config_options(EvolveConfig, ControllerConfig)
 @workers_option
 @seed_option
 @device_option
 @renderer_option
 @backend_options
-def evolve(vae: Path, mdn: Path, out: Path, preset: str, pop, trials, generations, sigma0, eval_every, eval_episodes,
-           in_dream, temperature, eval_real, features, hidden_units, stall_steps, workers: int, seed: int, device: str,
-           backend: str, ray_address: str | None) -> None:
+@as_runtime("seed", "device", "workers", "backend", "ray_address")
+def evolve(vae: Path, mdn: Path, out: Path, preset: str, runtime: Runtime, **options) -> None:
     """Evolve C with CMA-ES in the real env or in M's dream; rerun the same command to resume."""
     from .config import preset as get_preset
     from .stages import evolve as evolve_stage
@@ -295,13 +362,9 @@ def evolve(vae: Path, mdn: Path, out: Path, preset: str, pop, trials, generation
 
     env = artifacts.validate(mdn, "mdn").env
     cfg = get_preset(env, preset)
-    cfg = cfg.replace(evolve=cfg.evolve.replace(
-        pop=pop, trials=trials, generations=generations, sigma0=sigma0, eval_every=eval_every,
-        eval_episodes=eval_episodes, in_dream=in_dream, temperature=temperature, eval_real=eval_real,
-        stall_steps=stall_steps),
-        controller=cfg.controller.replace(features=features, hidden=hidden_units))
-    res = evolve_stage.run(cfg, vae, mdn, out, seed=seed, workers=workers, device=device, backend=backend,
-                           address=ray_address)
+    cfg = cfg.replace(evolve=cfg.evolve.replace(**config_values(EvolveConfig, options)),
+                      controller=cfg.controller.replace(**config_values(ControllerConfig, options)))
+    res = evolve_stage.run(cfg, vae, mdn, out, runtime=runtime)
     where = f"dream tau={cfg.evolve.temperature}" if cfg.evolve.in_dream else "real env"
     click.echo(f"{out}: {res.generations} generations ({where}), best evaluation {res.best_score:.1f} "
                f"at generation {res.best_generation + 1}, last population mean {res.last_mean_fitness:.1f}")
@@ -329,8 +392,8 @@ def evolve(vae: Path, mdn: Path, out: Path, preset: str, pop, trials, generation
 @seed_option
 @renderer_option
 @backend_options
-def evaluate(controller, policy, env_name, preset, episodes, out, video, which, vae, mdn, workers, seed, backend,
-             ray_address) -> None:
+@as_runtime("seed", "workers", "backend", "ray_address")
+def evaluate(controller, policy, env_name, preset, episodes, out, video, which, vae, mdn, runtime: Runtime) -> None:
     """Run a controller (or a random baseline) for N real episodes with fixed seeds; print mean ± std."""
     from .config import preset as get_preset
     from .stages import evaluate as evaluate_stage
@@ -338,9 +401,8 @@ def evaluate(controller, policy, env_name, preset, episodes, out, video, which, 
     cfg = get_preset(env_name, preset) if env_name else None
     if policy == "agent" and controller is None and env_name:
         raise click.UsageError("--controller is required unless --policy random or data")
-    res = evaluate_stage.run(out, controller=controller, policy=policy, preset=cfg, episodes=episodes, seed=seed,
-                             workers=workers, backend=backend, address=ray_address, video=video, vae=vae, mdn=mdn,
-                             which=which)
+    res = evaluate_stage.run(out, controller=controller, policy=policy, preset=cfg, episodes=episodes, video=video,
+                             vae=vae, mdn=mdn, which=which, runtime=runtime)
     click.echo(res.line() + (f"; video {res.video}" if res.video else ""))
 
 
@@ -351,62 +413,29 @@ def evaluate(controller, policy, env_name, preset, episodes, out, video, which, 
 @click.option("--mdn", type=click.Path(dir_okay=False, path_type=Path), required=True, help="mdn artifact (M), the dream")
 @click.option("--controller", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="controller artifact (its best parameters act); default: the random policy")
-@click.option("--temperature", type=Number(min=0), default=None, help="dream temperature tau (default 1.15)")
-@click.option("--episodes", type=click.IntRange(min=1), default=None, help="episodes side by side (default 4)")
-@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="longest episode, in frames (default 300)")
+@config_options(DreamConfig, shown=DreamConfig())
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, callback=_lock_out,
               help="output animation (.gif)")
 @device_option
 @seed_option
-def dream(vae: Path, mdn: Path, controller: Path | None, temperature: float | None, episodes: int | None,
-          max_steps: int | None, out: Path, device: str, seed: int) -> None:
+@as_runtime("seed", "device")
+def dream(vae: Path, mdn: Path, controller: Path | None, out: Path, runtime: Runtime, **options) -> None:
     """Render dream rollouts of M, decoded through V, as an animated GIF."""
-    from .config import DreamConfig
     from .stages import dream as dream_stage
 
-    cfg = DreamConfig().replace(temperature=temperature, episodes=episodes, max_steps=max_steps)
-    res = dream_stage.run(cfg, vae, mdn, out, controller_path=controller, seed=seed, device=device)
+    cfg = DreamConfig().replace(**config_values(DreamConfig, options))
+    res = dream_stage.run(cfg, vae, mdn, out, controller_path=controller, runtime=runtime)
     click.echo(res.line())
 
 
 # ------------------------------------------------------------------------------------------ iterate / demo
-class FloatList(click.ParamType):
-    """Comma-separated positive numbers ("1.5,1.15,0.8") -> a tuple of floats; "" -> ()."""
-
-    name = "tau,tau,..."
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        if not str(value).strip():
-            return ()  # "": none
-        try:
-            out = tuple(float(x) for x in str(value).split(","))
-        except ValueError:
-            self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
-        if not all(math.isfinite(x) and x > 0 for x in out):
-            self.fail(f"{value!r}: every value must be a finite number > 0", param, ctx)
-        return out
-
-
 def iterate_options(f):
     """The IterateConfig fields as options, plus --temperature. Lower bounds and help come from the dataclass; every
     option stays unset (None) unless given, so `config.iterate_config` applies the preset's defaults (the help shows
     small Doom's, the default of both commands; CarRacing runs one round at the preset's population)."""
     f = click.option("--temperature", type=Number(min=0, min_open=True), default=None,
                      help="dream temperature tau of every round but the last (--final-temperatures)")(f)
-    shown = iterate_config("small")
-    for fl in reversed(dataclasses.fields(IterateConfig)):
-        if fl.name == "later_mdn_steps_fraction":
-            continue  # a design constant, not a knob users asked for
-        lo, default = fl.metadata["min"], getattr(shown, fl.name)
-        if isinstance(fl.default, tuple):  # a list of numbers, given as "1.5,1.15,0.8"
-            f = click.option("--" + fl.name.replace("_", "-"), type=FloatList(), default=None,
-                             help=f"{fl.metadata['doc']} (default: {','.join(f'{x:g}' for x in default)})")(f)
-            continue
-        kind = click.IntRange(min=lo) if isinstance(fl.default, int) else Number(min=lo)
-        f = click.option("--" + fl.name.replace("_", "-"), type=kind, default=None,
-                         help=f"{fl.metadata['doc']} (default: {default})")(f)
+    f = config_options(IterateConfig, skip=("later_mdn_steps_fraction",), shown=iterate_config("small"))(f)
     return click.option("--data", type=click.Path(file_okay=False, path_type=Path), required=True,
                         help="folder of the rounds' artifacts (created)")(f)
 
@@ -420,7 +449,8 @@ def iterate_options(f):
 @device_option
 @renderer_option
 @backend_options
-def iterate(env_name, preset, data, temperature, workers, seed, device, backend, ray_address, **it_options) -> None:
+@as_runtime("seed", "device", "workers", "backend", "ray_address")
+def iterate(env_name, preset, data, temperature, runtime: Runtime, **it_options) -> None:
     """The iterative procedure (ref §9): collect -> V -> M -> C in the dream -> evaluate, then again on the
     controller's own data; rerun the same command to continue."""
     from .config import preset as get_preset
@@ -429,8 +459,7 @@ def iterate(env_name, preset, data, temperature, workers, seed, device, backend,
     cfg = get_preset(env_name, preset)
     cfg = cfg.replace(evolve=cfg.evolve.replace(temperature=temperature))
     it = iterate_config(preset, env_name, **it_options)
-    recs = iterate_stage.run(cfg, data, it, seed=seed, workers=workers, device=device, backend=backend,
-                             address=ray_address)
+    recs = iterate_stage.run(cfg, data, it, runtime=runtime)
     click.echo("; ".join(f"round {r.round}: dream {r.dream_score:.0f}, real {r.real_mean:.0f} ± {r.real_std:.0f}"
                          for r in recs))
 
@@ -444,7 +473,8 @@ def iterate(env_name, preset, data, temperature, workers, seed, device, backend,
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="worker processes")
 @seed_option
 @device_option
-def demo(env_name, preset, data, results, temperature, workers, seed, device, **it_options) -> None:
+@as_runtime("seed", "device", "workers")
+def demo(env_name, preset, data, results, temperature, runtime: Runtime, **it_options) -> None:
     """`make demo` / `make demo-carracing`: a small pipeline end to end, baselines, a results table and pictures."""
     from .config import preset as get_preset
     from .stages import demo as demo_stage
@@ -453,7 +483,7 @@ def demo(env_name, preset, data, results, temperature, workers, seed, device, **
     cfg = cfg.replace(evolve=cfg.evolve.replace(temperature=temperature))
     it = iterate_config(preset, env_name, **it_options)
     results = results or Path("results/demo" if env_name == "doom" else "results/demo-carracing")
-    _, _, table = demo_stage.run(cfg, data, results, it, seed=seed, workers=workers, device=device, scale=preset)
+    _, _, table = demo_stage.run(cfg, data, results, it, scale=preset, runtime=runtime)
     click.echo(table.rstrip())
 
 

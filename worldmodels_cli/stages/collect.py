@@ -47,7 +47,7 @@ from ..config import CollectConfig, EnvConfig, Preset
 from ..game.envs import FRAME_SHAPE, Env, check_env_config
 from ..game.episodes import ENVS_PER_WORKER, EnvSet, EpisodeError, lockstep
 from ..game.policies import Actor, Policy, PolicyBatch, make_actor
-from ..runtime import seeding
+from ..runtime import Runtime, seeding
 from ..runtime.errors import ArtifactError, ConfigError
 from ..runtime.executor import make_executor
 from ..store import artifacts as A
@@ -270,16 +270,10 @@ def _next_batch(done: dict[int, bool], start: int, needed: int, workers: int) ->
 
 
 # --------------------------------------------------------------------------------------------- run
-def run(
-    cfg: Preset,
-    out: str | os.PathLike,
-    seed: int = 0,
-    workers: int = 1,
-    backend: str = "local",
-    address: str | None = None,
-    controller: str | os.PathLike | None = None,
-) -> CollectResult:
+def run(cfg: Preset, out: str | os.PathLike, controller: str | os.PathLike | None = None, *,
+        runtime: Runtime = Runtime()) -> CollectResult:
     """Collect `cfg.collect.episodes` kept episodes into the rollouts artifact `out` (resuming or appending)."""
+    seed, workers, backend, address = runtime.seed, runtime.workers, runtime.backend, runtime.address
     t0 = time.monotonic()
     out = Path(out)
     env_cfg, col = cfg.env, cfg.collect

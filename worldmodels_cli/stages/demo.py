@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import DreamConfig, Preset
+from ..runtime import Runtime
 from ..store import artifacts as A
 from ..store import files
 from ..video import mp4_available
@@ -46,26 +47,26 @@ V_ONLY = (("z", "z", 0, "632 ± 251"), ("z40", "z", 40, "788 ± 141"))
 PAPER_FULL_CARRACING = "906 ± 21"
 
 
-def run(preset: Preset, data: Path, results: Path, it: IterateConfig, *, seed: int = 0, workers: int = 2,
-        device: str = "auto", scale: str = "small") -> tuple[list[Row], list[RoundRecord], str]:
+def run(preset: Preset, data: Path, results: Path, it: IterateConfig, *, scale: str = "small",
+        runtime: Runtime = Runtime()) -> tuple[list[Row], list[RoundRecord], str]:
     """Everything `make demo` shows; returns the table rows, the round records and the table as markdown."""
     from . import evaluate, iterate
 
     data, results = Path(data), Path(results)
     results.mkdir(parents=True, exist_ok=True)
     data.mkdir(parents=True, exist_ok=True)
-    records = iterate.run(preset, data, it, seed=seed, workers=workers, device=device)
+    records = iterate.run(preset, data, it, runtime=runtime)
     car = preset.env.name == "carracing"
     base = {}
     for policy in ("random",) if car else ("random", "data"):  # CarRacing's random agent is its data policy
         out = data / f"baseline_{policy}.h5"
         if not out.exists():
-            evaluate.run(out, policy=policy, preset=preset, episodes=it.eval_episodes, seed=seed, workers=workers)
+            evaluate.run(out, policy=policy, preset=preset, episodes=it.eval_episodes, runtime=runtime)
         base[policy] = _score(out)
     if car:
         last = records[-1]
         rows = [Row("random agent (the original's data-collection policy)", *base["random"], None, None)]
-        rows += _v_only_rows(preset, data, records, it, seed=seed, workers=workers, device=device)
+        rows += _v_only_rows(preset, data, records, it, runtime)
         rows.append(Row("full world model, C on [z, h] (ref §6)", last.real_mean, last.real_std, last.dream_score, None,
                         PAPER_FULL_CARRACING, last.seconds.get("evolve", 0.0) + last.seconds.get("evaluate", 0.0)))
         table = _markdown_carracing(rows, records, preset, scale, it.eval_episodes)
@@ -80,9 +81,9 @@ def run(preset: Preset, data: Path, results: Path, it: IterateConfig, *, seed: i
         table = _markdown(rows, records, preset, scale)
     (results / "results.md").write_text(table)  # before the pictures: a picture that fails cannot cost the table
     (results / "results.json").write_text(json.dumps(
-        {"rows": [r.__dict__ for r in rows], "rounds": [r.__dict__ for r in records], "seed": seed}, indent=2))
+        {"rows": [r.__dict__ for r in rows], "rounds": [r.__dict__ for r in records], "seed": runtime.seed}, indent=2))
     last = round_dir(data, len(records) - 1)
-    _pictures(last, Path(records[-1].vae or last / "vae.h5"), results, records[-1].tau, seed, device)
+    _pictures(last, Path(records[-1].vae or last / "vae.h5"), results, records[-1].tau, runtime)
     return rows, records, table
 
 
@@ -92,8 +93,8 @@ def _score(eval_path: Path) -> tuple[float, float]:
     return float(r.mean()), float(r.std())
 
 
-def _v_only_rows(preset: Preset, data: Path, records: list[RoundRecord], it: IterateConfig, *, seed: int,
-                 workers: int, device: str) -> list[Row]:
+def _v_only_rows(preset: Preset, data: Path, records: list[RoundRecord], it: IterateConfig,
+                 runtime: Runtime) -> list[Row]:
     """The paper's V-only CarRacing rows (ref §8): C on z alone, linear and with 40 tanh units, evolved in the real
     game on the last round's V and M with the same population, trials and generations as the full model, then
     scored on the same real seeds. Their wall times are kept in `<data>/v_only.json` (a rerun skips what is done)."""
@@ -109,9 +110,9 @@ def _v_only_rows(preset: Preset, data: Path, records: list[RoundRecord], it: Ite
         q = preset.replace(controller=preset.controller.replace(features=features, hidden=hidden),
                            evolve=preset.evolve.replace(pop=rec.pop))
         t = RoundRecord(0, seconds=times.get(name, {}))
-        ev = _timed(t, "evolve", evolve.run, q, v, m, c, seed=seed, workers=workers, device=device)
+        ev = _timed(t, "evolve", evolve.run, q, v, m, c, runtime=runtime)
         if not _evaluated(e, c, it.eval_episodes):
-            _timed(t, "evaluate", evaluate.run, e, controller=c, episodes=it.eval_episodes, seed=seed, workers=workers)
+            _timed(t, "evaluate", evaluate.run, e, controller=c, episodes=it.eval_episodes, runtime=runtime)
         times[name] = t.seconds
         files.write_text_atomic(times_path, json.dumps(times, indent=2))
         what = "C on z" + (f" with {hidden} tanh units" if hidden else "") + " (V only, ref §8)"
@@ -125,7 +126,7 @@ def _evaluated(e: Path, c: Path, episodes: int) -> bool:
     return _complete_eval(e, episodes, c)
 
 
-def _pictures(last: Path, v: Path, results: Path, tau: float, seed: int, device: str) -> None:
+def _pictures(last: Path, v: Path, results: Path, tau: float, runtime: Runtime) -> None:
     from . import dream, evaluate
 
     for src, name in [(v.with_suffix(".recon.png"), "reconstructions.png"), (v.with_suffix(".loss.png"), "vae_loss.png"),
@@ -134,9 +135,9 @@ def _pictures(last: Path, v: Path, results: Path, tau: float, seed: int, device:
             shutil.copy(src, results / name)
     c, m = last / "controller.h5", last / "mdn.h5"
     dcfg = DreamConfig(temperature=tau, episodes=4, max_steps=300)
-    dream.run(dcfg, v, m, results / "dream.gif", controller_path=c, seed=seed, device=device)
+    dream.run(dcfg, v, m, results / "dream.gif", controller_path=c, runtime=runtime)
     video = results / ("episode.mp4" if mp4_available() else "episode.gif")  # GIF where imageio-ffmpeg is missing
-    evaluate.run(None, controller=c, episodes=1, seed=seed, video=video)
+    evaluate.run(None, controller=c, episodes=1, video=video, runtime=runtime.replace(workers=1))
 
 
 def _markdown(rows: list[Row], records: list[RoundRecord], preset: Preset, scale: str) -> str:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..dream.program import dream_rollouts
+from ..runtime import Runtime
 
 
 # ------------------------------------------------------------------------------------------ wm dream
@@ -26,9 +27,11 @@ class DreamRunResult:
                 f"mean return {mean:.1f}")
 
 
-def run(cfg, vae_path, mdn_path, out, *, controller_path=None, seed: int = 0, device: str = "auto") -> DreamRunResult:
+def run(cfg, vae_path, mdn_path, out, *, controller_path=None,
+        runtime: Runtime = Runtime()) -> DreamRunResult:
     """`wm dream`: dream `cfg.episodes` rollouts (the controller's, else the random policy) at `cfg.temperature`,
     decode every z through V's decoder, and write them side by side as an animated GIF."""
+    seed, device = runtime.seed, runtime.device
     from ..models.controller import load_controller
     from ..models.mdnrnn import load_initial_z, load_mdn
     from ..models.vae import load_vae

@@ -32,6 +32,7 @@ import torch
 
 from ..game.envs import mirror_actions
 from ..models.vae import kl_divergence, load_vae, to_input
+from ..runtime import Runtime
 from ..runtime import device as device_mod
 from ..runtime.errors import ArtifactError, ConfigError
 from ..store import artifacts as A
@@ -132,18 +133,10 @@ def _encode_block(model, fh: h5py.File, index: A.EpisodeIndex, block: _Block, pa
     return len(frames)
 
 
-def run(
-    rollouts: Sequence[str | Path],
-    vae: str | Path,
-    out: str | Path,
-    *,
-    device: str = "auto",
-    batch_size: int = 1000,
-    seed: int = 0,
-    block_frames: int = BLOCK_FRAMES,
-    mirror: bool = False,
-) -> Result:
+def run(rollouts: Sequence[str | Path], vae: str | Path, out: str | Path, *, batch_size: int = 1000,
+        block_frames: int = BLOCK_FRAMES, mirror: bool = False, runtime: Runtime = Runtime()) -> Result:
     """Encode `rollouts` with the VAE artifact `vae` into the series artifact `out` (see the module doc)."""
+    seed, device = runtime.seed, runtime.device
     out = Path(out)
     rollouts = [Path(p) for p in rollouts]
     if batch_size < 1:

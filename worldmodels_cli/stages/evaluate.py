@@ -18,7 +18,7 @@ import numpy as np
 from ..config import EnvConfig, Preset
 from ..game.agent import agent_spec
 from ..game.episodes import POLICIES, EpisodeRunner
-from ..runtime import seeding
+from ..runtime import Runtime, seeding
 from ..runtime.errors import ArtifactError, ConfigError
 from ..store import artifacts as A
 from ..store import files
@@ -55,23 +55,12 @@ def episode_seeds(seed: int, episodes: int) -> np.ndarray:
     return np.array([seeding.derive(seed, "evaluate", i) for i in range(episodes)], dtype=np.int64)
 
 
-def run(
-    out: Path | None,
-    *,
-    controller: str | os.PathLike | None = None,
-    policy: str = "agent",
-    preset: Preset | None = None,
-    episodes: int = 100,
-    seed: int = 0,
-    workers: int = 1,
-    backend: str = "local",
-    address: str | None = None,
-    video: str | os.PathLike | None = None,
-    vae: str | None = None,
-    mdn: str | None = None,
-    which: str = "best",
-) -> EvalResult:
+def run(out: Path | None, *, controller: str | os.PathLike | None = None, policy: str = "agent",
+        preset: Preset | None = None, episodes: int = 100, video: str | os.PathLike | None = None,
+        vae: str | None = None, mdn: str | None = None, which: str = "best",
+        runtime: Runtime = Runtime()) -> EvalResult:
     """Evaluate `controller` (policy 'agent') or a baseline policy on `preset.env`; write an eval artifact."""
+    seed, workers, backend, address = runtime.seed, runtime.workers, runtime.backend, runtime.address
     if policy not in POLICIES:
         raise ConfigError(f"--policy must be one of {', '.join(POLICIES)}, got {policy!r}")
     if episodes < 1:

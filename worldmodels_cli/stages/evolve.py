@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..config import ControllerConfig, EvolveConfig, Preset
-from ..runtime import seeding
+from ..runtime import Runtime, seeding
 from ..runtime.errors import ArtifactError, ConfigError
 from ..store import artifacts as A
 from ..store.metrics import MetricsWriter, kv, metrics_path
@@ -254,19 +254,9 @@ def controller_model_config(cfg: ControllerConfig, env: str, z_dim: int, hidden:
     return {"controller": cfg.to_dict(), "env": env, "z_dim": z_dim, "hidden": hidden, "action_dim": action_dim}
 
 
-def run(
-    preset: Preset,
-    vae: Path,
-    mdn: Path,
-    out: Path,
-    *,
-    seed: int = 0,
-    workers: int = 1,
-    device: str = "auto",
-    backend: str = "local",
-    address: str | None = None,
-) -> EvolveResult:
+def run(preset: Preset, vae: Path, mdn: Path, out: Path, *, runtime: Runtime = Runtime()) -> EvolveResult:
     """`wm evolve`: build C for V and M, pick the fitness (dream or real env), run or resume CMA-ES, plot."""
+    seed, device, workers, backend, address = runtime.seed, runtime.device, runtime.workers, runtime.backend, runtime.address
     from ..dream.program import DreamFitness
     from ..game.agent import AgentSpec
     from ..game.episodes import EpisodeRunner

@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import IterateConfig, Preset
+from ..runtime import Runtime
 from ..store import artifacts as A
 from ..store import files
 from ..store.metrics import metrics_path
@@ -78,8 +79,8 @@ def _timed(rec: RoundRecord, stage: str, fn, *args, **kwargs):
     return out
 
 
-def run(preset: Preset, data: Path, it: IterateConfig, *, seed: int = 0, workers: int = 1, device: str = "auto",
-        backend: str = "local", address: str | None = None, on_round=None) -> list[RoundRecord]:
+def run(preset: Preset, data: Path, it: IterateConfig, *, on_round=None,
+        runtime: Runtime = Runtime()) -> list[RoundRecord]:
     """Run (or continue) `it.rounds` rounds under `data/round<k>/`; returns one record per round."""
     from . import collect, encode, evaluate, evolve, train_mdn, train_vae
 
@@ -93,50 +94,45 @@ def run(preset: Preset, data: Path, it: IterateConfig, *, seed: int = 0, workers
     prev: dict[str, Path] = {}
     for k in range(it.rounds):
         d = round_dir(data, k)
+        this = runtime.replace(seed=runtime.seed + k)  # round k's stages draw from their own seed
         d.mkdir(exist_ok=True)
         rec = records[k] if k < len(records) else RoundRecord(k)
         r, v, s, m, c, e = (d / n for n in ("rollouts.h5", "vae.h5", "series.h5", "mdn.h5", "controller.h5", "eval.h5"))
         p = preset
         if k == 0:
-            _timed(rec, "collect", collect.run, p, r, seed=seed, workers=workers, backend=backend, address=address)
+            _timed(rec, "collect", collect.run, p, r, runtime=this)
         else:
             n = controller_episodes(it, round_dir(data, k - 1) / "eval.h5")
             pc = p.replace(collect=p.collect.replace(episodes=n, policy="controller", noise=it.noise, min_length=0))
-            _timed(rec, "collect", collect.run, pc, r, seed=seed + k, workers=workers, backend=backend,
-                   address=address, controller=prev["controller"])
+            _timed(rec, "collect", collect.run, pc, r, controller=prev["controller"], runtime=this)
             p = p.replace(vae_train=p.vae_train.replace(epochs=it.later_vae_epochs),
                           mdn_train=p.mdn_train.replace(steps=max(1, int(p.mdn_train.steps * it.later_mdn_steps_fraction))))
         rollouts.append(r)
         if k == 0 or it.later_vae_epochs > 0:
-            _timed(rec, "train-vae", train_vae.run, p, list(rollouts), v, seed=seed + k, device=device,
-                   init=prev.get("vae"))
-            _timed(rec, "encode", encode.run, list(rollouts), v, s, device=device, seed=seed + k,
+            _timed(rec, "train-vae", train_vae.run, p, list(rollouts), v, init=prev.get("vae"), runtime=this)
+            _timed(rec, "encode", encode.run, list(rollouts), v, s, runtime=this,
                    batch_size=p.encode.batch_size, mirror=p.encode.mirror)
             series = [s]
         else:  # V kept: only the new episodes need encoding (module doc)
             v = prev["vae"]
-            _timed(rec, "encode", encode.run, [r], v, s, device=device, seed=seed + k,
+            _timed(rec, "encode", encode.run, [r], v, s, runtime=this,
                    batch_size=p.encode.batch_size, mirror=p.encode.mirror)
             series.append(s)
         rec.vae = str(v)
-        _timed(rec, "train-mdn", train_mdn.run, p, list(series), m, seed=seed + k, device=device,
-               init=prev.get("mdn"))
+        _timed(rec, "train-mdn", train_mdn.run, p, list(series), m, init=prev.get("mdn"), runtime=this)
         last = k == it.rounds - 1
         p = p.replace(evolve=p.evolve.replace(generations=round_generations(p, it, last=last)))
         ladder = last and it.final_temperatures and p.evolve.in_dream  # τ means nothing to real-env fitness
         if ladder and (not c.exists() or _rung(c, it.final_temperatures[0]).exists()):
-            rec.ladder = _climb_down(rec, p, it, v, m, c, seed=seed + k, workers=workers, device=device,
-                                     backend=backend, address=address)
+            rec.ladder = _climb_down(rec, p, it, v, m, c, this)
         pop, tau = _round_evolve(c, p, it, last=last)
         p = p.replace(evolve=p.evolve.replace(pop=pop, temperature=tau))
         rec.pop, rec.tau = p.evolve.pop, p.evolve.temperature
-        ev = _timed(rec, "evolve", evolve.run, p, v, m, c, seed=seed + k, workers=workers, device=device,
-                    backend=backend, address=address)
+        ev = _timed(rec, "evolve", evolve.run, p, v, m, c, runtime=this)
         rec.dream_score = ev.best_score
         episodes = it.eval_episodes if last else min(it.data_eval_episodes, it.eval_episodes)
         if not _complete_eval(e, episodes, c):
-            _timed(rec, "evaluate", evaluate.run, e, controller=c, episodes=episodes, seed=seed,
-                   workers=workers, backend=backend, address=address)
+            _timed(rec, "evaluate", evaluate.run, e, controller=c, episodes=episodes, runtime=runtime)
         with A.open_artifact(e, "eval") as fh:
             returns = fh[A.RETURNS][()]
         rec.real_mean, rec.real_std = float(returns.mean()), float(returns.std())
@@ -181,8 +177,8 @@ def _round_evolve(controller: Path, p: Preset, it: IterateConfig, *, last: bool)
     return pop, p.evolve.temperature
 
 
-def _climb_down(rec: RoundRecord, p: Preset, it: IterateConfig, v: Path, m: Path, c: Path, *, seed: int,
-                **run_options) -> list[dict]:
+def _climb_down(rec: RoundRecord, p: Preset, it: IterateConfig, v: Path, m: Path, c: Path,
+                runtime: Runtime) -> list[dict]:
     """The last round's τ ladder: evolve C at each of `it.final_temperatures` in turn (hottest first) into
     `<c>.tau<τ>.h5`, and keep the first whose dream score reaches `final_dream_ratio` × the uniform random policy's
     dream score at that τ (if none does, the one furthest above it): copied to `c`. A hotter dream is harder to
@@ -195,8 +191,8 @@ def _climb_down(rec: RoundRecord, p: Preset, it: IterateConfig, v: Path, m: Path
     for tau in it.final_temperatures:
         out = _rung(c, tau)
         q = p.replace(evolve=p.evolve.replace(pop=pop, temperature=tau))
-        ev = _timed(rec, "evolve", evolve.run, q, v, m, out, seed=seed, **run_options)
-        random_score = random_dream_score(m, tau, q.evolve.max_steps, seed=seed, device=run_options["device"])
+        ev = _timed(rec, "evolve", evolve.run, q, v, m, out, runtime=runtime)
+        random_score = random_dream_score(m, tau, q.evolve.max_steps, seed=runtime.seed, device=runtime.device)
         rungs.append({"tau": tau, "dream_score": ev.best_score, "random_dream": random_score,
                       "ratio": ev.best_score / random_score, "path": str(out)})
         log.info("final τ %g: dream score %.1f, %.2f× the random policy's %.1f", tau, ev.best_score,

@@ -30,8 +30,8 @@ import torch
 
 from ..config import MDNConfig, MDNTrainConfig, Preset
 from ..models.mdnrnn import MDNRNN, count_parameters, done_bce, load_mdn, mdn_nll, reward_loss
+from ..runtime import Runtime, seeding
 from ..runtime import device as devices
-from ..runtime import seeding
 from ..runtime.errors import ArtifactError, ConfigError, TrainingDiverged
 from ..store import artifacts as A
 from ..store import checkpoint, files, metrics
@@ -65,20 +65,14 @@ def lr_at(cfg: MDNTrainConfig, step: int) -> float:
     return (cfg.lr - cfg.lr_min) * cfg.lr_decay**step + cfg.lr_min
 
 
-def run(
-    preset: Preset,
-    series: Sequence[str | os.PathLike],
-    out: str | os.PathLike,
-    seed: int = 0,
-    device: str = "auto",
-    init: str | os.PathLike | None = None,
-    *,
-    on_step: Callable[[int], None] | None = None,
-) -> MDNResult:
+def run(preset: Preset, series: Sequence[str | os.PathLike], out: str | os.PathLike,
+        init: str | os.PathLike | None = None, *, on_step: Callable[[int], None] | None = None,
+        runtime: Runtime = Runtime()) -> MDNResult:
     """Train (or resume training) M into `out` from `series` (several artifacts of one env are concatenated).
 
     `init` warm-starts the weights from another mdn artifact with the same architecture (iterative training).
     `on_step(step)` is called after each completed step (tests use it to inject interruptions)."""
+    seed, device = runtime.seed, runtime.device
     out = Path(out)
     files.check_writable(out)  # before any work: a missing folder is a one-line error, not a late failure
     series = [Path(p) for p in series]

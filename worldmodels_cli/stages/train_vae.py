@@ -36,8 +36,8 @@ import torch
 from .. import plots
 from ..config import Preset, VAEConfig
 from ..models.vae import ConvVAE, parameter_count, reparameterize, to_input, vae_loss
+from ..runtime import Runtime, seeding
 from ..runtime import device as device_mod
-from ..runtime import seeding
 from ..runtime.errors import ArtifactError, ConfigError, Interrupted, TrainingDiverged
 from ..store import artifacts as A
 from ..store import checkpoint, files, frames, metrics
@@ -217,20 +217,13 @@ def reconstruct(model: ConvVAE, frames_u8: np.ndarray, device: str) -> np.ndarra
 
 
 # ------------------------------------------------------------------------------------------------ run
-def run(
-    config: Preset,
-    rollouts: Sequence[str | Path],
-    out: str | Path,
-    *,
-    seed: int = 0,
-    device: str = "auto",
-    init: str | Path | None = None,
-    on_step: Callable[[int], None] | None = None,
-) -> Result:
+def run(config: Preset, rollouts: Sequence[str | Path], out: str | Path, *, init: str | Path | None = None,
+        on_step: Callable[[int], None] | None = None, runtime: Runtime = Runtime()) -> Result:
     """Train V on `rollouts` into the `vae` artifact `out` (resuming it if it is an unfinished run of the same
     settings). `init`: start from another VAE artifact's weights and architecture (a fresh optimizer; an unfinished
     one is accepted too). `on_step(step)` is called after
     every optimizer step (progress, tests); a KeyboardInterrupt raised there stops the run like Ctrl-C."""
+    seed, device = runtime.seed, runtime.device
     out = Path(out)
     rollouts = [Path(p) for p in rollouts]
     env = frames.rollouts_env(rollouts)
