@@ -1,4 +1,4 @@
-"""Dream throughput (issue 6): (a) the plain per-member loop, (b) the batched program at pop × trials, (c) this
+"""Dream throughput: (a) the plain per-member loop, (b) the batched program at pop × trials, (c) this
 machine's float32 matmul rate, in one run, on a randomly initialised Doom-size M (Z 64, H 512, done head, restart
 input; ref §4.3) and the Doom controller [z, c, h] -> 1 (ref §5.2).
 

@@ -1,4 +1,4 @@
-"""Real-env evolution benchmark (issue 5): Doom rollouts/s with 1 and 2 workers, and the per-step cost of the
+"""Real-env evolution benchmark: Doom rollouts/s with 1 and 2 workers, and the per-step cost of the
 agent (V encode + z sample + C + M step) over the bare env step.
 
 - A randomly initialised world model at the small preset's sizes (V z=32 half width, M H=256) is written to a temp

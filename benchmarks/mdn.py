@@ -3,7 +3,7 @@ artifact (V never runs), and one-step latency at batch 1 and 1024.
 
 Baseline measured in the same run: a ctallec/world-models-style MDRNN (torch nn.LSTM + linear GMM head, latents
 given as tensors, no re-encoding) on the same batch shape. For reference, that port trains at 127 seq-steps/s when it
-re-encodes frames with V and 12.4k/s without (issue 4).
+re-encodes frames with V and 12.4k/s without.
 
     python benchmarks/mdn.py [--quick] [--device cpu|cuda|auto] [--batch 8] [--seq-len 1000]
 

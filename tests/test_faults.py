@@ -1,4 +1,4 @@
-"""Fault suite, fast part (issue 9): every input of every command fed a damaged, foreign or poisoned artifact, and
+"""Fault suite, fast part: every input of every command fed a damaged, foreign or poisoned artifact, and
 loading never executes code from an artifact. The slow part (SIGKILL / SIGINT sweeps, out of disk) is in
 tests/test_faults_kill.py behind the `faults` marker.
 

@@ -1,4 +1,4 @@
-"""Fault suite, slow part (issue 9; `make test-faults`): every stage run as the real console command in a
+"""Fault suite, slow part (`make test-faults`): every stage run as the real console command in a
 subprocess, killed with SIGKILL at seeded random points and rerun, interrupted with SIGINT (Ctrl-C: the whole
 process group) and rerun, and run out of disk mid-write (a small RLIMIT_FSIZE).
 

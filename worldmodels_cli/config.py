@@ -328,14 +328,14 @@ def _paper(env: str) -> Preset:
 
 
 def _small(env: str) -> Preset:
-    """A 2-core laptop in under an hour (issue 7); sizes and why in docs/pipeline.md."""
+    """A 2-core laptop in about an hour (Doom) or three (CarRacing); sizes and why in docs/pipeline.md."""
     p = _paper(env)
     if env == "carracing":
         return p.replace(
             collect=p.collect.replace(episodes=200),
             vae_train=p.vae_train.replace(epochs=3),
             mdn_train=p.mdn_train.replace(steps=600, batch_size=16),
-            evolve=p.evolve.replace(pop=16, trials=4, generations=60, eval_every=10, eval_episodes=16, stall_steps=100),
+            evolve=p.evolve.replace(pop=16, trials=4, generations=40, eval_every=10, eval_episodes=16, stall_steps=100),
         )
     # Doom: half-width V (4x fewer FLOPs) and the reference trial's M size (ref §B), sized for 2 cores in < 60 min
     return p.replace(

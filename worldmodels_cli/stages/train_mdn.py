@@ -156,7 +156,7 @@ def run(preset: Preset, series: Sequence[str | os.PathLike], out: str | os.PathL
     except KeyboardInterrupt:
         if consistent and trainer.step > ckpt.last_step:
             ckpt.save(trainer.last_losses, None, complete=False)
-        # info, not warning: the CLI's own line on exit is the one line a Ctrl-C prints (issue 9)
+        # info, not warning: the CLI's own line on exit is the one line a Ctrl-C prints
         log.info("interrupted at step %d; checkpoint in %s; rerun the same command to resume", ckpt.last_step, out)
         raise
     finally:

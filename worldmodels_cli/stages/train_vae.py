@@ -122,7 +122,7 @@ class _StopFlag:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        # info, not warning: the CLI's own line on exit is the one line a Ctrl-C prints (issue 9)
+        # info, not warning: the CLI's own line on exit is the one line a Ctrl-C prints
         log.info("interrupt: stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
 
     def __exit__(self, *exc) -> None:

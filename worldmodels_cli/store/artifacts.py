@@ -596,7 +596,7 @@ def create_latent_datasets(fh: h5py.File, z_dim: int, *, chunk: int = 1024) -> N
 
 
 def create_frames_dataset(fh: h5py.File, chunk_frames: int = 64) -> h5py.Dataset:
-    # ~10x smaller on CarRacing, ~3x on Doom (issue 2); random blocks of a chunk then in-buffer shuffling read fast.
+    # ~10x smaller on CarRacing, ~3x on Doom; random blocks of a chunk then in-buffer shuffling read fast.
     return fh.create_dataset(
         FRAMES, shape=(0, 64, 64, 3), maxshape=(None, 64, 64, 3), dtype=np.uint8,
         chunks=(chunk_frames, 64, 64, 3), **FRAME_COMPRESSION,
