@@ -185,11 +185,11 @@ def test_refuses_to_mix_or_shrink(tmp_path):
     out = tmp_path / "r.h5"
     collect.run(_cfg(episodes=3), out, runtime=Runtime(seed=0))
     sha = A.sha256(out)
-    with pytest.raises(ConfigError, match="seed 0 vs 1"):
+    with pytest.raises(ArtifactError, match="seed 0 vs 1"):
         collect.run(_cfg(episodes=5), out, runtime=Runtime(seed=1))
-    with pytest.raises(ConfigError, match="min_length 0 vs 5"):
+    with pytest.raises(ArtifactError, match="min_length 0 vs 5"):
         collect.run(_cfg(episodes=5, min_length=5), out, runtime=Runtime(seed=0))
-    with pytest.raises(ConfigError, match="env.name 'doom' vs 'carracing'"):
+    with pytest.raises(ArtifactError, match="env.name 'doom' vs 'carracing'"):
         collect.run(_cfg("carracing", episodes=5), out, runtime=Runtime(seed=0))
     with pytest.raises(ConfigError, match="already holds 3 episodes"):
         collect.run(_cfg(episodes=2), out, runtime=Runtime(seed=0))
@@ -206,7 +206,7 @@ def test_refuses_an_unfinished_collection_with_other_settings(tmp_path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         collect.run(_cfg(episodes=3), out, runtime=Runtime(seed=0))
     monkeypatch.undo()
-    with pytest.raises(ConfigError, match="unfinished collection.*seed 0 vs 9"):
+    with pytest.raises(ArtifactError, match="unfinished collection.*seed 0 vs 9"):
         collect.run(_cfg(episodes=3), out, runtime=Runtime(seed=9))
 
 

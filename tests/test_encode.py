@@ -114,7 +114,7 @@ def test_encode_rejects_bad_inputs(data, tmp_path):
     # an existing output from other inputs is refused, not overwritten
     out = tmp_path / "s.h5"
     encode.run([r2], v, out, runtime=Runtime(device='cpu'))
-    with pytest.raises(ArtifactError, match="other inputs"):
+    with pytest.raises(ArtifactError, match="another run"):
         encode.run([r1], v, out, runtime=Runtime(device='cpu'))
     with h5py.File(out, "r") as fh:
         assert fh[A.MU].shape[0] == 55
@@ -159,7 +159,7 @@ def test_mirror_appends_each_episode_flipped_with_left_and_right_swapped(tiny_wo
     assert len(np.unique(s[A.EPISODE_IDS])) == 2 * eps
     assert A.validate(out, "series").summary["mirror"] is True
     assert encode.run([tiny_world.rollouts], tiny_world.vae, out, runtime=Runtime(device='cpu'), mirror=True).already_done
-    with pytest.raises(ArtifactError, match="other inputs"):
+    with pytest.raises(ArtifactError, match="another run"):
         encode.run([tiny_world.rollouts], tiny_world.vae, out, runtime=Runtime(device='cpu'), mirror=False)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from worldmodels_cli.config import preset
-from worldmodels_cli.runtime.errors import ArtifactError, ConfigError
+from worldmodels_cli.runtime.errors import ArtifactError
 from worldmodels_cli.stages import evolve
 from worldmodels_cli.store import artifacts as A
 
@@ -87,7 +87,7 @@ def test_extending_generations_continues(tmp_path):
     hb, mb, _ = _read(b)
     np.testing.assert_array_equal(ha["mean"], hb["mean"])
     np.testing.assert_array_equal(ma, mb)
-    with pytest.raises(ConfigError, match="another config"):
+    with pytest.raises(ArtifactError, match="another run.*sigma0 0.1 vs 0.2"):
         _run(b, _preset(generations=12, sigma0=0.2))  # anything else changed is another run
 
 

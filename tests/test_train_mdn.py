@@ -286,7 +286,7 @@ def test_a_different_run_into_the_same_output_is_refused(tmp_path, car_series, d
     p = preset("carracing", "tiny")
     out = tmp_path / "m.h5"
     train_mdn.run(p, [car_series], out, runtime=Runtime(device='cpu'))
-    with pytest.raises(ArtifactError, match="different run.*seed"):
+    with pytest.raises(ArtifactError, match="another run.*seed"):
         train_mdn.run(p, [car_series], out, runtime=Runtime(seed=1, device='cpu'))
     lr = p.replace(mdn_train=p.mdn_train.replace(lr=0.1))
     with pytest.raises(ArtifactError, match="mdn_train"):

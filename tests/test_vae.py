@@ -157,9 +157,9 @@ def test_train_writes_artifact_metrics_and_pictures(rollouts, tmp_path):
     # rerunning the same command: nothing to do
     assert train_vae.run(_tiny(), [rollouts], out, runtime=Runtime(seed=0, device='cpu')).already_done
     # other settings: refused, the artifact untouched
-    with pytest.raises(ArtifactError, match="other settings"):
+    with pytest.raises(ArtifactError, match="another run"):
         train_vae.run(_tiny(epochs=2), [rollouts], out, runtime=Runtime(seed=0, device='cpu'))
-    with pytest.raises(ArtifactError, match="other settings"):
+    with pytest.raises(ArtifactError, match="another run"):
         train_vae.run(_tiny(), [rollouts], out, runtime=Runtime(seed=1, device='cpu'))
 
 

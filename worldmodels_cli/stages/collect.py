@@ -51,7 +51,7 @@ from ..runtime import Runtime, seeding
 from ..runtime.errors import ArtifactError, ConfigError
 from ..runtime.executor import make_executor
 from ..store import artifacts as A
-from ..store import files, metrics
+from ..store import files, metrics, runs
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ SHARD_SUFFIX = ".h5"
 SHORT_SUFFIX = ".short"
 MANIFEST = "manifest.json"
 LOCK = "lock"
+FREE = ("collect.episodes",)  # a rerun with more episodes appends to the same run
 MAX_BATCH = 1024  # episodes handed to the workers at once; memory stays flat whatever --episodes says
 
 
@@ -181,31 +182,6 @@ def _record(cfg: Preset) -> dict[str, Any]:
     return {"env": cfg.env.to_dict(), "collect": cfg.collect.to_dict()}
 
 
-def _identity(config: dict, seed: int) -> dict[str, Any]:
-    """What must match to add to existing episodes: everything but the episode count."""
-    ident = json.loads(json.dumps(config))  # tuples -> lists, as read back from JSON
-    ident.get("collect", {}).pop("episodes", None)
-    return {"config": ident, "seed": int(seed)}
-
-
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for key in sorted(set(old) | set(new)):
-            out += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
-        return out
-    return [] if old == new else [f"{prefix.rstrip('.')} {old!r} vs {new!r}"]
-
-
-def _refuse_mismatch(what: str, old: dict, new: dict) -> None:
-    # the seed and the env first: the likeliest mix-ups
-    diff = sorted(_differences(old, new), key=lambda d: not d.startswith(("seed", "config.env.name")))
-    if diff:
-        shown = "; ".join(d.replace("config.", "") for d in diff[:3]) + (" ..." if len(diff) > 3 else "")
-        raise ConfigError(f"{what} was collected with other settings ({shown}: existing vs this command); "
-                          "use another --out or the same options")
-
-
 # --------------------------------------------------------------------------------------------- work folder
 @contextlib.contextmanager
 def _locked(parts: Path) -> Iterator[None]:
@@ -289,7 +265,7 @@ def run(cfg: Preset, out: str | os.PathLike, controller: str | os.PathLike | Non
     record = _record(cfg)
     if controller is not None:  # a different controller file makes different data: part of the identity
         record["controller"] = A.inputs_record({"controller": controller})["controller"]
-    ident = _identity(record, seed)
+    ident = runs.identity(record, seed, free=FREE)  # the controller is in `record`
     needed = col.episodes
 
     old = None
@@ -298,7 +274,7 @@ def run(cfg: Preset, out: str | os.PathLike, controller: str | os.PathLike | Non
             meta = A.validate(out, "rollouts")
         except ArtifactError as exc:  # anything else at `out` is refused, never overwritten
             raise ArtifactError(f"{exc}; refusing to overwrite it (use another --out)") from None
-        _refuse_mismatch(str(out), _identity(meta.config, meta.seed), ident)
+        runs.check_same_run(str(out), runs.identity(meta.config, meta.seed, free=FREE), ident)
         with A.open_artifact(out, "rollouts") as fh:
             old = A.read_episode_index(fh)
         if old.episodes > needed:
@@ -346,7 +322,7 @@ def _check_manifest(parts: Path, ident: dict) -> None:
         except json.JSONDecodeError:
             old = None
         if old is not None:
-            _refuse_mismatch(f"{parts} (an unfinished collection)", old, ident)
+            runs.check_same_run(f"{parts} (an unfinished collection)", old, ident)
             return
     tmp = path.with_name(f".{MANIFEST}.tmp")
     tmp.write_text(json.dumps(ident, sort_keys=True))

@@ -36,7 +36,7 @@ from ..runtime import Runtime
 from ..runtime import device as device_mod
 from ..runtime.errors import ArtifactError, ConfigError
 from ..store import artifacts as A
-from ..store import files, metrics
+from ..store import files, metrics, runs
 from ..store import frames as frames_mod
 
 log = logging.getLogger(__name__)
@@ -160,16 +160,12 @@ def run(rollouts: Sequence[str | Path], vae: str | Path, out: str | Path, *, bat
         raise ConfigError(f"the rollouts have different action widths {sorted(action_dims)}; they cannot be mixed")
 
     inputs = A.inputs_record({"rollouts": rollouts, "vae": vae})
-    identity = {"rollouts": [q["sha256"] for q in inputs["rollouts"]], "vae": inputs["vae"]["sha256"],
-                "block_frames": block_frames, "mirror": mirror}
+    # μ and logσ² depend on the inputs and the mirroring only (no draw of the seed's reaches them)
+    identity = runs.identity({"mirror": mirror}, None, inputs)
     if out.exists():
         meta = A.validate(out, "series")
-        old = meta.inputs
-        same = (old.get("vae", {}).get("sha256") == identity["vae"]
-                and [q.get("sha256") for q in old.get("rollouts", [])] == identity["rollouts"]
-                and bool(meta.summary.get("mirror", False)) == mirror)
-        if not same:
-            raise ArtifactError(f"{out}: exists and was encoded from other inputs; delete it or choose another --out")
+        existing = runs.identity({"mirror": bool(meta.summary.get("mirror", False))}, None, meta.inputs)
+        runs.check_same_run(str(out), existing, identity)
         return Result(out, int(meta.summary.get("episodes", 0)), int(meta.summary.get("frames", 0)),
                       int(meta.summary.get("z_dim", 0)), 0, 0, 0.0, already_done=True)
 
@@ -180,12 +176,12 @@ def run(rollouts: Sequence[str | Path], vae: str | Path, out: str | Path, *, bat
             recorded = json.loads(manifest.read_text())
         except (OSError, json.JSONDecodeError):
             recorded = None
-        if recorded != identity:
-            raise ArtifactError(f"{parts}: holds parts of another encode run (other inputs); delete it to start over")
+        wanted = {**identity, "block_frames": block_frames}  # the parts' layout too
+        runs.check_same_run(f"{parts} (an unfinished encode)", recorded if isinstance(recorded, dict) else {}, wanted)
     else:
         parts.mkdir()
         tmp = manifest.with_name(MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(identity))
+        tmp.write_text(json.dumps({**identity, "block_frames": block_frames}))
         tmp.replace(manifest)
 
     if mirror:  # the mirrored copies are sources len(rollouts).. (module doc)

@@ -27,6 +27,7 @@ from ..config import ControllerConfig, EvolveConfig, Preset
 from ..runtime import Runtime, seeding
 from ..runtime.errors import ArtifactError, ConfigError
 from ..store import artifacts as A
+from ..store import runs
 from ..store.metrics import MetricsWriter, kv, metrics_path
 
 log = logging.getLogger(__name__)
@@ -117,13 +118,12 @@ def _new_state(n: int) -> _State:
     return _State([], {k: [] for k in HISTORY_KEYS}, np.zeros(n), -math.inf, -1)
 
 
-def _load_state(path: Path, n: int, config_json: dict, seed: int, es, generations: int) -> _State:
+def _load_state(path: Path, n: int, config_json: dict, seed: int, inputs: dict, es, generations: int) -> _State:
     """Read a previous run of the same command; replay CMA to its last generation when more are to come."""
     meta = A.validate(path, "controller")
-    if meta.seed != seed or _comparable(meta.config) != _comparable(config_json):
-        raise ConfigError(
-            f"{path}: exists from a run with another config or seed; choose another --out or delete it to start over"
-        )
+    free = ("evolve.generations",)  # a run may be extended with more generations
+    runs.check_same_run(str(path), runs.identity(meta.config, meta.seed, meta.inputs, free=free),
+                        runs.identity(config_json, seed, inputs, free=free))
     with A.open_artifact(path, "controller") as fh:
         fitness = fh[A.CMA][A.FITNESS][()] if A.CMA in fh else np.zeros((0, 0))
         hist = {k: list(fh[A.HISTORY][k][()]) for k in HISTORY_KEYS}
@@ -146,13 +146,6 @@ def _load_state(path: Path, n: int, config_json: dict, seed: int, es, generation
     if len(fitness) and not np.array_equal(np.asarray(es.mean), mean):
         raise ArtifactError(f"{path}: the optimizer state could not be rebuilt exactly (mean differs after replay)")
     return _State([r for r in fitness], hist, best_params, best_score, best_generation)
-
-
-def _comparable(config: dict) -> dict:
-    """A run may be extended with more generations; anything else changed makes it another run."""
-    config = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
-    config.get("evolve", {}).pop("generations", None)
-    return config
 
 
 def _write(path: Path, st: _State, es, preset: Preset, seed: int, model_config: dict, inputs: dict, done: bool) -> None:
@@ -197,7 +190,7 @@ def optimize(
     out = Path(out)
     es = make_cma(n_params, cfg, seed)
     config_json = A._loads(A._to_json(preset))
-    st = _load_state(out, n_params, config_json, seed, es, cfg.generations) if out.exists() else _new_state(n_params)
+    st = _load_state(out, n_params, config_json, seed, inputs, es, cfg.generations) if out.exists() else _new_state(n_params)
     if out.exists():
         done = len(st.fitness) >= cfg.generations
         log.info("%s: %s %d generations", out, "already evolved for" if done else "resuming at", len(st.fitness))

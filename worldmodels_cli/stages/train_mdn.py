@@ -13,14 +13,11 @@ good checkpoint; Ctrl-C checkpoints at the next step boundary and re-raises Keyb
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +31,7 @@ from ..runtime import Runtime, seeding
 from ..runtime import device as devices
 from ..runtime.errors import ArtifactError, ConfigError, TrainingDiverged
 from ..store import artifacts as A
-from ..store import checkpoint, files, metrics
+from ..store import checkpoint, files, metrics, runs
 from ..store.series_data import (
     Batch,
     SeriesData,
@@ -124,7 +121,7 @@ def run(preset: Preset, series: Sequence[str | os.PathLike], out: str | os.PathL
     t0, s0 = time.perf_counter(), start
     consistent = True
     try:
-        with _deferred_sigint() as sigint:
+        with runs.StopAfterStep() as sigint:
             while trainer.step < tcfg.steps:
                 consistent = False  # from here until the step counter moves, weights and counters disagree
                 losses = trainer.train_step()
@@ -308,35 +305,15 @@ class _Checkpointer:
 def _resume(out: Path, trainer: _Trainer, run_config: dict, seed: int, inputs: dict) -> tuple[int, dict]:
     """Restore the train state from an existing `out`, refusing one made by a different run; (step, summary)."""
     meta = A.validate(out, "mdn")
-    mine = {**run_config, "mdn_train": {k: v for k, v in run_config["mdn_train"].items() if k != "steps"}}
-    theirs = {**meta.config, "mdn_train": {k: v for k, v in meta.config.get("mdn_train", {}).items() if k != "steps"}}
-    differs = [k for k in sorted(set(mine) | set(theirs)) if _norm(mine.get(k)) != _norm(theirs.get(k))]
-    if meta.seed != seed:
-        differs.append(f"seed {meta.seed} vs {seed}")
-    if _shas(meta.inputs) != _shas(inputs):
-        differs.append("input artifacts")
-    if differs:
-        raise ArtifactError(f"{out}: exists from a different run (differs in: {', '.join(differs)}); "
-                            "use another --out or delete it")
+    free = ("mdn_train.steps",)  # more steps continue the same run
+    runs.check_same_run(str(out), runs.identity(meta.config, meta.seed, meta.inputs, free=free),
+                        runs.identity(run_config, seed, inputs, free=free))
     ckpt = checkpoint.load(out, "mdn")
     if "optimizer" not in ckpt.train_state:
         raise ArtifactError(f"{out}: exists without a train state, cannot resume; use another --out")
     checkpoint.load_weights(trainer.model, ckpt.weights, out)
     trainer.load_state_dict(ckpt.train_state)
     return trainer.step, meta.summary
-
-
-def _norm(x: Any) -> Any:
-    import json
-
-    return json.loads(json.dumps(x, sort_keys=True))
-
-
-def _shas(inputs: dict) -> dict:
-    out = {}
-    for role, v in inputs.items():
-        out[role] = [q["sha256"] for q in v] if isinstance(v, list) else v["sha256"]
-    return out
 
 
 def _warm_start(model: MDNRNN, init: Path, mcfg: MDNConfig) -> None:
@@ -361,27 +338,3 @@ def _plot(writer: metrics.MetricsWriter, out: Path) -> None:
                       checkpoint.beside(out, ".losses.png"), title=f"M: {out.name}")
 
 
-@contextlib.contextmanager
-def _deferred_sigint() -> Iterator[Any]:
-    """The first Ctrl-C sets a flag checked at step boundaries (so the checkpoint is consistent); a second one
-    interrupts at once. Outside the main thread nothing is installed."""
-
-    class Flag:
-        requested = False
-
-    flag = Flag()
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum, frame):  # noqa: ARG001
-        if flag.requested:
-            raise KeyboardInterrupt
-        flag.requested = True
-        log.info("Ctrl-C: checkpointing at the end of this step (press again to stop now)")
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, previous)

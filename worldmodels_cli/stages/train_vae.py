@@ -20,11 +20,8 @@ num_workers / checkpoint_minutes / log_steps, which do not change the result), s
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,7 +37,7 @@ from ..runtime import Runtime, seeding
 from ..runtime import device as device_mod
 from ..runtime.errors import ArtifactError, ConfigError, Interrupted, TrainingDiverged
 from ..store import artifacts as A
-from ..store import checkpoint, files, frames, metrics
+from ..store import checkpoint, files, frames, metrics, runs
 
 log = logging.getLogger(__name__)
 
@@ -80,54 +77,13 @@ def _fmt(x: float | None) -> str:
 
 # ------------------------------------------------------------------------------------------------ inputs
 def _identity(train_config: dict, seed: int, env: str, model_config: dict, inputs: dict) -> dict:
-    """What must match for an existing output to be resumed (or reported as done), as plain JSON values."""
-    train = {k: v for k, v in train_config.items() if k not in VOLATILE}
-    try:
-        shas = {role: ([q["sha256"] for q in v] if isinstance(v, list) else v["sha256"]) for role, v in inputs.items()}
-    except (KeyError, TypeError):
-        shas = inputs
-    return json.loads(json.dumps({"env": env, "model": model_config, "train": train, "seed": int(seed),
-                                  "inputs": shas}, sort_keys=True))
+    """What must match for an existing output to be resumed (or reported as done)."""
+    return runs.identity({"env": env, "vae": model_config, "vae_train": train_config}, seed, inputs,
+                         free=[f"vae_train.{k}" for k in VOLATILE])
 
 
 def _identity_of(meta: A.Meta) -> dict:
     return _identity(meta.config.get("vae_train") or {}, meta.seed, meta.env, meta.model_config, meta.inputs)
-
-
-def _first_difference(a: dict, b: dict) -> str:
-    for key in a:
-        if a[key] != b.get(key):
-            if isinstance(a[key], dict) and isinstance(b.get(key), dict):
-                sub = [k for k in a[key] if a[key][k] != b[key].get(k)]
-                if sub:
-                    return f"{key}.{sub[0]}: {b[key].get(sub[0])!r} there, {a[key][sub[0]]!r} now"
-            return f"{key} differs"
-    return "settings differ"
-
-
-# ------------------------------------------------------------------------------------------------ Ctrl-C
-class _StopFlag:
-    """The first Ctrl-C asks the loop to stop after the current step (then checkpoint); a second one aborts."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._prev = None
-
-    def __enter__(self) -> _StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            self._prev = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        # info, not warning: the CLI's own line on exit is the one line a Ctrl-C prints
-        log.info("interrupt: stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
-
-    def __exit__(self, *exc) -> None:
-        if self._prev is not None:
-            signal.signal(signal.SIGINT, self._prev)
 
 
 # ------------------------------------------------------------------------------------------------ steps
@@ -256,10 +212,8 @@ def run(config: Preset, rollouts: Sequence[str | Path], out: str | Path, *, init
         except ArtifactError as exc:
             raise ArtifactError(f"{out}: exists but is not a readable VAE checkpoint ({exc}); delete it to start "
                                 "over") from None
-        if _identity_of(resume.meta) != identity:
-            raise ArtifactError(f"{out}: exists and was trained with other settings "
-                                f"({_first_difference(identity, _identity_of(resume.meta))}); delete it, or choose "
-                                "another --out (with --init to continue from its weights)")
+        runs.check_same_run(str(out), _identity_of(resume.meta), identity,
+                            hint=" (or --init it to continue from its weights)")
         if resume.complete:
             s = resume.meta.summary
             return Result(out, int(s.get("steps", 0)), float(s.get("epochs", 0)), s.get("train_loss"),
@@ -370,7 +324,7 @@ def run(config: Preset, rollouts: Sequence[str | Path], out: str | Path, *, init
         counters["window_start"] = step
 
     bar = metrics.progress(total, "train-vae", unit="step", initial=step)
-    with _StopFlag() as stop, bar:
+    with runs.StopAfterStep() as stop, bar:
         while step < total:
             epoch, in_epoch = divmod(step, spe)
             if in_epoch == 0:

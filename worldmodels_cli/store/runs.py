@@ -1,0 +1,106 @@
+"""Is an existing output this run? The one rule behind every stage's resume, and the Ctrl-C guard of the loops.
+
+A run's identity is what shapes its output: the config it records, less the settings a rerun may change (counts
+that only extend it: more episodes, steps or generations; settings that change no result: log intervals, loader
+workers), its seed and the checksums of its inputs. A stage with an existing output compares the identity the
+output records with its own: equal, it resumes (or reports the output done); different, it refuses in one line
+that names what differs, and never overwrites the output.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ..runtime.errors import ArtifactError
+
+log = logging.getLogger(__name__)
+
+
+def identity(config: Mapping[str, Any], seed: int | None, inputs: Mapping[str, Any] | None = None, *,
+             free: Iterable[str] = ()) -> dict[str, Any]:
+    """The identity of a run: `config` as plain JSON without the dotted paths `free` ("collect.episodes"), the
+    seed (None: the output does not depend on it), and the SHA-256 of each input (`artifacts.inputs_record` form;
+    paths do not count; None: the stage records its inputs in `config`)."""
+    config = json.loads(json.dumps(config, sort_keys=True))  # tuples -> lists, as read back from an artifact
+    for path in free:
+        *parents, key = path.split(".")
+        node = config
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(key, None)
+    out: dict[str, Any] = {"config": config}
+    if seed is not None:
+        out["seed"] = int(seed)
+    if inputs is not None:
+        out["inputs"] = _checksums(inputs)
+    return out
+
+
+def _checksums(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for role, rec in inputs.items():
+        try:
+            out[role] = [q["sha256"] for q in rec] if isinstance(rec, list) else rec["sha256"]
+        except (KeyError, TypeError):
+            out[role] = rec  # an unreadable record differs from any real one
+    return out
+
+
+def differences(existing: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+    """'path existing vs wanted' for every leaf that differs, the seed and the env first (the likeliest mix-ups)."""
+    out = _diff(existing, wanted, "")
+    out.sort(key=lambda d: 0 if d.startswith("seed") else 1 if d.startswith("config.env") else 2)
+    return [d.removeprefix("config.") for d in out]
+
+
+def _diff(a: Any, b: Any, prefix: str) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            out += _diff(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    if a == b:
+        return []
+    if prefix.startswith("inputs."):
+        return [f"{prefix.rstrip('.')} (another file)"]
+    return [f"{prefix.rstrip('.')} {a!r} vs {b!r}"]
+
+
+def check_same_run(what: str, existing: Mapping[str, Any], wanted: Mapping[str, Any], hint: str = "") -> None:
+    """Raise a one-line ArtifactError when `existing` (what an output records) is not the run `wanted`."""
+    diff = differences(existing, wanted)
+    if diff:
+        shown = "; ".join(diff[:3]) + (" ..." if len(diff) > 3 else "")
+        raise ArtifactError(f"{what}: exists from another run ({shown}: there vs this command); use another --out "
+                            f"or delete it to start over{hint}")
+
+
+class StopAfterStep:
+    """Ctrl-C during a training loop: the first asks it to stop after the current step (`requested`), where it
+    checkpoints and leaves a resumable output; a second one aborts at once. Installed in the main thread only."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._prev = None
+
+    def __enter__(self) -> StopAfterStep:
+        if threading.current_thread() is threading.main_thread():
+            self._prev = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        # info, not warning: the CLI's own line on exit is the one line a Ctrl-C prints
+        log.info("interrupt: stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
+
+    def __exit__(self, *exc) -> None:
+        if self._prev is not None:
+            signal.signal(signal.SIGINT, self._prev)
