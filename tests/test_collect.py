@@ -21,6 +21,7 @@ from worldmodels_cli.runtime.errors import ArtifactError, ConfigError
 from worldmodels_cli.stages import collect
 from worldmodels_cli.stages.info import describe
 from worldmodels_cli.store import artifacts as A
+from worldmodels_cli.store import runs
 
 
 def _cfg(env="doom", **changes):
@@ -62,7 +63,7 @@ def test_collect_writes_a_valid_rollouts_artifact(tmp_path):
     assert res.mean_return == pytest.approx(d[A.REWARDS].sum() / 5)
     info = describe(out)
     assert info["valid"] and info["episodes"] == 5 and info["frames"] == n
-    assert not collect.parts_dir(out).exists()
+    assert not runs.parts_dir(out).exists()
     lines = (tmp_path / "doom.metrics.jsonl").read_text().splitlines()
     assert sum('"collect/episode"' in line for line in lines) == 5
 
@@ -123,7 +124,7 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         collect.run(cfg, out, runtime=Runtime(seed=1))
     monkeypatch.setattr(collect, "_run_chunk", real)
-    parts = collect.parts_dir(out)
+    parts = runs.parts_dir(out)
     assert not out.exists() and len([p for p in parts.iterdir() if p.name.startswith("episode-")]) == 4
     # what a kill -9 leaves: a half-written shard (temp name only) and a half-written merge
     (parts / ".episode-000005.h5.tmp-99999").write_bytes(b"\x89HDF half")
@@ -144,7 +145,7 @@ def test_kill_9_then_rerun_loses_and_duplicates_nothing(tmp_path):
         f"collect.run(p, {str(out)!r}, seed=2)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script])
-    parts = collect.parts_dir(out)
+    parts = runs.parts_dir(out)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         if parts.is_dir() and sum(1 for p in parts.iterdir() if p.suffix == ".h5") >= 20:
@@ -193,7 +194,7 @@ def test_refuses_to_mix_or_shrink(tmp_path):
         collect.run(_cfg("carracing", episodes=5), out, runtime=Runtime(seed=0))
     with pytest.raises(ConfigError, match="already holds 3 episodes"):
         collect.run(_cfg(episodes=2), out, runtime=Runtime(seed=0))
-    assert A.sha256(out) == sha and not collect.parts_dir(out).exists()
+    assert A.sha256(out) == sha and not runs.parts_dir(out).exists()
 
 
 def test_refuses_an_unfinished_collection_with_other_settings(tmp_path, monkeypatch):
@@ -294,7 +295,7 @@ def test_a_damaged_shard_is_removed_and_recollected(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         collect.run(cfg, out, runtime=Runtime(seed=0))
     monkeypatch.undo()
-    shard = collect.shard_path(collect.parts_dir(out), 1)
+    shard = collect.shard_path(runs.parts_dir(out), 1)
     shard.write_bytes(shard.read_bytes()[:100])  # what an OS crash could leave under the final name
     with pytest.raises(ArtifactError, match="episode-000001.h5: unreadable.*removed it"):
         collect.run(cfg, out, runtime=Runtime(seed=0))

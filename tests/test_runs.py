@@ -37,3 +37,20 @@ def test_a_stage_without_seed_or_inputs_leaves_them_out():
     assert runs.identity({"mirror": True}, None) == {"config": {"mirror": True}}
     assert runs.differences(runs.identity({}, None, INPUTS), runs.identity({}, None, {"vae": "junk"})) == [
         "inputs.series (another file)", "inputs.vae (another file)"]
+
+
+def test_a_work_folder_belongs_to_one_run(tmp_path):
+    out = tmp_path / "s.h5"
+    mine = runs.identity({"mirror": True, "sizes": (1, 2)}, None, INPUTS)
+    parts = runs.work_folder(out, mine, "encode")
+    assert parts == tmp_path / "s.h5.parts" and (parts / runs.MANIFEST).exists()
+    (parts / "000-000001.h5").write_text("a finished part")
+    assert runs.work_folder(out, mine, "encode") == parts  # resumed: the parts stay
+    other = runs.identity({"mirror": False, "sizes": (1, 2)}, None, INPUTS)
+    with pytest.raises(ArtifactError, match=r"s.h5.parts \(an unfinished encode\): exists from another run "
+                                            r"\(mirror True vs False"):
+        runs.work_folder(out, other, "encode")
+    (parts / runs.MANIFEST).write_text("{not json")
+    with pytest.raises(ArtifactError, match="an unfinished encode"):
+        runs.work_folder(out, mine, "encode")
+    assert (parts / "000-000001.h5").read_text() == "a finished part"  # refused, never cleared

@@ -29,7 +29,6 @@ import collections
 import concurrent.futures as cf
 import contextlib
 import fcntl
-import json
 import logging
 import math
 import os
@@ -57,7 +56,6 @@ log = logging.getLogger(__name__)
 
 SHARD_SUFFIX = ".h5"
 SHORT_SUFFIX = ".short"
-MANIFEST = "manifest.json"
 LOCK = "lock"
 FREE = ("collect.episodes",)  # a rerun with more episodes appends to the same run
 MAX_BATCH = 1024  # episodes handed to the workers at once; memory stays flat whatever --episodes says
@@ -99,10 +97,6 @@ class CollectResult:
 
 def episode_seed(seed: int, index: int) -> int:
     return seeding.derive(seed, "collect", index)
-
-
-def parts_dir(out: Path) -> Path:
-    return out.with_name(out.name + ".parts")
 
 
 def shard_path(parts: Path, index: int, suffix: str = SHARD_SUFFIX) -> Path:
@@ -289,10 +283,8 @@ def run(cfg: Preset, out: str | os.PathLike, controller: str | os.PathLike | Non
     start = int(old.ids.max()) + 1 if old is not None and old.episodes else 0
     needed -= old.episodes if old is not None else 0
 
-    parts = parts_dir(out)
-    parts.mkdir(exist_ok=True)
+    parts = runs.work_folder(out, ident, "collection")
     with _locked(parts):
-        _check_manifest(parts, ident)
         for stale in out.parent.glob(f".{out.name}.tmp-*"):  # a merge killed mid-write
             stale.unlink()
         done = _scan(parts, start)
@@ -312,21 +304,6 @@ def run(cfg: Preset, out: str | os.PathLike, controller: str | os.PathLike | Non
         "collect/seconds": round(seconds, 3), "collect/mean_length": result.mean_length,
         "collect/mean_return": result.mean_return})
     return result
-
-
-def _check_manifest(parts: Path, ident: dict) -> None:
-    path = parts / MANIFEST
-    if path.exists():
-        try:
-            old = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            old = None
-        if old is not None:
-            runs.check_same_run(f"{parts} (an unfinished collection)", old, ident)
-            return
-    tmp = path.with_name(f".{MANIFEST}.tmp")
-    tmp.write_text(json.dumps(ident, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def _collect(env_cfg: EnvConfig, col: CollectConfig, seed: int, parts: Path, start: int, needed: int,

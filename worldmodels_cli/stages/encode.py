@@ -18,7 +18,6 @@ An existing `<out>` made from the same inputs is reported as done; any other exi
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -42,8 +41,6 @@ from ..store import frames as frames_mod
 log = logging.getLogger(__name__)
 
 BLOCK_FRAMES = 4096  # frames per part file (whole episodes): ~50 MB of uint8 frames in memory at a time
-MANIFEST = "manifest.json"
-
 
 @dataclass(frozen=True)
 class Result:
@@ -169,20 +166,7 @@ def run(rollouts: Sequence[str | Path], vae: str | Path, out: str | Path, *, bat
         return Result(out, int(meta.summary.get("episodes", 0)), int(meta.summary.get("frames", 0)),
                       int(meta.summary.get("z_dim", 0)), 0, 0, 0.0, already_done=True)
 
-    parts = out.with_name(out.name + ".parts")
-    manifest = parts / MANIFEST
-    if parts.exists():
-        try:
-            recorded = json.loads(manifest.read_text())
-        except (OSError, json.JSONDecodeError):
-            recorded = None
-        wanted = {**identity, "block_frames": block_frames}  # the parts' layout too
-        runs.check_same_run(f"{parts} (an unfinished encode)", recorded if isinstance(recorded, dict) else {}, wanted)
-    else:
-        parts.mkdir()
-        tmp = manifest.with_name(MANIFEST + ".tmp")
-        tmp.write_text(json.dumps({**identity, "block_frames": block_frames}))
-        tmp.replace(manifest)
+    parts = runs.work_folder(out, {**identity, "block_frames": block_frames}, "encode")  # the parts' layout too
 
     if mirror:  # the mirrored copies are sources len(rollouts).. (module doc)
         indexes = indexes + indexes

@@ -1,4 +1,5 @@
-"""Is an existing output this run? The one rule behind every stage's resume, and the Ctrl-C guard of the loops.
+"""Is an existing output this run? The one rule behind every stage's resume, the work folder of the stages that
+build their output in parts (collect, encode), and the Ctrl-C guard of the training loops.
 
 A run's identity is what shapes its output: the config it records, less the settings a rerun may change (counts
 that only extend it: more episodes, steps or generations; settings that change no result: log intervals, loader
@@ -14,9 +15,11 @@ import logging
 import signal
 import threading
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from ..runtime.errors import ArtifactError
+from .files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,32 @@ def check_same_run(what: str, existing: Mapping[str, Any], wanted: Mapping[str, 
         shown = "; ".join(diff[:3]) + (" ..." if len(diff) > 3 else "")
         raise ArtifactError(f"{what}: exists from another run ({shown}: there vs this command); use another --out "
                             f"or delete it to start over{hint}")
+
+
+MANIFEST = "manifest.json"  # in a work folder: the identity of the run its parts belong to
+
+
+def parts_dir(out: str | Path) -> Path:
+    """`<out>.parts/`, beside the output: where collect and encode keep finished parts until they merge them."""
+    out = Path(out)
+    return out.with_name(out.name + ".parts")
+
+
+def work_folder(out: str | Path, wanted: Mapping[str, Any], what: str) -> Path:
+    """The work folder of `out` for the run `wanted`: created with its manifest, or an existing one reused when its
+    manifest records the same run (a resumed collection or encode), refused otherwise; `what` names the stage."""
+    parts = parts_dir(out)
+    manifest = parts / MANIFEST
+    parts.mkdir(exist_ok=True)
+    if manifest.exists():
+        try:
+            recorded = json.loads(manifest.read_text())
+        except (OSError, json.JSONDecodeError):
+            recorded = {"manifest": "unreadable"}
+        check_same_run(f"{parts} (an unfinished {what})", recorded, json.loads(json.dumps(wanted, sort_keys=True)))
+    else:  # new, or killed before its manifest was written: nothing in it yet
+        write_text_atomic(manifest, json.dumps(wanted, sort_keys=True))
+    return parts
 
 
 class StopAfterStep:
