@@ -69,56 +69,65 @@ def run(preset: Preset, series: Sequence[str | os.PathLike], out: str | os.PathL
 
     `init` warm-starts the weights from another mdn artifact with the same architecture (iterative training).
     `on_step(step)` is called after each completed step (tests use it to inject interruptions)."""
-    seed, device = runtime.seed, runtime.device
-    out = Path(out)
+    seed, out = runtime.seed, Path(out)
     files.check_writable(out)  # before any work: a missing folder is a one-line error, not a late failure
-    series = [Path(p) for p in series]
-    data = load_series(series)
-    if data.env and preset.env.name != data.env:
-        raise ConfigError(f"{series[0]}: series of env {data.env!r}, but the preset is for {preset.env.name!r}")
-    mcfg = preset.mdn.replace(z_dim=data.z_dim, action_dim=data.action_dim)  # sizes come from the data
-    tcfg = preset.mdn_train
-    if mcfg.done_head and tcfg.batching != "streams":
-        raise ConfigError("a done head needs batching 'streams': episode ends are only seen across episode boundaries")
-    dev = torch.device(devices.resolve(device))
+    data, mcfg, tcfg = _check_inputs(preset, [Path(p) for p in series])
     run_config = {"env": preset.env.name, "mdn": mcfg.to_dict(), "mdn_train": tcfg.to_dict()}
     inputs = A.inputs_record({"series": series, **({"init": init} if init is not None else {})})
-
+    dev = torch.device(devices.resolve(runtime.device))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seeding.derive(seed, STAGE, 0))
         model = MDNRNN(mcfg)
     model.to(dev)
-    params = count_parameters(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
     train_eps, val_eps = split_episodes(data.episodes, tcfg.val_episodes, seed)
     batcher = make_batcher(tcfg.batching, data, train_eps, tcfg.batch_size, tcfg.seq_len, seed)
-    trainer = _Trainer(model, optimizer, batcher, tcfg, dev)
+    trainer = _Trainer(model, torch.optim.Adam(model.parameters(), lr=tcfg.lr), batcher, tcfg, dev)
+    params = count_parameters(model)
 
-    writer = metrics.MetricsWriter(metrics.metrics_path(out))
-    start, previous = 0, {}
+    # ---- an existing output: resume, already done, or refuse (in _resume)
+    start, previous = _resume(out, trainer, run_config, seed, inputs) if out.exists() else (0, {})
+    if start >= tcfg.steps and previous.get("complete"):
+        log.info("%s: already trained for %d steps", out, start)
+        return MDNResult(out=out, steps=start, parameters=params, nll=previous.get("nll"),
+                         val_nll=previous.get("val_nll"), done_bce=previous.get("done_bce"), resumed_from=start,
+                         summary=previous)
+    writer = metrics.MetricsWriter(metrics.metrics_path(out), truncate=not out.exists())
     if out.exists():
-        start, previous = _resume(out, trainer, run_config, seed, inputs)
-        if start >= tcfg.steps and previous.get("complete"):
-            log.info("%s: already trained for %d steps", out, start)
-            return MDNResult(out=out, steps=start, parameters=params, nll=previous.get("nll"),
-                             val_nll=previous.get("val_nll"), done_bce=previous.get("done_bce"),
-                             resumed_from=start, summary=previous)
         writer.truncate_after("step", start)
         log.info("resuming %s at step %d of %d", out, start, tcfg.steps)
-    else:
-        writer = metrics.MetricsWriter(metrics.metrics_path(out), truncate=True)
-        if init is not None:
-            _warm_start(model, Path(init), mcfg)
+    elif init is not None:
+        _warm_start(model, Path(init), mcfg)
 
     ckpt = _Checkpointer(out, trainer, mcfg, run_config, seed, inputs, data, train_eps, val_eps, params)
-    ckpt.last_step = start
+    ckpt.last_step, trainer.step = start, start
     ckpt.val = previous.get("val_nll") if start else None
-    trainer.step = start
     done_fraction = _done_fraction(data, train_eps) if mcfg.done_head else None
     ckpt.extra = {"done_positive_fraction": done_fraction} if done_fraction is not None else {}
+    _train(trainer, ckpt, writer, data, val_eps, seed, on_step)
+    _plot(writer, out)
+    s = ckpt.summary
+    return MDNResult(out=out, steps=trainer.step, parameters=params, nll=s.get("nll"), val_nll=s.get("val_nll"),
+                     done_bce=s.get("done_bce"), resumed_from=start, summary=s)
 
-    bar = metrics.progress(tcfg.steps, "train-mdn", unit="step", initial=start)
-    t0, s0 = time.perf_counter(), start
+
+def _check_inputs(preset: Preset, series: list[Path]) -> tuple[SeriesData, MDNConfig, MDNTrainConfig]:
+    """The series, and M's config with the sizes they give; bad input fails here in one line."""
+    data = load_series(series)
+    if data.env and preset.env.name != data.env:
+        raise ConfigError(f"{series[0]}: series of env {data.env!r}, but the preset is for {preset.env.name!r}")
+    mcfg = preset.mdn.replace(z_dim=data.z_dim, action_dim=data.action_dim)  # sizes come from the data
+    if mcfg.done_head and preset.mdn_train.batching != "streams":
+        raise ConfigError("a done head needs batching 'streams': episode ends are only seen across episode boundaries")
+    return data, mcfg, preset.mdn_train
+
+
+def _train(trainer: _Trainer, ckpt: _Checkpointer, writer: metrics.MetricsWriter, data: SeriesData,
+           val_eps: np.ndarray, seed: int, on_step: Callable[[int], None] | None) -> None:
+    """The loop: steps to `steps`, a metrics line every `log_steps`, validation and a checkpoint every
+    `checkpoint_steps` and at the end; on Ctrl-C a checkpoint of the last whole step, then KeyboardInterrupt."""
+    tcfg, out = trainer.cfg, ckpt.out
+    bar = metrics.progress(tcfg.steps, "train-mdn", unit="step", initial=trainer.step)
+    t0, s0 = time.perf_counter(), trainer.step
     consistent = True
     try:
         with runs.StopAfterStep() as sigint:
@@ -158,11 +167,6 @@ def run(preset: Preset, series: Sequence[str | os.PathLike], out: str | os.PathL
         raise
     finally:
         bar.close()
-
-    _plot(writer, out)
-    s = ckpt.summary
-    return MDNResult(out=out, steps=trainer.step, parameters=params, nll=s.get("nll"), val_nll=s.get("val_nll"),
-                     done_bce=s.get("done_bce"), resumed_from=start, summary=s)
 
 
 # -------------------------------------------------------------------------------------------- training

@@ -177,226 +177,255 @@ def run(config: Preset, rollouts: Sequence[str | Path], out: str | Path, *, init
         on_step: Callable[[int], None] | None = None, runtime: Runtime = Runtime()) -> Result:
     """Train V on `rollouts` into the `vae` artifact `out` (resuming it if it is an unfinished run of the same
     settings). `init`: start from another VAE artifact's weights and architecture (a fresh optimizer; an unfinished
-    one is accepted too). `on_step(step)` is called after
-    every optimizer step (progress, tests); a KeyboardInterrupt raised there stops the run like Ctrl-C."""
-    seed, device = runtime.seed, runtime.device
+    one is accepted too). `on_step(step)` is called after every optimizer step (progress, tests); a
+    KeyboardInterrupt raised there stops the run like Ctrl-C."""
     out = Path(out)
     rollouts = [Path(p) for p in rollouts]
+    config, env, init_ckpt = _check_inputs(config, rollouts, out, init)
+    inputs = A.inputs_record({"rollouts": rollouts, **({"init": init} if init is not None else {})})
+    resume = _existing(out, _identity(config.vae_train.to_dict(), runtime.seed, env, config.vae.to_dict(), inputs))
+    if isinstance(resume, Result):
+        return resume
+    t = _Trainer(config, rollouts, out, env, inputs, runtime, init_ckpt, resume)
+    if resume is None:
+        t.save(complete=t.total == 0)  # the file exists from the start: writable, and resumable from step 0
+    with runs.StopAfterStep() as stop, metrics.progress(t.total, "train-vae", unit="step", initial=t.step) as bar:
+        while t.step < t.total:
+            t.train_epoch(stop, bar, on_step)  # to the epoch's end, then validation and a checkpoint
+    return t.result()
+
+
+def _check_inputs(config: Preset, rollouts: list[Path], out: Path, init: str | Path | None):
+    """(config with --init's architecture, env, init checkpoint or None); bad input fails here in one line."""
     env = frames.rollouts_env(rollouts)
     if env != config.env.name:
         raise ConfigError(f"the rollouts are {env} data but the preset is for {config.env.name}")
-    dev = device_mod.resolve(device)
-    tc = config.vae_train
     files.check_writable(out)
+    if init is None:
+        return config, env, None
+    init_ckpt = checkpoint.load(init, KIND)
+    if init_ckpt.meta.env != env:
+        raise ConfigError(f"--init {init}: a {init_ckpt.meta.env} VAE, but the rollouts are {env} data")
+    try:
+        init_cfg = VAEConfig.from_dict(init_ckpt.meta.model_config)
+    except (ConfigError, TypeError) as exc:
+        raise ArtifactError(f"{init}: invalid model_config ({exc})") from None
+    if init_cfg != config.vae:
+        log.warning("--init %s: using its architecture %s instead of the preset's", init, init_cfg.to_json())
+    return config.replace(vae=init_cfg), env, init_ckpt
 
-    init_ckpt = None
-    if init is not None:
-        init_ckpt = checkpoint.load(init, KIND)
-        if init_ckpt.meta.env != env:
-            raise ConfigError(f"--init {init}: a {init_ckpt.meta.env} VAE, but the rollouts are {env} data")
+
+def _existing(out: Path, identity: dict):
+    """An existing `out`: its checkpoint to resume, or a Result when it is complete; refused when it is another
+    run's. None when there is nothing at `out`."""
+    if not out.exists():
+        return None
+    try:
+        resume = checkpoint.load(out, KIND)
+    except ArtifactError as exc:
+        raise ArtifactError(f"{out}: exists but is not a readable VAE checkpoint ({exc}); delete it to start "
+                            "over") from None
+    runs.check_same_run(str(out), _identity_of(resume.meta), identity,
+                        hint=" (or --init it to continue from its weights)")
+    if not resume.complete:
+        return resume
+    s = resume.meta.summary
+    return Result(out, int(s.get("steps", 0)), float(s.get("epochs", 0)), s.get("train_loss"), s.get("val_loss"),
+                  s.get("recon"), s.get("kl"), int(s.get("parameters", 0)), 0.0, int(s.get("steps", 0)),
+                  already_done=True)
+
+
+class _Trainer:
+    """V, its optimizer and the run's counters: the loop's state, checkpointed whole in the artifact."""
+
+    def __init__(self, config: Preset, rollouts: list[Path], out: Path, env: str, inputs: dict, runtime: Runtime,
+                 init_ckpt, resume) -> None:
+        tc = self.tc = config.vae_train
+        self.config, self.out, self.env, self.inputs, self.seed = config, out, env, inputs, runtime.seed
+        self.dev = dev = device_mod.resolve(runtime.device)
+        # ---- data: the frame order is a function of (seed, epoch)
+        self.sources = frames.split_episodes(rollouts, tc.val_episodes, self.seed)
+        self.plan = frames.TrainFrames(self.sources, tc.block_frames, tc.buffer_blocks, self.seed)
+        n_train, n_val = self.plan.frames, frames.val_frames(self.sources)
+        if n_train == 0:
+            raise ConfigError(f"no training frames in {', '.join(map(str, rollouts))} "
+                              f"({n_val} frames held out for validation)")
+        self.spe = spe = math.ceil(n_train / tc.batch_size)  # steps per epoch; an epoch's last batch may be short
+        self.total = math.ceil(round(tc.epochs * spe, 6))  # round: 0.3 * 10 must give 3 steps, not 4
+        # ---- model, optimizer
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seeding.derive(self.seed, "vae-init"))
+            self.model = model = ConvVAE(config.vae)
+        if init_ckpt is not None:
+            checkpoint.load_weights(model, init_ckpt.weights, init_ckpt.meta.path)
+        if resume is not None:
+            checkpoint.load_weights(model, resume.weights, out)
+        model.to(dev)
+        if dev == "cuda":
+            model.to(memory_format=torch.channels_last)
+        model.train()
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
+        self.amp = _make_amp(tc.amp, dev)
+        # epoch_sums: (loss, recon, kl) x frames and frames of the current epoch; window_start: step of the last log
+        self.counters = {"step": 0, "epoch_sums": [0.0, 0.0, 0.0, 0.0], "window_start": 0}
+        self.history: dict[str, list] = {k: [] for k in ("epoch", "train_loss", "train_recon", "train_kl",
+                                                          "val_loss", "val_recon", "val_kl")}
+        if resume is not None:
+            self._load(resume.train_state)
+        self.step = self.start_step = int(self.counters["step"])
+        if resume is not None:
+            log.info("resuming %s at step %d of %d", out, self.step, self.total)
+        self.mw = metrics.MetricsWriter(metrics.metrics_path(out), truncate=resume is None)
+        if resume is not None:
+            self.mw.truncate_after("step", self.step)
+        self.grid_frames = frames.sample_frames(self.sources, GRID_FRAMES, val=n_val > 0)
+        self.base_summary = {"total_steps": self.total, "steps_per_epoch": spe, "train_frames": n_train,
+                             "val_frames": n_val, "parameters": parameter_count(model), "z_dim": config.vae.z_dim,
+                             "device": dev, "rollouts_episodes": int(sum(len(s.starts) for s in self.sources))}
+        self.last_saved = self.step if resume is not None else -1
+        self.gen = torch.Generator(device=dev)
+        self.acc = torch.zeros(3, dtype=torch.float32, device=dev)  # window sums of (loss, recon, kl) x frames
+        self.acc_frames, self.trained = 0, 0
+        self.t_start = self.t_window = time.perf_counter()
+        self.t_ckpt = time.monotonic()
+
+    def _load(self, ts: dict) -> None:
         try:
-            init_cfg = VAEConfig.from_dict(init_ckpt.meta.model_config)
-        except (ConfigError, TypeError) as exc:
-            raise ArtifactError(f"{init}: invalid model_config ({exc})") from None
-        if init_cfg != config.vae:
-            log.warning("--init %s: using its architecture %s instead of the preset's", init, init_cfg.to_json())
-        config = config.replace(vae=init_cfg)
-    inputs = A.inputs_record({"rollouts": rollouts, **({"init": init} if init is not None else {})})
-    identity = _identity(tc.to_dict(), seed, env, config.vae.to_dict(), inputs)
-
-    # ---- an existing output: resume, already done, or refuse
-    resume = None
-    if out.exists():
-        try:
-            resume = checkpoint.load(out, KIND)
-        except ArtifactError as exc:
-            raise ArtifactError(f"{out}: exists but is not a readable VAE checkpoint ({exc}); delete it to start "
-                                "over") from None
-        runs.check_same_run(str(out), _identity_of(resume.meta), identity,
-                            hint=" (or --init it to continue from its weights)")
-        if resume.complete:
-            s = resume.meta.summary
-            return Result(out, int(s.get("steps", 0)), float(s.get("epochs", 0)), s.get("train_loss"),
-                          s.get("val_loss"), s.get("recon"), s.get("kl"), int(s.get("parameters", 0)),
-                          0.0, int(s.get("steps", 0)), already_done=True)
-
-    # ---- data
-    sources = frames.split_episodes(rollouts, tc.val_episodes, seed)
-    plan = frames.TrainFrames(sources, tc.block_frames, tc.buffer_blocks, seed)
-    n_train, n_val = plan.frames, frames.val_frames(sources)
-    if n_train == 0:
-        raise ConfigError(f"no training frames in {', '.join(map(str, rollouts))} "
-                          f"({n_val} frames held out for validation)")
-    spe = math.ceil(n_train / tc.batch_size)  # steps per epoch; the last batch of an epoch may be short
-    total = math.ceil(round(tc.epochs * spe, 6))  # round: 0.3 * 10 must give 3 steps, not 4
-
-    # ---- model, optimizer
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seeding.derive(seed, "vae-init"))
-        model = ConvVAE(config.vae)
-    if init_ckpt is not None:
-        checkpoint.load_weights(model, init_ckpt.weights, init)
-    if resume is not None:
-        checkpoint.load_weights(model, resume.weights, out)
-    model.to(dev)
-    if dev == "cuda":
-        model.to(memory_format=torch.channels_last)
-    model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
-    amp = _make_amp(tc.amp, dev)
-    n_params = parameter_count(model)
-
-    # epoch_sums: (loss, recon, kl) x frames and frames of the current epoch; window_start: step of the last log
-    counters = {"step": 0, "epoch_sums": [0.0, 0.0, 0.0, 0.0], "window_start": 0}
-    history: dict[str, list] = {k: [] for k in ("epoch", "train_loss", "train_recon", "train_kl", "val_loss",
-                                                 "val_recon", "val_kl")}
-    if resume is not None:
-        ts = resume.train_state
-        try:
-            optimizer.load_state_dict(checkpoint.optimizer_state_from_tree(ts["optimizer"]))
-            counters.update({k: ts["counters"][k] for k in counters})
-            history.update(ts.get("history", {}))
-            if amp.scaler is not None and "scaler" in ts:
-                amp.scaler.load_state_dict(ts["scaler"])
+            self.optimizer.load_state_dict(checkpoint.optimizer_state_from_tree(ts["optimizer"]))
+            self.counters.update({k: ts["counters"][k] for k in self.counters})
+            self.history.update(ts.get("history", {}))
+            if self.amp.scaler is not None and "scaler" in ts:
+                self.amp.scaler.load_state_dict(ts["scaler"])
         except (KeyError, ValueError, TypeError, RuntimeError) as exc:
-            raise ArtifactError(f"{out}: corrupt training state ({type(exc).__name__}: {exc}); delete it to start "
-                                "over") from None
-    step = start_step = int(counters["step"])
-    if resume is not None:
-        log.info("resuming %s at step %d of %d", out, step, total)
+            raise ArtifactError(f"{self.out}: corrupt training state ({type(exc).__name__}: {exc}); delete it to "
+                                "start over") from None
 
-    mw = metrics.MetricsWriter(metrics.metrics_path(out), truncate=resume is None)
-    if resume is not None:
-        mw.truncate_after("step", step)
-    grid_frames = frames.sample_frames(sources, GRID_FRAMES, val=n_val > 0)
-    base_summary = {"total_steps": total, "steps_per_epoch": spe, "train_frames": n_train, "val_frames": n_val,
-                    "parameters": n_params, "z_dim": config.vae.z_dim, "device": dev,
-                    "rollouts_episodes": int(sum(len(s.starts) for s in sources))}
-    last_saved = {"step": step if resume is not None else -1}
+    # ---- the loop
+    def train_epoch(self, stop: runs.StopAfterStep, bar, on_step) -> None:
+        """Steps to the end of this epoch (or of a fractional last one), then validate, checkpoint and plot; on a
+        stop request: checkpoint and raise Interrupted."""
+        tc, step = self.tc, self.step
+        epoch, in_epoch = divmod(step, self.spe)
+        if in_epoch == 0:
+            self.counters["epoch_sums"] = [0.0, 0.0, 0.0, 0.0]
+        batches = frames.train_batches(self.plan, epoch, tc.batch_size, skip_frames=in_epoch * tc.batch_size,
+                                       num_workers=tc.num_workers)
+        try:
+            for batch in batches:
+                self._train_step(batch)
+                bar.update(1)
+                if on_step is not None:
+                    try:
+                        on_step(self.step)
+                    except KeyboardInterrupt:
+                        stop.requested = True
+                if self.step % tc.log_steps == 0:
+                    self.flush_window()
+                if self.step % self.spe == 0 or self.step == self.total:
+                    break  # epoch end: validation and checkpoint below
+                if stop.requested:
+                    self.flush_window()
+                    self.save(complete=False)
+                    raise self._interrupted()
+                if tc.checkpoint_minutes > 0 and time.monotonic() - self.t_ckpt > tc.checkpoint_minutes * 60:
+                    self.flush_window()
+                    self.save(complete=False)
+                    self.t_ckpt = time.monotonic()
+        finally:
+            batches.close()  # shuts the data-loader workers down
+        self.end_epoch(epoch)
+        if stop.requested and self.step < self.total:
+            raise self._interrupted()
 
-    def save(complete: bool) -> None:
+    def _train_step(self, batch: np.ndarray) -> None:
+        b = torch.from_numpy(batch)
+        if self.dev == "cuda":
+            b = b.pin_memory()
+        idx = self.step
+        out3 = train_step(self.model, self.optimizer, b,
+                          lambda s, i=idx: _noise(s, self.gen, self.seed, "vae-noise", i, self.dev), self.amp,
+                          self.dev, self.tc.kl_tolerance)
+        self.acc += out3 * len(b)
+        self.acc_frames += len(b)
+        self.step += 1
+        self.trained += len(b)
+
+    def end_epoch(self, epoch: int) -> None:
+        self.flush_window()
+        ep, h, step, spe = self.counters["epoch_sums"], self.history, self.step, self.spe
+        val = evaluate(self.model, frames.val_batches(self.sources, self.tc.batch_size, read_frames=self.tc.block_frames),
+                       seed=self.seed, epoch=epoch, amp=self.amp, device=self.dev, kl_tolerance=self.tc.kl_tolerance)
+        h["epoch"].append(round(step / spe, 4))
+        h["train_loss"].append(ep[0] / ep[3] if ep[3] else None)
+        h["train_recon"].append(ep[1] / ep[3] if ep[3] else None)
+        h["train_kl"].append(ep[2] / ep[3] if ep[3] else None)
+        for k in ("loss", "recon", "kl"):
+            h[f"val_{k}"].append(val[k] if val else None)
+        if val is not None and not math.isfinite(val["loss"]):
+            raise TrainingDiverged(_diverged(self.out, f"validation loss became {val['loss']}", step, self.last_saved))
+        rec = {"step": step, "epoch": round(step / spe, 4), "vae/train_loss": h["train_loss"][-1]}
+        if val:
+            rec.update({"vae/val_loss": val["loss"], "vae/val_recon": val["recon"], "vae/val_kl": val["kl"]})
+            log.info(metrics.kv(epoch=round(step / spe, 3), val_loss=val["loss"], val_recon=val["recon"],
+                                val_kl=val["kl"]))
+        self.mw.write(rec)
+        self.save(complete=step >= self.total)
+        self.t_ckpt = time.monotonic()
+        _write_plots(self.out, self.model, self.grid_frames, self.mw, self.dev)
+
+    def flush_window(self) -> None:
+        """A metrics line for the steps since the last one; their sums join the epoch's."""
+        if self.acc_frames == 0:
+            return
+        n, step = self.acc_frames, self.step
+        loss, r, kl = (self.acc / n).tolist()
+        if not all(math.isfinite(v) for v in (loss, r, kl)):
+            raise TrainingDiverged(_diverged(self.out, f"loss became {loss}", step, self.last_saved,
+                                             first=int(self.counters["window_start"]) + 1))
+        now = time.perf_counter()
+        fps = n / max(now - self.t_window, 1e-9)
+        for i, v in enumerate((loss * n, r * n, kl * n, n)):
+            self.counters["epoch_sums"][i] += v
+        self.mw.write({"step": step, "epoch": round(step / self.spe, 4), "vae/loss": loss, "vae/recon": r,
+                       "vae/kl": kl, "frames/s": fps})
+        log.info(metrics.kv(step=step, epoch=round(step / self.spe, 3), loss=loss, recon=r, kl=kl, fps=fps))
+        self.acc = torch.zeros_like(self.acc)
+        self.acc_frames, self.t_window = 0, now
+        self.counters["window_start"] = step
+
+    # ---- the checkpoint: the artifact itself
+    def save(self, complete: bool) -> None:
+        model, h, ep, step = self.model, self.history, self.counters["epoch_sums"], self.step
         bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
         if bad:
-            raise TrainingDiverged(_diverged(out, f"weights became non-finite ({bad[0]})", step, last_saved["step"]))
-        ep = counters["epoch_sums"]
-        last = history["val_loss"][-1] if history["val_loss"] else None
-        summary = {**base_summary, "steps": step, "epochs": round(step / spe, 4),
-                   "train_loss": (history["train_loss"][-1] if history["train_loss"] else
-                                  (ep[0] / ep[3] if ep[3] else None)),
-                   "recon": (ep[1] / ep[3]) if ep[3] else _last(history, "train_recon"),
-                   "kl": (ep[2] / ep[3]) if ep[3] else _last(history, "train_kl"),
-                   "val_loss": last, "val_recon": _last(history, "val_recon"), "val_kl": _last(history, "val_kl")}
-        train_state = {"optimizer": checkpoint.optimizer_state_to_tree(optimizer.state_dict()),
-                       "counters": {**counters, "step": step}, "history": history}
-        if amp.scaler is not None:
-            train_state["scaler"] = amp.scaler.state_dict()
-        checkpoint.save(out, KIND, state_dict=model.state_dict(), model_config=config.vae, train_state=train_state,
-                        summary=summary, complete=complete, config=config, seed=seed, inputs=inputs, env=env)
-        last_saved["step"] = step
+            raise TrainingDiverged(_diverged(self.out, f"weights became non-finite ({bad[0]})", step,
+                                             self.last_saved))
+        summary = {**self.base_summary, "steps": step, "epochs": round(step / self.spe, 4),
+                   "train_loss": (h["train_loss"][-1] if h["train_loss"] else (ep[0] / ep[3] if ep[3] else None)),
+                   "recon": (ep[1] / ep[3]) if ep[3] else _last(h, "train_recon"),
+                   "kl": (ep[2] / ep[3]) if ep[3] else _last(h, "train_kl"),
+                   "val_loss": _last(h, "val_loss"), "val_recon": _last(h, "val_recon"), "val_kl": _last(h, "val_kl")}
+        train_state = {"optimizer": checkpoint.optimizer_state_to_tree(self.optimizer.state_dict()),
+                       "counters": {**self.counters, "step": step}, "history": h}
+        if self.amp.scaler is not None:
+            train_state["scaler"] = self.amp.scaler.state_dict()
+        checkpoint.save(self.out, KIND, state_dict=model.state_dict(), model_config=self.config.vae,
+                        train_state=train_state, summary=summary, complete=complete, config=self.config,
+                        seed=self.seed, inputs=self.inputs, env=self.env)
+        self.last_saved = step
 
-    if resume is None:
-        save(complete=total == 0)  # the file exists from the start: writable, and resumable from step 0
+    def _interrupted(self) -> Interrupted:
+        return Interrupted(f"interrupted at step {self.step} of {self.total}; checkpoint saved in {self.out}: "
+                           "rerun the same command to resume")
 
-    gen = torch.Generator(device=dev)
-    acc = torch.zeros(3, dtype=torch.float32, device=dev)  # window sums of (loss, recon, kl) x frames
-    acc_frames = 0
-    t_start, t_window = time.perf_counter(), time.perf_counter()
-    t_ckpt = time.monotonic()
-    trained = 0
-
-    def flush_window() -> None:
-        nonlocal acc, acc_frames, t_window
-        if acc_frames == 0:
-            return
-        loss, r, kl = (acc / acc_frames).tolist()
-        if not all(math.isfinite(v) for v in (loss, r, kl)):
-            raise TrainingDiverged(_diverged(out, f"loss became {loss}", step, last_saved["step"],
-                                             first=int(counters["window_start"]) + 1))
-        now = time.perf_counter()
-        fps = acc_frames / max(now - t_window, 1e-9)
-        for i, v in enumerate((loss * acc_frames, r * acc_frames, kl * acc_frames, acc_frames)):
-            counters["epoch_sums"][i] += v
-        mw.write({"step": step, "epoch": round(step / spe, 4), "vae/loss": loss, "vae/recon": r, "vae/kl": kl,
-                  "frames/s": fps})
-        log.info(metrics.kv(step=step, epoch=round(step / spe, 3), loss=loss, recon=r, kl=kl, fps=fps))
-        acc = torch.zeros_like(acc)
-        acc_frames, t_window = 0, now
-        counters["window_start"] = step
-
-    bar = metrics.progress(total, "train-vae", unit="step", initial=step)
-    with runs.StopAfterStep() as stop, bar:
-        while step < total:
-            epoch, in_epoch = divmod(step, spe)
-            if in_epoch == 0:
-                counters["epoch_sums"] = [0.0, 0.0, 0.0, 0.0]
-            batches = frames.train_batches(plan, epoch, tc.batch_size, skip_frames=in_epoch * tc.batch_size,
-                                           num_workers=tc.num_workers)
-            try:
-                for batch in batches:
-                    b = torch.from_numpy(batch)
-                    if dev == "cuda":
-                        b = b.pin_memory()
-                    idx = step
-                    out3 = train_step(model, optimizer, b, lambda s, i=idx: _noise(s, gen, seed, "vae-noise", i, dev),
-                                      amp, dev, tc.kl_tolerance)
-                    acc += out3 * len(b)
-                    acc_frames += len(b)
-                    step += 1
-                    trained += len(b)
-                    bar.update(1)
-                    if on_step is not None:
-                        try:
-                            on_step(step)
-                        except KeyboardInterrupt:
-                            stop.requested = True
-                    if step % tc.log_steps == 0:
-                        flush_window()
-                    if step % spe == 0 or step == total:
-                        break  # epoch end: validation and checkpoint below
-                    if stop.requested:
-                        flush_window()
-                        save(complete=False)
-                        raise Interrupted(f"interrupted at step {step} of {total}; checkpoint saved in {out}: "
-                                          "rerun the same command to resume")
-                    if tc.checkpoint_minutes > 0 and time.monotonic() - t_ckpt > tc.checkpoint_minutes * 60:
-                        flush_window()
-                        save(complete=False)
-                        t_ckpt = time.monotonic()
-            finally:
-                batches.close()  # shuts the data-loader workers down
-            # ---- epoch end (or the end of a fractional last epoch)
-            flush_window()
-            ep = counters["epoch_sums"]
-            val = evaluate(model, frames.val_batches(sources, tc.batch_size, read_frames=tc.block_frames),
-                           seed=seed, epoch=epoch, amp=amp,
-                           device=dev, kl_tolerance=tc.kl_tolerance)
-            history["epoch"].append(round(step / spe, 4))
-            history["train_loss"].append(ep[0] / ep[3] if ep[3] else None)
-            history["train_recon"].append(ep[1] / ep[3] if ep[3] else None)
-            history["train_kl"].append(ep[2] / ep[3] if ep[3] else None)
-            for k in ("loss", "recon", "kl"):
-                history[f"val_{k}"].append(val[k] if val else None)
-            if val is not None and not math.isfinite(val["loss"]):
-                raise TrainingDiverged(_diverged(out, f"validation loss became {val['loss']}", step, last_saved["step"]))
-            rec = {"step": step, "epoch": round(step / spe, 4), "vae/train_loss": history["train_loss"][-1]}
-            if val:
-                rec.update({"vae/val_loss": val["loss"], "vae/val_recon": val["recon"], "vae/val_kl": val["kl"]})
-                log.info(metrics.kv(epoch=round(step / spe, 3), val_loss=val["loss"], val_recon=val["recon"],
-                                    val_kl=val["kl"]))
-            mw.write(rec)
-            save(complete=step >= total)
-            t_ckpt = time.monotonic()
-            _write_plots(out, model, grid_frames, mw, dev)
-            if stop.requested and step < total:
-                raise Interrupted(f"interrupted at step {step} of {total}; checkpoint saved in {out}: "
-                                  "rerun the same command to resume")
-
-    if total == 0:
-        _write_plots(out, model, grid_frames, mw, dev)
-    elapsed = time.perf_counter() - t_start
-    s = checkpoint.load(out, KIND).meta.summary
-    return Result(out, step, round(step / spe, 4), s.get("train_loss"), s.get("val_loss"), s.get("recon"),
-                  s.get("kl"), n_params, trained / elapsed if trained else 0.0, start_step)
+    def result(self) -> Result:
+        if self.total == 0:
+            _write_plots(self.out, self.model, self.grid_frames, self.mw, self.dev)
+        elapsed = time.perf_counter() - self.t_start
+        s = checkpoint.load(self.out, KIND).meta.summary
+        return Result(self.out, self.step, round(self.step / self.spe, 4), s.get("train_loss"), s.get("val_loss"),
+                      s.get("recon"), s.get("kl"), self.base_summary["parameters"],
+                      self.trained / elapsed if self.trained else 0.0, self.start_step)
 
 
 def _last(history: dict, key: str):
