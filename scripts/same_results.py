@@ -2,10 +2,13 @@
 
     python scripts/same_results.py REV            # REV (a git revision) against the working tree
     python scripts/same_results.py REV_A REV_B    # two revisions
+    python scripts/same_results.py --small-doom REV   # also a short `small` Doom run in the real game
 
 Each revision runs the `tiny` pipeline of both envs through the `wm` command line only (so any internal layout
 works): collect -> train-vae -> encode -> train-mdn -> evolve (Doom in the dream, CarRacing in the real game) ->
-evaluate, seed 0, on the CPU, in a fresh folder, with this interpreter (the same packages for both). Then every
+evaluate, seed 0, on the CPU, in a fresh folder, with this interpreter (the same packages for both); with
+`--small-doom` also the `small` Doom preset cut short (12 real vizdoom episodes, a tenth of an epoch of V, 30 steps
+of M, 2 generations in the dream, 4 real episodes; ≈ 3 minutes more per revision). Then every
 dataset and every recorded attribute of every artifact is compared byte for byte, except what names a time, a
 path or a package version. Prints each difference; exit status 1 if any. Same machine, same result: run it on one.
 """
@@ -35,12 +38,25 @@ PIPELINE = [  # (command, args) per env; {env} is filled in
 ]
 
 
-def run_pipeline(tree: Path, work: Path) -> None:
+SMALL_DOOM = [
+    ("collect", "--env doom --preset small --episodes 12 --out r.h5 --workers 2"),
+    ("train-vae", "--rollouts r.h5 --preset small --epochs 0.1 --out v.h5 --device cpu"),
+    ("encode", "--rollouts r.h5 --vae v.h5 --preset small --out s.h5 --device cpu"),
+    ("train-mdn", "--series s.h5 --preset small --steps 30 --out m.h5 --device cpu"),
+    ("evolve", "--vae v.h5 --mdn m.h5 --preset small --generations 2 --out c.h5 --device cpu"),
+    ("evaluate", "--controller c.h5 --preset small --episodes 4 --out e.h5 --workers 2"),
+]
+
+
+def run_pipeline(tree: Path, work: Path, small_doom: bool = False) -> None:
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
-    for name in ("doom", "carracing"):
-        d = work / name
+    runs = [("doom", "doom", PIPELINE), ("carracing", "carracing", PIPELINE)]
+    if small_doom:
+        runs.append(("small-doom", "doom", SMALL_DOOM))
+    for folder, name, pipeline in runs:
+        d = work / folder
         d.mkdir(parents=True)
-        for cmd, args in PIPELINE:
+        for cmd, args in pipeline:
             argv = [sys.executable, "-m", "worldmodels_cli", cmd, *args.format(env=name).split(), "--seed", "0"]
             out = subprocess.run(argv, cwd=d, env=env, capture_output=True, text=True, timeout=900, check=False)
             if out.returncode != 0:
@@ -81,6 +97,8 @@ def checkout(rev: str, where: Path) -> Path:
 
 
 def main(argv: list[str]) -> int:
+    small_doom = "--small-doom" in argv
+    argv = [a for a in argv if a != "--small-doom"]
     if not 1 <= len(argv) <= 2:
         print(__doc__)
         return 2
@@ -96,7 +114,7 @@ def main(argv: list[str]) -> int:
             digests = []
             for i, (rev, tree) in enumerate(trees):
                 print(f"running the tiny pipelines with {rev} ...", flush=True)
-                run_pipeline(tree, tmp / f"run{i}")
+                run_pipeline(tree, tmp / f"run{i}", small_doom)
                 digests.append(digest(tmp / f"run{i}"))
         finally:
             for w in worktrees:
