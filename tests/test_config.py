@@ -69,14 +69,26 @@ def test_every_config_field_is_an_option_written_once():
     import dataclasses
 
     from worldmodels_cli.cli import OPTION_NAMES, cli
-    from worldmodels_cli.config import ControllerConfig, DreamConfig, IterateConfig
+    from worldmodels_cli.config import (
+        CollectConfig,
+        ControllerConfig,
+        DreamConfig,
+        EncodeConfig,
+        IterateConfig,
+        MDNConfig,
+        MDNTrainConfig,
+        VAETrainConfig,
+    )
 
     def options(command: str) -> dict[str, object]:
         return {p.name: p for p in cli.commands[command].params}
 
     for command, classes, skip in (("evolve", (EvolveConfig, ControllerConfig), ()), ("dream", (DreamConfig,), ()),
                                    ("iterate", (IterateConfig,), ("later_mdn_steps_fraction",)),
-                                   ("demo", (IterateConfig,), ("later_mdn_steps_fraction",))):
+                                   ("demo", (IterateConfig,), ("later_mdn_steps_fraction",)),
+                                   ("collect", (CollectConfig,), ("policy",)), ("train-vae", (VAETrainConfig,), ()),
+                                   ("encode", (EncodeConfig,), ()),
+                                   ("train-mdn", (MDNConfig, MDNTrainConfig), ("z_dim", "action_dim"))):
         have = options(command)
         for cls in classes:
             for fl in dataclasses.fields(cls):
@@ -84,7 +96,9 @@ def test_every_config_field_is_an_option_written_once():
                     continue
                 assert fl.name in have, f"wm {command} has no option for {cls.__name__}.{fl.name}"
                 assert have[fl.name].help.startswith(fl.metadata["doc"])
-    assert "--hidden-units" in options("evolve")["hidden"].opts and OPTION_NAMES["in_dream"].startswith("--in-dream")
+    assert "--hidden-units" in options("evolve")["hidden"].opts and "--hidden" in options("train-mdn")["hidden"].opts
+    assert options("train-vae")["num_workers"].opts == ["--workers"] and ("EvolveConfig", "in_dream") in OPTION_NAMES
+    assert options("train-vae")["epochs"].type.name == "float range"  # a float field whose default is written 10
 
 
 def test_evolve_options_reach_the_config(wm, monkeypatch, tmp_path, tiny_world):

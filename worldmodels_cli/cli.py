@@ -16,7 +16,20 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .config import ENVS, SCALES, ControllerConfig, DreamConfig, EvolveConfig, IterateConfig, iterate_config
+from .config import (
+    ENVS,
+    SCALES,
+    CollectConfig,
+    ControllerConfig,
+    DreamConfig,
+    EncodeConfig,
+    EvolveConfig,
+    IterateConfig,
+    MDNConfig,
+    MDNTrainConfig,
+    VAETrainConfig,
+    iterate_config,
+)
 from .runtime import Runtime
 from .runtime.errors import Interrupted, Terminated, WorldModelsError, clear_signals, on_signal
 
@@ -128,7 +141,8 @@ class FloatList(click.ParamType):
 
 
 # option names that are not `--<field-name>` (a flag pair; a name clearer on the command line)
-OPTION_NAMES = {"in_dream": "--in-dream/--real", "hidden": "--hidden-units"}
+OPTION_NAMES = {("EvolveConfig", "in_dream"): "--in-dream/--real", ("ControllerConfig", "hidden"): "--hidden-units",
+                ("VAETrainConfig", "num_workers"): "--workers"}
 
 
 def config_options(*classes, skip: tuple[str, ...] = (), shown=None):
@@ -140,27 +154,28 @@ def config_options(*classes, skip: tuple[str, ...] = (), shown=None):
         for cls in reversed(classes):
             for fl in reversed(dataclasses.fields(cls)):
                 if fl.name not in skip:
-                    f = _field_option(fl, shown)(f)
+                    f = _field_option(cls, fl, shown)(f)
         return f
 
     return deco
 
 
-def _field_option(fl, shown):
+def _field_option(cls, fl, shown):
     lo, choices, doc = fl.metadata.get("min"), fl.metadata.get("choices"), fl.metadata.get("doc", "")
     if shown is not None:
         value = getattr(shown, fl.name)
         doc += f" (default: {','.join(f'{x:g}' for x in value) if isinstance(value, tuple) else value})"
-    name = OPTION_NAMES.get(fl.name, "--" + fl.name.replace("_", "-"))
-    if isinstance(fl.default, bool):
+    name = OPTION_NAMES.get((cls.__name__, fl.name), "--" + fl.name.replace("_", "-"))
+    declared = fl.type if isinstance(fl.type, str) else getattr(fl.type, "__name__", "")  # "float" for epochs = 10
+    if declared == "bool":
         return click.option(name if "/" in name else f"{name}/--no-{name[2:]}", fl.name, default=None, help=doc)
     if choices:
         kind = click.Choice(choices)
-    elif isinstance(fl.default, tuple):
+    elif declared == "tuple":
         kind = FloatList()  # a list of numbers, given as "1.5,1.15,0.8"
-    elif isinstance(fl.default, int):
+    elif declared == "int":
         kind = click.IntRange(min=lo)
-    elif isinstance(fl.default, float):
+    elif declared == "float":
         kind = Number(min=lo)
     else:
         kind = str
@@ -221,30 +236,26 @@ def presets(env_name: str, preset: str) -> None:
 # (section owned by the collect stage)
 @cli.command()
 @env_option()
-@click.option("--episodes", type=click.IntRange(min=1), default=None,
-              help="episodes to keep (default: the preset's); larger than an existing artifact's: append")
+@config_options(CollectConfig, skip=("policy",))  # the policy follows from --controller
 @workers_option
 @seed_option
 @preset_option()
 @out_option
 @click.option("--controller", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="collect with this trained controller (V+M+C) instead of the random policy (ref §9)")
-@click.option("--noise", type=Number(min=0), default=None,
-              help="with --controller: std of Gaussian exploration noise on its actions")
 @renderer_option
 @backend_options
 @as_runtime("seed", "workers", "backend", "ray_address")
-def collect(env_name: str, episodes: int | None, preset: str, out: Path,
-            controller: Path | None, noise: float | None, runtime: Runtime) -> None:
+def collect(env_name: str, preset: str, out: Path, controller: Path | None, runtime: Runtime, **options) -> None:
     """Record episodes of the random data policy (ref §2), or of a controller; rerun the same command to resume."""
     from .config import preset as get_preset
     from .stages import collect as collect_stage
 
-    if noise is not None and controller is None:
+    if options.get("noise") is not None and controller is None:
         raise click.UsageError("--noise needs --controller")
     cfg = get_preset(env_name, preset)
-    cfg = cfg.replace(collect=cfg.collect.replace(
-        episodes=episodes, noise=noise, policy="controller" if controller is not None else None))
+    cfg = cfg.replace(collect=cfg.collect.replace(**config_values(CollectConfig, options),
+                                                  policy="controller" if controller is not None else None))
     res = collect_stage.run(cfg, out, controller=controller, runtime=runtime)
     click.echo(res.summary_line())
 
@@ -256,25 +267,21 @@ def collect(env_name: str, episodes: int | None, preset: str, out: Path,
               help="rollouts artifact(s) of one env; repeat to train on several (old + new data)")
 @out_option
 @preset_option()
-@click.option("--epochs", type=Number(min=0), default=None,
-              help="passes over the training frames, fractions allowed (default: the preset's)")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="frames per batch (default: the preset's)")
-@click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="data-loader worker processes; 0 reads in the main process (default: the preset's)")
+@config_options(VAETrainConfig)
 @click.option("--init", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="start from this vae artifact's weights and architecture")
 @device_option
 @seed_option
 @as_runtime("seed", "device")
-def train_vae_cmd(rollouts: tuple[Path, ...], out: Path, preset: str, epochs: float | None, batch_size: int | None,
-                  workers: int | None, init: Path | None, runtime: Runtime) -> None:
+def train_vae_cmd(rollouts: tuple[Path, ...], out: Path, preset: str, init: Path | None, runtime: Runtime,
+                  **options) -> None:
     """Train V (the ConvVAE) on rollouts, streamed from disk; rerun the same command to resume."""
     from .config import preset as get_preset
     from .stages import train_vae
     from .store import frames
 
     cfg = get_preset(frames.rollouts_env(list(rollouts)), preset)  # the env comes from the data
-    cfg = cfg.replace(vae_train=cfg.vae_train.replace(epochs=epochs, batch_size=batch_size, num_workers=workers))
+    cfg = cfg.replace(vae_train=cfg.vae_train.replace(**config_values(VAETrainConfig, options)))
     res = train_vae.run(cfg, list(rollouts), out, init=init, runtime=runtime)
     click.echo(res.line())
 
@@ -287,20 +294,17 @@ def train_vae_cmd(rollouts: tuple[Path, ...], out: Path, preset: str, epochs: fl
 @click.option("--vae", type=click.Path(dir_okay=False, path_type=Path), required=True, help="vae artifact (V)")
 @out_option
 @preset_option()
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="frames per forward pass (default: the preset's)")
-@click.option("--mirror/--no-mirror", default=None,
-              help="also encode each episode left-right mirrored, left and right swapped (default: the preset's; small Doom: on)")
+@config_options(EncodeConfig)
 @device_option
 @seed_option
 @as_runtime("seed", "device")
-def encode(rollouts: tuple[Path, ...], vae: Path, out: Path, preset: str, batch_size: int | None, mirror: bool | None,
-           runtime: Runtime) -> None:
+def encode(rollouts: tuple[Path, ...], vae: Path, out: Path, preset: str, runtime: Runtime, **options) -> None:
     """Encode rollouts into a series (μ, logσ² per frame) for M; rerun the same command to resume."""
     from .config import preset as get_preset
     from .stages import encode as encode_stage
     from .store import frames
 
-    cfg = get_preset(frames.rollouts_env(list(rollouts)), preset).encode.replace(batch_size=batch_size, mirror=mirror)
+    cfg = get_preset(frames.rollouts_env(list(rollouts)), preset).encode.replace(**config_values(EncodeConfig, options))
     res = encode_stage.run(list(rollouts), vae, out, batch_size=cfg.batch_size, mirror=cfg.mirror, runtime=runtime)
     click.echo(res.line())
 
@@ -312,16 +316,14 @@ def encode(rollouts: tuple[Path, ...], vae: Path, out: Path, preset: str, batch_
               help="series artifact(s) from `wm encode` of one env; repeat to train on several (old + new data)")
 @out_option
 @preset_option()
-@click.option("--steps", type=click.IntRange(min=0), default=None, help="optimizer steps (default: the preset's)")
+@config_options(MDNConfig, MDNTrainConfig, skip=("z_dim", "action_dim"))  # M's sizes come from the series
 @click.option("--init", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="start from this mdn artifact's weights (same architecture)")
-@click.option("--reward-head", type=click.Choice(["none", "regression", "sign"]), default=None,
-              help="also predict each step's reward (CarRacing's dream: C evolved --in-dream; default: the preset's)")
 @device_option
 @seed_option
 @as_runtime("seed", "device")
-def train_mdn_cmd(series: tuple[Path, ...], out: Path, preset: str, steps: int | None, init: Path | None,
-                  reward_head: str | None, runtime: Runtime) -> None:
+def train_mdn_cmd(series: tuple[Path, ...], out: Path, preset: str, init: Path | None, runtime: Runtime,
+                  **options) -> None:
     """Train M (the MDN-RNN) on encoded series; rerun the same command to resume."""
     from .config import preset as get_preset
     from .runtime.errors import ConfigError
@@ -332,7 +334,8 @@ def train_mdn_cmd(series: tuple[Path, ...], out: Path, preset: str, steps: int |
     if not env:
         raise ConfigError(f"{series[0]}: the series artifact does not record its env")
     cfg = get_preset(env, preset)
-    cfg = cfg.replace(mdn_train=cfg.mdn_train.replace(steps=steps), mdn=cfg.mdn.replace(reward_head=reward_head))
+    cfg = cfg.replace(mdn=cfg.mdn.replace(**config_values(MDNConfig, options)),
+                      mdn_train=cfg.mdn_train.replace(**config_values(MDNTrainConfig, options)))
     res = train_mdn.run(cfg, list(series), out, init=init, runtime=runtime)
     val = "n/a" if res.val_nll is None else f"{res.val_nll:.4f}"
     nll = "n/a" if res.nll is None else f"{res.nll:.4f}"
