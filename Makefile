@@ -39,10 +39,10 @@ test-faults: install
 	$(PY) -m pytest -q -m "faults or not faults" --durations=15 tests/test_faults.py tests/test_faults_kill.py tests/test_faults_doom.py
 
 lint: install
-	$(VENV)/bin/ruff check worldmodels_cli tests benchmarks
+	$(VENV)/bin/ruff check worldmodels_cli tests benchmarks scripts
 
 format: install
-	$(VENV)/bin/ruff format worldmodels_cli tests benchmarks
+	$(VENV)/bin/ruff format worldmodels_cli tests benchmarks scripts
 
 bench: install
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
