@@ -26,7 +26,7 @@ from ..runtime import Runtime
 from ..store import artifacts as A
 from ..store import files
 from ..video import mp4_available
-from .iterate import IterateConfig, RoundRecord, _timed, round_dir
+from .iterate import IterateConfig, RoundRecord, complete_eval, round_dir, timed
 
 log = logging.getLogger(__name__)
 
@@ -109,21 +109,14 @@ def _v_only_rows(preset: Preset, data: Path, records: list[RoundRecord], it: Ite
         c, e = last / f"controller_{name}.h5", last / f"eval_{name}.h5"
         q = preset.replace(controller=preset.controller.replace(features=features, hidden=hidden),
                            evolve=preset.evolve.replace(pop=rec.pop))
-        t = RoundRecord(0, seconds=times.get(name, {}))
-        ev = _timed(t, "evolve", evolve.run, q, v, m, c, runtime=runtime)
-        if not _evaluated(e, c, it.eval_episodes):
-            _timed(t, "evaluate", evaluate.run, e, controller=c, episodes=it.eval_episodes, runtime=runtime)
-        times[name] = t.seconds
+        seconds = times.setdefault(name, {})
+        ev = timed(seconds, "evolve", evolve.run, q, v, m, c, runtime=runtime)
+        if not complete_eval(e, it.eval_episodes, c):
+            timed(seconds, "evaluate", evaluate.run, e, controller=c, episodes=it.eval_episodes, runtime=runtime)
         files.write_text_atomic(times_path, json.dumps(times, indent=2))
         what = "C on z" + (f" with {hidden} tanh units" if hidden else "") + " (V only, ref §8)"
-        rows.append(Row(what, *_score(e), ev.best_score, None, paper, sum(t.seconds.values())))
+        rows.append(Row(what, *_score(e), ev.best_score, None, paper, sum(seconds.values())))
     return rows
-
-
-def _evaluated(e: Path, c: Path, episodes: int) -> bool:
-    from .iterate import _complete_eval
-
-    return _complete_eval(e, episodes, c)
 
 
 def _pictures(last: Path, v: Path, results: Path, tau: float, runtime: Runtime) -> None:

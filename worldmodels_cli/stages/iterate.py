@@ -72,10 +72,11 @@ def round_dir(data: Path, k: int) -> Path:
     return data / f"round{k}"
 
 
-def _timed(rec: RoundRecord, stage: str, fn, *args, **kwargs):
+def timed(seconds: dict[str, float], stage: str, fn, *args, **kwargs):
+    """fn(*args, **kwargs), its wall time added to seconds[stage]."""
     t0 = time.monotonic()
     out = fn(*args, **kwargs)
-    rec.seconds[stage] = rec.seconds.get(stage, 0.0) + round(time.monotonic() - t0, 1)
+    seconds[stage] = seconds.get(stage, 0.0) + round(time.monotonic() - t0, 1)
     return out
 
 
@@ -100,26 +101,26 @@ def run(preset: Preset, data: Path, it: IterateConfig, *, on_round=None,
         r, v, s, m, c, e = (d / n for n in ("rollouts.h5", "vae.h5", "series.h5", "mdn.h5", "controller.h5", "eval.h5"))
         p = preset
         if k == 0:
-            _timed(rec, "collect", collect.run, p, r, runtime=this)
+            timed(rec.seconds, "collect", collect.run, p, r, runtime=this)
         else:
             n = controller_episodes(it, round_dir(data, k - 1) / "eval.h5")
             pc = p.replace(collect=p.collect.replace(episodes=n, policy="controller", noise=it.noise, min_length=0))
-            _timed(rec, "collect", collect.run, pc, r, controller=prev["controller"], runtime=this)
+            timed(rec.seconds, "collect", collect.run, pc, r, controller=prev["controller"], runtime=this)
             p = p.replace(vae_train=p.vae_train.replace(epochs=it.later_vae_epochs),
                           mdn_train=p.mdn_train.replace(steps=max(1, int(p.mdn_train.steps * it.later_mdn_steps_fraction))))
         rollouts.append(r)
         if k == 0 or it.later_vae_epochs > 0:
-            _timed(rec, "train-vae", train_vae.run, p, list(rollouts), v, init=prev.get("vae"), runtime=this)
-            _timed(rec, "encode", encode.run, list(rollouts), v, s, runtime=this,
+            timed(rec.seconds, "train-vae", train_vae.run, p, list(rollouts), v, init=prev.get("vae"), runtime=this)
+            timed(rec.seconds, "encode", encode.run, list(rollouts), v, s, runtime=this,
                    batch_size=p.encode.batch_size, mirror=p.encode.mirror)
             series = [s]
         else:  # V kept: only the new episodes need encoding (module doc)
             v = prev["vae"]
-            _timed(rec, "encode", encode.run, [r], v, s, runtime=this,
+            timed(rec.seconds, "encode", encode.run, [r], v, s, runtime=this,
                    batch_size=p.encode.batch_size, mirror=p.encode.mirror)
             series.append(s)
         rec.vae = str(v)
-        _timed(rec, "train-mdn", train_mdn.run, p, list(series), m, init=prev.get("mdn"), runtime=this)
+        timed(rec.seconds, "train-mdn", train_mdn.run, p, list(series), m, init=prev.get("mdn"), runtime=this)
         last = k == it.rounds - 1
         p = p.replace(evolve=p.evolve.replace(generations=round_generations(p, it, last=last)))
         ladder = last and it.final_temperatures and p.evolve.in_dream  # τ means nothing to real-env fitness
@@ -128,11 +129,11 @@ def run(preset: Preset, data: Path, it: IterateConfig, *, on_round=None,
         pop, tau = _round_evolve(c, p, it, last=last)
         p = p.replace(evolve=p.evolve.replace(pop=pop, temperature=tau))
         rec.pop, rec.tau = p.evolve.pop, p.evolve.temperature
-        ev = _timed(rec, "evolve", evolve.run, p, v, m, c, runtime=this)
+        ev = timed(rec.seconds, "evolve", evolve.run, p, v, m, c, runtime=this)
         rec.dream_score = ev.best_score
         episodes = it.eval_episodes if last else min(it.data_eval_episodes, it.eval_episodes)
-        if not _complete_eval(e, episodes, c):
-            _timed(rec, "evaluate", evaluate.run, e, controller=c, episodes=episodes, runtime=runtime)
+        if not complete_eval(e, episodes, c):
+            timed(rec.seconds, "evaluate", evaluate.run, e, controller=c, episodes=episodes, runtime=runtime)
         with A.open_artifact(e, "eval") as fh:
             returns = fh[A.RETURNS][()]
         rec.real_mean, rec.real_std = float(returns.mean()), float(returns.std())
@@ -191,7 +192,7 @@ def _climb_down(rec: RoundRecord, p: Preset, it: IterateConfig, v: Path, m: Path
     for tau in it.final_temperatures:
         out = _rung(c, tau)
         q = p.replace(evolve=p.evolve.replace(pop=pop, temperature=tau))
-        ev = _timed(rec, "evolve", evolve.run, q, v, m, out, runtime=runtime)
+        ev = timed(rec.seconds, "evolve", evolve.run, q, v, m, out, runtime=runtime)
         random_score = random_dream_score(m, tau, q.evolve.max_steps, seed=runtime.seed, device=runtime.device)
         rungs.append({"tau": tau, "dream_score": ev.best_score, "random_dream": random_score,
                       "ratio": ev.best_score / random_score, "path": str(out)})
@@ -227,7 +228,7 @@ def random_dream_score(mdn_path: Path, tau: float, max_steps: int, *, seed: int,
                                    seed=seed)["mean_return"]
 
 
-def _complete_eval(path: Path, episodes: int, controller: Path) -> bool:
+def complete_eval(path: Path, episodes: int, controller: Path) -> bool:
     if not path.exists():
         return False
     try:
