@@ -366,6 +366,14 @@ def test_wm_dream_writes_a_gif(tmp_path):
                     "--out", str(out), "--device", "cpu"], standalone_mode=False)
     assert res is None and out.exists()
     assert 1 <= _frames(out) <= 25
+    from PIL import Image
+
+    with Image.open(out) as im:  # 3 episodes of 64x64 with 2-pixel gaps, enlarged 3x by default
+        assert im.size == (3 * (3 * 64 + 2 * 2), 3 * 64)
+    cli.main(["dream", "--vae", str(vae_path), "--mdn", str(mdn_path), "--episodes", "1", "--max-steps", "5",
+              "--scale", "1", "--out", str(out), "--device", "cpu"], standalone_mode=False)
+    with Image.open(out) as im:
+        assert im.size == (64, 64)
 
 
 def test_wm_dream_with_a_controller(tmp_path):

@@ -73,7 +73,7 @@ def test_controller_refuses_a_changed_vae(tiny_world, tmp_path, wm):
     evolve.run(p.replace(evolve=p.evolve.replace(generations=1)), v, tiny_world.mdn, c, runtime=Runtime(seed=0))
     shutil.copy(tiny_world.rollouts, v)  # a different file now sits at the recorded path
     res = wm("evaluate", "--controller", c, "--episodes", "2")
-    assert res.code == 2 and "not the vae it was evolved with" in res.err and res.err.count("\n") == 1
+    assert res.code == 2 and "not the vae it was made with" in res.err and res.err.count("\n") == 1
 
 
 def test_evolve_rejects_wrong_kind_and_env(tiny_world, tmp_path, wm):
@@ -89,6 +89,22 @@ def test_evolve_rejects_wrong_kind_and_env(tiny_world, tmp_path, wm):
 def test_evaluate_bad_numbers(wm, bad):
     res = wm("evaluate", "--policy", "random", "--env", "doom", *bad.split())
     assert res.code == 2 and res.err.startswith("error:") and res.err.count("\n") == 1
+
+
+def test_info_reads_the_dream_figures_train_mdn_stored(tiny_world, monkeypatch):
+    """train-mdn stores M's dream figures in its summary when it finishes; `wm info` shows them without dreaming."""
+    from worldmodels_cli.dream import program
+    from worldmodels_cli.stages.info import describe
+    from worldmodels_cli.store import artifacts as A
+
+    stored = A.validate(tiny_world.mdn, "mdn").summary["dream_random_policy"]
+    assert stored["episodes"] == 64 and 1 <= stored["mean_length"] <= stored["max_steps"]
+
+    def no_dream(*a, **k):
+        raise AssertionError("wm info dreamed although the artifact stores the figures")
+
+    monkeypatch.setattr(program, "random_policy_done_rate", no_dream)
+    assert describe(tiny_world.mdn)["dream_random_policy"] == stored
 
 
 def test_info_reports_dream_lengths_of_held_actions(tiny_world, wm):

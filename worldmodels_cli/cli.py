@@ -51,9 +51,14 @@ class Number(click.FloatRange):
         return value
 
 
-def preset_option(default: str = "paper"):
-    return click.option("--preset", type=click.Choice(SCALES), default=default, show_default=True,
-                        help="hyper-parameter preset: paper (exact), small (laptop), tiny (tests)")
+def preset_option(default: str | None = None):
+    """--preset; without a default, a stage takes the preset its input artifacts record (`lineage`)."""
+    if default is not None:
+        return click.option("--preset", type=click.Choice(SCALES), default=default, show_default=True,
+                            help="hyper-parameter preset: paper (exact), small (laptop), tiny (tests)")
+    return click.option("--preset", type=click.Choice(SCALES), default=None,
+                        help="hyper-parameter preset: paper (exact), small (laptop), tiny (tests); default: the one "
+                             "the input artifacts were made with (paper when there are none)")
 
 
 def env_option(required: bool = True):
@@ -187,7 +192,18 @@ def config_values(cls, options: dict) -> dict:
     return {fl.name: options.pop(fl.name) for fl in dataclasses.fields(cls) if fl.name in options}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+# `wm --help` lists the commands in this order (click sorts them by name): the pipeline first, then the tools
+COMMAND_ORDER = ("collect", "train-vae", "encode", "train-mdn", "evolve", "evaluate", "iterate", "demo", "dream",
+                 "report", "info", "rerun", "presets", "export", "import")
+
+
+class PipelineGroup(click.Group):
+    def list_commands(self, ctx):
+        rank = {name: i for i, name in enumerate(COMMAND_ORDER)}
+        return sorted(self.commands, key=lambda name: (rank.get(name, len(rank)), name))
+
+
+@click.group(cls=PipelineGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="wm")
 @click.option("-v", "--verbose", count=True, help="more log output (-vv for debug)")
 def cli(verbose: int) -> None:
@@ -221,10 +237,52 @@ def info(path: Path, as_json: bool) -> None:
         sys.exit(EXIT_ERROR)
 
 
+# ------------------------------------------------------------------------------------------------ rerun
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--out", "new_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="write to this file instead (a fresh run of the same command: a reproducibility check)")
+@click.option("--show", is_flag=True, help="print the command instead of running it")
+def rerun(artifact: Path, new_out: Path | None, show: bool) -> None:
+    """Run again the `wm` command that made ARTIFACT, in the folder it ran in (it resumes or reports it done)."""
+    import os
+    import shlex
+
+    from .runtime.errors import ArtifactError
+    from .store import artifacts, lineage
+
+    made = artifacts.validate(artifact).command
+    if not made.get("argv"):
+        raise ArtifactError(f"{artifact}: records no wm command (made from Python, or before commands were recorded)")
+    argv = list(made["argv"])
+    if new_out is not None:
+        argv = _with_out(argv, os.path.abspath(new_out), artifact)
+    cwd = made.get("cwd") or "."
+    if show:
+        click.echo(f"cd {shlex.quote(cwd)} && wm {shlex.join(argv)}")
+        return
+    if not Path(cwd).is_dir():
+        raise ArtifactError(f"{artifact}: the folder it was made in ({cwd}) is gone; see the command with --show")
+    log.info("rerun in %s: wm %s", cwd, " ".join(argv))
+    os.chdir(cwd)
+    lineage.set_command(argv)  # what the rerun writes records the original command, not `wm rerun`
+    cli.main(args=argv, prog_name="wm", standalone_mode=False)
+
+
+def _with_out(argv: list[str], out: str, artifact: Path) -> list[str]:
+    """`argv` with its --out value replaced."""
+    for i, arg in enumerate(argv):
+        if arg == "--out" and i + 1 < len(argv):
+            return [*argv[:i + 1], out, *argv[i + 2:]]
+        if arg.startswith("--out="):
+            return [*argv[:i], f"--out={out}", *argv[i + 1:]]
+    raise click.UsageError(f"{artifact}: its command (wm {argv[0]}) takes no --out")
+
+
 # ----------------------------------------------------------------------------------------------- presets
 @cli.command()
 @env_option()
-@preset_option()
+@preset_option(default="paper")
 def presets(env_name: str, preset: str) -> None:
     """Print a resolved preset as JSON."""
     from .config import preset as get_preset
@@ -250,10 +308,11 @@ def collect(env_name: str, preset: str, out: Path, controller: Path | None, runt
     """Record episodes of the random data policy (ref §2), or of a controller; rerun the same command to resume."""
     from .config import preset as get_preset
     from .stages import collect as collect_stage
+    from .store.lineage import inherited_preset
 
     if options.get("noise") is not None and controller is None:
         raise click.UsageError("--noise needs --controller")
-    cfg = get_preset(env_name, preset)
+    cfg = get_preset(env_name, inherited_preset(preset, [controller] if controller else []))
     cfg = cfg.replace(collect=cfg.collect.replace(**config_values(CollectConfig, options),
                                                   policy="controller" if controller is not None else None))
     res = collect_stage.run(cfg, out, controller=controller, runtime=runtime)
@@ -279,8 +338,9 @@ def train_vae_cmd(rollouts: tuple[Path, ...], out: Path, preset: str, init: Path
     from .config import preset as get_preset
     from .stages import train_vae
     from .store import frames
+    from .store.lineage import inherited_preset
 
-    cfg = get_preset(frames.rollouts_env(list(rollouts)), preset)  # the env comes from the data
+    cfg = get_preset(frames.rollouts_env(list(rollouts)), inherited_preset(preset, rollouts))  # env: from the data
     cfg = cfg.replace(vae_train=cfg.vae_train.replace(**config_values(VAETrainConfig, options)))
     res = train_vae.run(cfg, list(rollouts), out, init=init, runtime=runtime)
     click.echo(res.line())
@@ -303,8 +363,10 @@ def encode(rollouts: tuple[Path, ...], vae: Path, out: Path, preset: str, runtim
     from .config import preset as get_preset
     from .stages import encode as encode_stage
     from .store import frames
+    from .store.lineage import inherited_preset
 
-    cfg = get_preset(frames.rollouts_env(list(rollouts)), preset).encode.replace(**config_values(EncodeConfig, options))
+    scale = inherited_preset(preset, [vae])  # V's preset: its encode settings (mirroring) go with it
+    cfg = get_preset(frames.rollouts_env(list(rollouts)), scale).encode.replace(**config_values(EncodeConfig, options))
     res = encode_stage.run(list(rollouts), vae, out, batch_size=cfg.batch_size, mirror=cfg.mirror, runtime=runtime)
     click.echo(res.line())
 
@@ -329,11 +391,12 @@ def train_mdn_cmd(series: tuple[Path, ...], out: Path, preset: str, init: Path |
     from .runtime.errors import ConfigError
     from .stages import train_mdn
     from .store import artifacts
+    from .store.lineage import inherited_preset
 
     env = artifacts.validate(series[0], "series").env
     if not env:
         raise ConfigError(f"{series[0]}: the series artifact does not record its env")
-    cfg = get_preset(env, preset)
+    cfg = get_preset(env, inherited_preset(preset, series))
     cfg = cfg.replace(mdn=cfg.mdn.replace(**config_values(MDNConfig, options)),
                       mdn_train=cfg.mdn_train.replace(**config_values(MDNTrainConfig, options)))
     res = train_mdn.run(cfg, list(series), out, init=init, runtime=runtime)
@@ -362,9 +425,10 @@ def evolve(vae: Path, mdn: Path, out: Path, preset: str, runtime: Runtime, **opt
     from .config import preset as get_preset
     from .stages import evolve as evolve_stage
     from .store import artifacts
+    from .store.lineage import inherited_preset
 
     env = artifacts.validate(mdn, "mdn").env
-    cfg = get_preset(env, preset)
+    cfg = get_preset(env, inherited_preset(preset, [vae, mdn]))
     cfg = cfg.replace(evolve=cfg.evolve.replace(**config_values(EvolveConfig, options)),
                       controller=cfg.controller.replace(**config_values(ControllerConfig, options)))
     res = evolve_stage.run(cfg, vae, mdn, out, runtime=runtime)
@@ -401,7 +465,7 @@ def evaluate(controller, policy, env_name, preset, episodes, out, video, which, 
     from .config import preset as get_preset
     from .stages import evaluate as evaluate_stage
 
-    cfg = get_preset(env_name, preset) if env_name else None
+    cfg = get_preset(env_name, preset or "paper") if env_name else None  # a baseline's preset: its env's settings
     if policy == "agent" and controller is None and env_name:
         raise click.UsageError("--controller is required unless --policy random or data")
     res = evaluate_stage.run(out, controller=controller, policy=policy, preset=cfg, episodes=episodes, video=video,
@@ -504,10 +568,14 @@ def report(data: Path, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one-line errors, 130 on Ctrl-C, 143 on SIGTERM."""
+    from .store import lineage
+
     previous = _handle_signals()
+    lineage.set_command(sys.argv[1:] if argv is None else list(argv))  # stamped on every artifact written
     try:
         _main(argv)
     finally:
+        lineage.set_command(None)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         sys.unraisablehook = sys.__unraisablehook__

@@ -199,6 +199,7 @@ class DreamConfig(_Config):
     episodes: int = f(4, "dream episodes, shown side by side", min=1)
     max_steps: int = f(300, "longest episode in the animation, in steps (frames)", min=1)
     fps: float = f(25.0, "animation frames per second", min=1)
+    scale: int = f(3, "enlarge each 64x64 picture this many times (nearest neighbour; 1: as V decodes it)", min=1)
 
 
 # --------------------------------------------------------------------------------------------- iterate
@@ -288,6 +289,8 @@ class Preset(_Config):
     mdn_train: MDNTrainConfig = f(None, "wm train-mdn")
     controller: ControllerConfig = f(None, "C architecture")
     evolve: EvolveConfig = f(None, "wm evolve")
+    scale: str = f("custom", "the named preset these values started from (paper, small, tiny): recorded in each "
+                             "artifact and inherited by the stages that read it; a label, not part of a run's identity")
 
 
 _NESTED = {
@@ -370,7 +373,7 @@ def preset(env: str, scale: str) -> Preset:
         raise ConfigError(f"unknown env {env!r}; choose one of {', '.join(ENVS)}")
     if scale not in SCALES:
         raise ConfigError(f"unknown preset {scale!r}; choose one of {', '.join(SCALES)}")
-    return {"paper": _paper, "small": _small, "tiny": _tiny}[scale](env)
+    return {"paper": _paper, "small": _small, "tiny": _tiny}[scale](env).replace(scale=scale)
 
 
 def describe(cls) -> list[tuple[str, Any, str]]:

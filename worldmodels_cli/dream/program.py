@@ -262,11 +262,15 @@ def constant_action_lengths(mdn: MDNRNN, initial_mu, initial_logvar, actions: di
 
 
 def mdn_dream_summary(path: str | os.PathLike, meta) -> dict | str:
-    """`wm info` on an mdn artifact: `random_policy_done_rate` at the temperature and cap its preset records
-    (default τ 1.15, 2100 steps); a one-line reason instead when the artifact cannot dream."""
+    """`wm info` on an mdn artifact: the dream figures `wm train-mdn` stored in its summary when it finished, or,
+    for an artifact from before that (or an unfinished one), the same figures computed now; a one-line reason
+    instead when the artifact cannot dream. `wm info` never writes: a rewritten M would no longer match the
+    checksum its controllers record."""
     from ..models.mdnrnn import load_initial_z, load_mdn
     from ..runtime.errors import WorldModelsError
 
+    if isinstance(meta.summary.get(DREAM_SUMMARY), dict):
+        return meta.summary[DREAM_SUMMARY]
     evolve = meta.config.get("evolve", {}) if isinstance(meta.config, dict) else {}
     tau, cap = float(evolve.get("temperature", 1.15)), int(evolve.get("max_steps", 2100))
     try:
@@ -274,9 +278,17 @@ def mdn_dream_summary(path: str | os.PathLike, meta) -> dict | str:
         mu0, lv0 = load_initial_z(path)
     except WorldModelsError as exc:
         return f"n/a ({exc})"
-    r = random_policy_done_rate(mdn, mu0, lv0, env=meta.env or None, tau=tau, max_steps=cap)
+    return dream_summary(mdn, mu0, lv0, env=meta.env or None, tau=tau, max_steps=cap)
+
+
+DREAM_SUMMARY = "dream_random_policy"  # the mdn summary's key of `dream_summary`
+
+
+def dream_summary(mdn: MDNRNN, mu0, lv0, *, env: str | None, tau: float = 1.15, max_steps: int = 2100) -> dict:
+    """How M's dream goes under the random policy (and, for Doom, under held actions), rounded for display."""
+    r = random_policy_done_rate(mdn, mu0, lv0, env=env, tau=tau, max_steps=max_steps)
     r = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
-    if meta.env == "doom" and mdn.cfg.done_head:
+    if env == "doom" and mdn.cfg.done_head:
         r["held_action_length"] = constant_action_lengths(mdn, mu0, lv0, {"left": -1.0, "none": 0.0, "right": 1.0},
-                                                          episodes=32, tau=tau, max_steps=cap)
+                                                          episodes=32, tau=tau, max_steps=max_steps)
     return r

@@ -106,8 +106,11 @@ class AgentSpec:
 
 
 def recorded_input(meta: A.Meta, role: str, override: str | os.PathLike | None) -> Path:
-    """The V or M a controller was evolved with: `override` if given, else the recorded path, whose bytes must
-    still be the recorded ones (a retrained file at the same path would silently change the agent)."""
+    """The V or M a controller was evolved with: `override` if given, else the recorded file wherever it now is
+    (`lineage.locate`), whose bytes must still be the recorded ones (a retrained file at the same path would
+    silently change the agent)."""
+    from ..store.lineage import locate
+
     rec = meta.inputs.get(role)
     if override is not None:
         env = A.validate(override, role).env
@@ -116,13 +119,7 @@ def recorded_input(meta: A.Meta, role: str, override: str | os.PathLike | None) 
         return Path(override)
     if not rec:
         raise ArtifactError(f"{meta.path}: records no {role} artifact; pass --{role} explicitly")
-    path = Path(rec["path"])
-    if not path.exists():
-        raise ArtifactError(f"{meta.path}: its {role} {path} is missing; pass --{role} PATH")
-    if A.sha256(path) != rec["sha256"]:
-        raise ArtifactError(f"{meta.path}: {path} is not the {role} it was evolved with (checksum differs); "
-                            f"pass --{role} PATH to use it anyway")
-    return path
+    return locate(meta.path, rec, role)
 
 
 def agent_spec(controller_path: str | os.PathLike, *, which: str = "best", vae: str | None = None,

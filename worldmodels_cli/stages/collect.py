@@ -173,7 +173,7 @@ def _describe_one(seed: int, index: int) -> str:
 # --------------------------------------------------------------------------------------------- identity
 def _record(cfg: Preset) -> dict[str, Any]:
     """The config a rollouts artifact records: only what shapes its data."""
-    return {"env": cfg.env.to_dict(), "collect": cfg.collect.to_dict()}
+    return {"env": cfg.env.to_dict(), "collect": cfg.collect.to_dict(), "scale": cfg.scale}  # scale: not identity
 
 
 # --------------------------------------------------------------------------------------------- work folder

@@ -67,7 +67,8 @@ def run(cfg, vae_path, mdn_path, out, *, controller_path=None,
     res = dream_rollouts(mdn, seeds, mu0, lv0, controller=controller, params=params, env=mdn_meta.env or None,
                          tau=cfg.temperature, max_steps=cfg.max_steps, compact=False, record_z=True)
     lengths = res.lengths[0].tolist()
-    frames = _decode_episodes(vae, res.z[0], lengths, dev)
+    frames = [np.repeat(np.repeat(f, cfg.scale, axis=0), cfg.scale, axis=1)
+              for f in _decode_episodes(vae, res.z[0], lengths, dev)]
     write_video(out, frames, fps=cfg.fps)
     return DreamRunResult(out, cfg.episodes, lengths, res.returns[0].tolist(), len(frames))
 

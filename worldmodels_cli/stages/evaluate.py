@@ -77,6 +77,7 @@ def run(out: Path | None, *, controller: str | os.PathLike | None = None, policy
         if controller is None:
             raise ConfigError("--controller is required unless --policy random or data")
         spec, params, meta = agent_spec(controller, which=which, vae=vae, mdn=mdn)
+        scale = meta.preset
         try:
             env_cfg = EnvConfig.from_dict(meta.config["env"])
         except (KeyError, TypeError, ValueError, ConfigError):
@@ -95,6 +96,7 @@ def run(out: Path | None, *, controller: str | os.PathLike | None = None, policy
         if preset is None:
             raise ConfigError(f"--policy {policy} needs --env")
         env_cfg, collect_cfg = preset.env, preset.collect
+        scale = preset.scale
         label = f"{policy} policy"
     seeds = episode_seeds(seed, episodes)
     with EpisodeRunner(env_cfg, policy=policy, agent=spec, collect=collect_cfg, workers=workers, backend=backend,
@@ -105,7 +107,7 @@ def run(out: Path | None, *, controller: str | os.PathLike | None = None, policy
     if video is not None:
         video_path = record_video(video, env_cfg, spec, params, policy, collect_cfg, int(seeds[0]))
     if out is not None:
-        record = {"env": env_cfg.to_dict(), "policy": policy, "episodes": episodes, "which": which}
+        record = {"env": env_cfg.to_dict(), "policy": policy, "episodes": episodes, "which": which, "scale": scale}
         with A.atomic_write(out, "eval", config=record, seed=seed, inputs=inputs, env=env_cfg.name) as fh:
             fh.create_dataset(A.RETURNS, data=returns)
             fh.create_dataset(A.LENGTHS, data=lengths)

@@ -40,10 +40,11 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
     if meta.model_config:
         report["model"] = meta.model_config
     if meta.kind == "mdn":
-        from ..dream.program import mdn_dream_summary
+        from ..dream.program import DREAM_SUMMARY, mdn_dream_summary
 
-        report["dream_random_policy"] = mdn_dream_summary(path, meta)  # the dream's length and done rate
-    report.update({k: v for k, v in meta.summary.items() if not isinstance(v, (list, dict)) or k == "scores"})
+        report[DREAM_SUMMARY] = mdn_dream_summary(path, meta)  # the dream's length and done rate
+    report.update({k: v for k, v in meta.summary.items()
+                   if k not in report and (not isinstance(v, (list, dict)) or k == "scores")})
     report["inputs"] = {role: (v["path"] if isinstance(v, dict) else [q["path"] for q in v]) for role, v in meta.inputs.items()}
     report["versions"] = {k: v for k, v in meta.versions.items() if k in ("worldmodels_cli", "torch", "gymnasium", "vizdoom")}
     return report

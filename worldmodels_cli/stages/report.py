@@ -12,6 +12,7 @@ import os
 import platform
 from pathlib import Path
 
+from ..runtime.errors import ConfigError
 from ..store import artifacts as A
 from ..store.metrics import MetricsWriter, metrics_path
 
@@ -103,6 +104,8 @@ def _gpu() -> str:
 
 
 def run(data: Path, out: Path) -> Path:
+    if not Path(data).is_dir():  # a mistyped folder would otherwise give an all-"not run" report and exit 0
+        raise ConfigError(f"{data}: no such data folder (the folder `make reproduce` fills; see --data)")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")

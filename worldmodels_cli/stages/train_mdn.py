@@ -72,7 +72,7 @@ def run(preset: Preset, series: Sequence[str | os.PathLike], out: str | os.PathL
     seed, out = runtime.seed, Path(out)
     files.check_writable(out)  # before any work: a missing folder is a one-line error, not a late failure
     data, mcfg, tcfg = _check_inputs(preset, [Path(p) for p in series])
-    run_config = {"env": preset.env.name, "mdn": mcfg.to_dict(), "mdn_train": tcfg.to_dict()}
+    run_config = {"env": preset.env.name, "mdn": mcfg.to_dict(), "mdn_train": tcfg.to_dict(), "scale": preset.scale}
     inputs = A.inputs_record({"series": series, **({"init": init} if init is not None else {})})
     dev = torch.device(devices.resolve(runtime.device))
     with torch.random.fork_rng(devices=[]):
@@ -303,6 +303,14 @@ class _Checkpointer:
         if "mdn/reward_loss" in ls:
             s["reward_loss"] = ls["mdn/reward_loss"]
         s.update(self.extra)
+        if complete:  # `wm info` shows these; computed once here rather than on every call
+            from ..dream.program import DREAM_SUMMARY, dream_summary
+
+            mu0, lv0 = self.data.initial()
+            was_training = self.trainer.model.training
+            self.trainer.model.eval()
+            s[DREAM_SUMMARY] = dream_summary(self.trainer.model, mu0, lv0, env=self.run_config["env"])
+            self.trainer.model.train(was_training)
         return s
 
 

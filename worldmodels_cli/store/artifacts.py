@@ -1,8 +1,9 @@
 """The artifact schema: the only module that spells HDF5 keys.
 
 Every artifact is one HDF5 file whose root attributes say what it is (``kind``, ``schema_version``), how it was
-made (resolved ``config`` JSON, ``seed``, ``created``, package ``versions``) and from what (``inputs``: path and
-SHA-256 of each input artifact). Files are always written to a temporary name in the destination folder and renamed
+made (resolved ``config`` JSON, the ``preset`` it was made with, ``seed``, ``created``, package ``versions``, the
+``wm`` ``command`` line and folder) and from what (``inputs``: SHA-256, size, absolute path and path relative to
+this file of each input artifact; `lineage.locate` finds them). Files are always written to a temporary name in the destination folder and renamed
 into place, so a file at its final path is complete; a kill mid-write leaves the previous version intact.
 
 Kinds and their datasets (N frames, E episodes, Z latent, A action width):
@@ -31,7 +32,7 @@ import os
 import platform
 import zlib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ import h5py
 import numpy as np
 
 from ..runtime.errors import ArtifactError
+from . import lineage
 from .files import (
     check_writable,
     close_quietly,
@@ -82,6 +84,12 @@ SUMMARY = "summary"
 
 
 MODEL_CONFIG = "model_config"
+
+
+PRESET = "preset"
+
+
+COMMAND = "command"
 
 
 # ---- dataset names
@@ -210,14 +218,13 @@ def package_versions() -> dict[str, str]:
 
 
 def inputs_record(paths: Mapping[str, str | os.PathLike | list]) -> dict[str, Any]:
-    """{role: {"path", "sha256"}} (or a list of them) for the artifacts a stage read."""
-    rec: dict[str, Any] = {}
-    for role, p in paths.items():
-        if isinstance(p, (list, tuple)):
-            rec[role] = [{"path": str(q), "sha256": sha256(q)} for q in p]
-        else:
-            rec[role] = {"path": str(p), "sha256": sha256(p)}
-    return rec
+    """{role: {"path" (absolute), "sha256", "bytes"}} (or a list of them) for the artifacts a stage read;
+    `atomic_write` adds each one's path relative to the artifact that records it (`lineage.locate` reads them)."""
+
+    def one(q) -> dict[str, Any]:
+        return {"path": os.path.abspath(q), "sha256": sha256(q), "bytes": os.path.getsize(q)}
+
+    return {role: [one(q) for q in p] if isinstance(p, (list, tuple)) else one(p) for role, p in paths.items()}
 
 
 # ------------------------------------------------------------------------------------------- writing
@@ -230,9 +237,12 @@ def atomic_write(
     seed: int | None = None,
     inputs: Mapping[str, Any] | None = None,
     env: str | None = None,
+    preset: str | None = None,
 ) -> Iterator[h5py.File]:
     """Yield an h5py.File on a temp name beside `path`; on success stamp the root attributes and rename it into
-    place. On any exception the temp file is removed and `path` is untouched."""
+    place. On any exception the temp file is removed and `path` is untouched. `preset`: the name of the preset
+    the artifact was made with (default: the config's `scale`, a Preset's or a config dict's); the `wm` command that is
+    running is stamped too (`lineage`)."""
     if kind not in REQUIRED:
         raise ValueError(f"unknown artifact kind {kind!r}")
     path = Path(path)
@@ -250,8 +260,10 @@ def atomic_write(
             fh.attrs[SEED] = -1 if seed is None else int(seed)
             fh.attrs[CREATED] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
             fh.attrs[VERSIONS] = json.dumps(package_versions())
-            fh.attrs[INPUTS] = json.dumps(dict(inputs or {}))
+            fh.attrs[INPUTS] = json.dumps(lineage.with_relative_paths(inputs or {}, path.parent))
             fh.attrs[ENV] = env or ""
+            fh.attrs[PRESET] = preset or _scale(config)
+            fh.attrs[COMMAND] = json.dumps(lineage.command())
             if SUMMARY not in fh.attrs:
                 fh.attrs[SUMMARY] = "{}"
             fh.close()
@@ -286,6 +298,12 @@ def set_summary(fh: h5py.File, summary: Mapping[str, Any]) -> None:
 def set_model_config(fh: h5py.File, model_config: Any) -> None:
     """The architecture config a model is rebuilt from (a config dataclass or a dict), as JSON."""
     fh.attrs[MODEL_CONFIG] = _to_json(model_config)
+
+
+def _scale(config: Any) -> str:
+    """The preset name a config records: a Preset's `scale`, or a config dict's "scale" key."""
+    scale = config.get("scale") if isinstance(config, Mapping) else getattr(config, "scale", None)
+    return scale if isinstance(scale, str) else ""
 
 
 def _to_json(config: Any) -> str:
@@ -326,6 +344,8 @@ class Meta:
     env: str
     summary: dict
     model_config: dict
+    preset: str = ""  # "" for an artifact from before presets were recorded
+    command: dict = field(default_factory=dict)  # {} when made from Python, or before commands were recorded
 
 
 def validate(path: str | os.PathLike, kind: str | tuple[str, ...] | None = None) -> Meta:
@@ -391,6 +411,8 @@ def validate(path: str | os.PathLike, kind: str | tuple[str, ...] | None = None)
                 env=env,
                 summary=json_attrs[SUMMARY],
                 model_config=json_attrs[MODEL_CONFIG],
+                preset=_str(attrs.get(PRESET, "")),
+                command=_loads(attrs.get(COMMAND)),
             )
     except ArtifactError:
         raise

@@ -26,10 +26,12 @@ log = logging.getLogger(__name__)
 
 def identity(config: Mapping[str, Any], seed: int | None, inputs: Mapping[str, Any] | None = None, *,
              free: Iterable[str] = ()) -> dict[str, Any]:
-    """The identity of a run: `config` as plain JSON without the dotted paths `free` ("collect.episodes"), the
+    """The identity of a run: `config` as plain JSON without the dotted paths `free` ("collect.episodes") and the
+    preset's name, the
     seed (None: the output does not depend on it), and the SHA-256 of each input (`artifacts.inputs_record` form;
     paths do not count; None: the stage records its inputs in `config`)."""
     config = json.loads(json.dumps(config, sort_keys=True))  # tuples -> lists, as read back from an artifact
+    config.pop("scale", None)  # the preset's name labels a run; its values are what count
     for path in free:
         *parents, key = path.split(".")
         node = config
