@@ -209,7 +209,10 @@ class PipelineGroup(click.Group):
 def cli(verbose: int) -> None:
     """World Models (Ha & Schmidhuber 2018): collect -> train-vae -> encode -> train-mdn -> evolve -> evaluate."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    from .store.metrics import BarSafeHandler
+
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        handlers=[BarSafeHandler(sys.stderr)])
     # the package's own progress lines (one per generation / log interval) show by default
     logging.getLogger("worldmodels_cli").setLevel(logging.INFO if verbose <= 1 else logging.DEBUG)
 

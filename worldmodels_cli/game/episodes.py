@@ -200,8 +200,10 @@ class EpisodeRunner:
         self.envs_per_worker = envs_per_worker or ENVS_PER_WORKER[env.name]
         self.executor = make_executor(workers, _init, payload, backend=backend, address=address)
 
-    def episodes(self, params: np.ndarray | None, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """params (P, n) or None (a fixed policy), seeds (P, R) -> returns (P, R) float64, lengths (P, R) int64."""
+    def episodes(self, params: np.ndarray | None, seeds: np.ndarray,
+                 progress: Callable[[int], object] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """params (P, n) or None (a fixed policy), seeds (P, R) -> returns (P, R) float64, lengths (P, R) int64;
+        `progress(k)` after each chunk of k finished episodes."""
         seeds = np.asarray(seeds)
         P, R = seeds.shape
         episodes = [(None if params is None else np.asarray(params[p], dtype=np.float64), int(seeds[p, r]),
@@ -212,6 +214,8 @@ class EpisodeRunner:
         for k, results in self.executor.run(_chunk, chunks, describe=_describe):
             for j, (ret, length) in enumerate(results):
                 returns[k * size + j], lengths[k * size + j] = ret, length
+            if progress is not None:
+                progress(len(results))
         return returns.reshape(P, R), lengths.reshape(P, R)
 
     def __call__(self, params: np.ndarray, seeds: np.ndarray) -> np.ndarray:

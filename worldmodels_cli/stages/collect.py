@@ -316,7 +316,7 @@ def _collect(env_cfg: EnvConfig, col: CollectConfig, seed: int, parts: Path, sta
     payload = _Payload(env_cfg, col, seed, str(parts), controller)
     have = len(_selected(done, start, needed)[0])
     ran = frames = 0
-    t0 = last_log = time.monotonic()
+    t0 = time.monotonic()
     bar = metrics.progress(total=needed, desc="collect", unit="ep", initial=have)
     budget = 50 * needed + 1000  # give up if (almost) nothing is long enough to keep
 
@@ -344,10 +344,6 @@ def _collect(env_cfg: EnvConfig, col: CollectConfig, seed: int, parts: Path, sta
                     if ep.kept:
                         bar.update(1)
                     bar.set_postfix_str(f"{rate_ep:.2f} ep/s, {rate_fr:.0f} frames/s", refresh=False)
-                    if now - last_log > 30:
-                        last_log = now
-                        log.info(metrics.kv(episodes_run=ran, kept=len(_selected(done, start, needed)[0]),
-                                            ep_per_s=rate_ep, frames_per_s=rate_fr))
     finally:
         bar.close()
     return ran

@@ -22,6 +22,7 @@ from ..runtime import Runtime, seeding
 from ..runtime.errors import ArtifactError, ConfigError
 from ..store import artifacts as A
 from ..store import files
+from ..store.metrics import progress
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,9 @@ def run(out: Path | None, *, controller: str | os.PathLike | None = None, policy
     seeds = episode_seeds(seed, episodes)
     with EpisodeRunner(env_cfg, policy=policy, agent=spec, collect=collect_cfg, workers=workers, backend=backend,
                        address=address) as runner:
-        returns, lengths = runner.episodes(None if params is None else params[None, :], seeds[None, :])
+        with progress(episodes, "evaluate", unit="ep") as bar:
+            returns, lengths = runner.episodes(None if params is None else params[None, :], seeds[None, :],
+                                               progress=bar.update)
     returns, lengths = returns[0], lengths[0]
     video_path = None
     if video is not None:

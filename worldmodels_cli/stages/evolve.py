@@ -28,11 +28,12 @@ from ..runtime import Runtime, seeding
 from ..runtime.errors import ArtifactError, ConfigError
 from ..store import artifacts as A
 from ..store import runs
-from ..store.metrics import MetricsWriter, kv, metrics_path
+from ..store.metrics import MetricsWriter, kv, metrics_path, progress
 
 log = logging.getLogger(__name__)
 
 # history/* datasets, one row per generation (eval_* are NaN where no evaluation ran)
+METRIC_NAMES = {"best": "pop_best", "mean": "pop_mean", "worst": "pop_worst"}  # history key -> metric name
 HISTORY_KEYS = ("best", "mean", "worst", "sigma", "seconds", "eval_score", "eval_std", "eval_real_score", "eval_real_std")
 
 
@@ -195,47 +196,55 @@ def optimize(
         done = len(st.fitness) >= cfg.generations
         log.info("%s: %s %d generations", out, "already evolved for" if done else "resuming at", len(st.fitness))
     metrics = MetricsWriter(metrics_path(out))
-    metrics.truncate_after("generation", len(st.fitness) - 1)
+    metrics.truncate_after("generation", len(st.fitness))  # generations count from 1, in metrics as in logs
     start_gen = len(st.fitness)
     t_run = time.time()
-    for gen in range(start_gen, cfg.generations):
-        t0 = time.time()
-        with one_blas_thread():
-            solutions = es.ask()
-        params = np.asarray(solutions, dtype=np.float64)  # (P, n)
-        returns = np.asarray(fitness(params, generation_seeds(cfg, seed, gen)), dtype=np.float64)  # (P, R)
-        mean_returns = returns.mean(axis=1)
-        told = -mean_returns  # CMA minimises; no weight-decay term (ref §6: the code's had the wrong sign)
-        with one_blas_thread():
-            es.tell(solutions, list(told))
-        st.fitness.append(told)
-        row = {"best": mean_returns.max(), "mean": mean_returns.mean(), "worst": mean_returns.min(),
-               "sigma": float(es.sigma), "eval_score": math.nan, "eval_std": math.nan,
-               "eval_real_score": math.nan, "eval_real_std": math.nan}
-        is_eval = (gen + 1) % cfg.eval_every == 0 or gen + 1 == cfg.generations
-        if is_eval:
-            mean_params = np.asarray(es.mean, dtype=np.float64)[None, :]
-            ev = np.asarray(fitness(mean_params, eval_seeds(cfg)), dtype=np.float64)[0]
-            row["eval_score"], row["eval_std"] = ev.mean(), ev.std()
-            if real_fitness is not None and cfg.eval_real > 0:
-                rv = np.asarray(real_fitness(mean_params, np.arange(cfg.eval_real)[None, :]), dtype=np.float64)[0]
-                row["eval_real_score"], row["eval_real_std"] = rv.mean(), rv.std()
-            if ev.mean() > st.best_score:
-                st.best_score, st.best_generation = float(ev.mean()), gen
-                st.best_params = mean_params[0].copy()
-        row["seconds"] = time.time() - t0
-        for k in HISTORY_KEYS:
-            st.history[k].append(float(row[k]))
-        _write(out, st, es, preset, seed, model_config, inputs, done=gen + 1 == cfg.generations)
-        rollouts = returns.size / max(row["seconds"], 1e-9)
-        eta = (cfg.generations - gen - 1) * (time.time() - t_run) / (gen + 1 - start_gen)
-        metrics.write({"generation": gen, **{f"evolve/{k}": v for k, v in row.items()}, "evolve/rollouts_per_s": rollouts})
-        line = kv(gen=gen + 1, best=row["best"], mean=row["mean"], sigma=row["sigma"], rollouts_per_s=rollouts, eta_s=round(eta))
-        if is_eval:
-            line += " " + kv(eval=row["eval_score"], eval_real=row["eval_real_score"])
-        log.info(line)
-        if on_generation is not None:
-            on_generation(gen, row)
+    bar = progress(cfg.generations, "evolve", unit="gen", initial=start_gen)
+    try:
+        for gen in range(start_gen, cfg.generations):
+            t0 = time.time()
+            with one_blas_thread():
+                solutions = es.ask()
+            params = np.asarray(solutions, dtype=np.float64)  # (P, n)
+            returns = np.asarray(fitness(params, generation_seeds(cfg, seed, gen)), dtype=np.float64)  # (P, R)
+            mean_returns = returns.mean(axis=1)
+            told = -mean_returns  # CMA minimises; no weight-decay term (ref §6: the code's had the wrong sign)
+            with one_blas_thread():
+                es.tell(solutions, list(told))
+            st.fitness.append(told)
+            row = {"best": mean_returns.max(), "mean": mean_returns.mean(), "worst": mean_returns.min(),
+                   "sigma": float(es.sigma), "eval_score": math.nan, "eval_std": math.nan,
+                   "eval_real_score": math.nan, "eval_real_std": math.nan}
+            is_eval = (gen + 1) % cfg.eval_every == 0 or gen + 1 == cfg.generations
+            if is_eval:
+                mean_params = np.asarray(es.mean, dtype=np.float64)[None, :]
+                ev = np.asarray(fitness(mean_params, eval_seeds(cfg)), dtype=np.float64)[0]
+                row["eval_score"], row["eval_std"] = ev.mean(), ev.std()
+                if real_fitness is not None and cfg.eval_real > 0:
+                    rv = np.asarray(real_fitness(mean_params, np.arange(cfg.eval_real)[None, :]), dtype=np.float64)[0]
+                    row["eval_real_score"], row["eval_real_std"] = rv.mean(), rv.std()
+                if ev.mean() > st.best_score:
+                    st.best_score, st.best_generation = float(ev.mean()), gen
+                    st.best_params = mean_params[0].copy()
+            row["seconds"] = time.time() - t0
+            for k in HISTORY_KEYS:
+                st.history[k].append(float(row[k]))
+            _write(out, st, es, preset, seed, model_config, inputs, done=gen + 1 == cfg.generations)
+            rollouts = returns.size / max(row["seconds"], 1e-9)
+            eta = (cfg.generations - gen - 1) * (time.time() - t_run) / (gen + 1 - start_gen)
+            # "pop_": the population's returns this generation; "eval": the CMA mean's on the fixed evaluation seeds
+            named = {f"evolve/{METRIC_NAMES.get(k, k)}": v for k, v in row.items()}
+            metrics.write({"generation": gen + 1, **named, "evolve/rollouts_per_s": rollouts})
+            line = kv(gen=f"{gen + 1}/{cfg.generations}", pop_best=row["best"], pop_mean=row["mean"], sigma=row["sigma"],
+                      rollouts_per_s=rollouts, eta_s=round(eta))
+            if is_eval:
+                line += " " + kv(eval=row["eval_score"], eval_real=row["eval_real_score"])
+            log.info(line)
+            bar.update(1)
+            if on_generation is not None:
+                on_generation(gen, row)
+    finally:
+        bar.close()
     if start_gen >= cfg.generations and not out.exists():
         _write(out, st, es, preset, seed, model_config, inputs, done=True)
     return EvolveResult(out, len(st.fitness), st.best_score, st.best_generation,
@@ -298,6 +307,7 @@ def plot_history(out: Path) -> Path | None:
     from ..plots import loss_curves
 
     records = MetricsWriter(metrics_path(out)).read()
-    keys = ["evolve/best", "evolve/mean", "evolve/worst", "evolve/eval_score", "evolve/eval_real_score", "evolve/sigma"]
+    keys = ["evolve/pop_best", "evolve/pop_mean", "evolve/pop_worst", "evolve/eval_score", "evolve/eval_real_score",
+            "evolve/sigma"]
     return loss_curves(records, keys, Path(out).with_suffix(".fitness.png"), x_key="generation",
                        title=f"CMA-ES: {Path(out).name}")

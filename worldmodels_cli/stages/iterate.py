@@ -73,7 +73,8 @@ def round_dir(data: Path, k: int) -> Path:
 
 
 def timed(seconds: dict[str, float], stage: str, fn, *args, **kwargs):
-    """fn(*args, **kwargs), its wall time added to seconds[stage]."""
+    """fn(*args, **kwargs), its wall time added to seconds[stage]; a banner line names the stage."""
+    log.info("---- %s", stage)
     t0 = time.monotonic()
     out = fn(*args, **kwargs)
     seconds[stage] = seconds.get(stage, 0.0) + round(time.monotonic() - t0, 1)
@@ -98,6 +99,7 @@ def run(preset: Preset, data: Path, it: IterateConfig, *, on_round=None,
         this = runtime.replace(seed=runtime.seed + k)  # round k's stages draw from their own seed
         d.mkdir(exist_ok=True)
         rec = records[k] if k < len(records) else RoundRecord(k)
+        log.info("==== round %d (%d of %d) in %s", k, k + 1, it.rounds, d)
         r, v, s, m, c, e = (d / n for n in ("rollouts.h5", "vae.h5", "series.h5", "mdn.h5", "controller.h5", "eval.h5"))
         p = preset
         if k == 0:
@@ -137,6 +139,8 @@ def run(preset: Preset, data: Path, it: IterateConfig, *, on_round=None,
         with A.open_artifact(e, "eval") as fh:
             returns = fh[A.RETURNS][()]
         rec.real_mean, rec.real_std = float(returns.mean()), float(returns.std())
+        log.info("==== round %d done: dream %.1f, real %.1f ± %.1f over %d episodes", k, rec.dream_score, rec.real_mean,
+                 rec.real_std, len(returns))
         records[k:k + 1] = [rec]
         _save_records(record_path, records)
         log.info("round %d: dream %.1f, real %.1f ± %.1f", k, rec.dream_score, rec.real_mean, rec.real_std)

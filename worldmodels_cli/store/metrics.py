@@ -1,4 +1,5 @@
-"""Metrics as JSONL beside each output, `key=value` log lines, and terminal-only progress bars."""
+"""Metrics as JSONL beside each output, `key=value` log lines, and progress: a bar on a terminal (log lines are
+written through it, so they never land on the bar's line), periodic "k of N, rate, ETA" lines in a log file."""
 
 from __future__ import annotations
 
@@ -71,8 +72,74 @@ def kv(**items: Any) -> str:
 
 
 def progress(total: int | None, desc: str, unit: str = "it", initial: int = 0):
-    """A tqdm bar on a terminal; a silent stand-in otherwise (logs carry the progress there)."""
+    """A tqdm bar (rate, ETA) on a terminal; without one, a `LogProgress` with the same methods."""
+    if not sys.stderr.isatty():
+        return LogProgress(total, desc, unit, initial)
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, initial=initial, disable=not sys.stderr.isatty(),
-                dynamic_ncols=True, leave=False)
+    return tqdm(total=total, desc=desc, unit=unit, initial=initial, dynamic_ncols=True, leave=False)
+
+
+PROGRESS_SECONDS = "WM_PROGRESS_SECONDS"  # seconds between LogProgress lines (default 30)
+
+
+class LogProgress:
+    """Progress for a log file: "desc: k of N (p%), rate unit/s, ETA h:mm:ss" every `WM_PROGRESS_SECONDS`
+    seconds, and once at the end. Rate and ETA count only this process's work (a resumed run's `initial` is
+    not work done now)."""
+
+    def __init__(self, total: int | None, desc: str, unit: str = "it", initial: int = 0) -> None:
+        self.total, self.desc, self.unit, self.n, self.start = total, desc, unit, initial, initial
+        self.every = float(os.environ.get(PROGRESS_SECONDS, 30))
+        self.t0 = self.last = time.monotonic()
+        self.postfix = ""
+        self.closed = False
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            log.info(self.line())
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        self.postfix = s
+
+    def line(self) -> str:
+        rate = (self.n - self.start) / max(time.monotonic() - self.t0, 1e-9)
+        parts = [f"{self.desc}: {self.n}" + (f" of {self.total} ({100 * self.n / max(self.total, 1):.0f}%)"
+                                               if self.total else f" {self.unit}")]
+        parts.append(f"{rate:.3g} {self.unit}/s")
+        if self.total and rate > 0:
+            parts.append(f"ETA {_clock((self.total - self.n) / rate)}")
+        if self.postfix:
+            parts.append(self.postfix)
+        return ", ".join(parts)
+
+    def close(self) -> None:
+        if not self.closed and self.n > self.start:
+            log.info(self.line())
+        self.closed = True
+
+    def __enter__(self) -> LogProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+class BarSafeHandler(logging.StreamHandler):
+    """A log handler that writes through tqdm, which clears a live bar, prints the line, and redraws the bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
