@@ -569,6 +569,64 @@ def report(data: Path, out: Path) -> None:
     click.echo(f"wrote {report_stage.run(data, out)}")
 
 
+# ------------------------------------------------------------------------------------------ export / import
+@cli.group("export")
+def export_group() -> None:
+    """Our data and models for other tools: a Minari dataset, safetensors weights (docs/interop.md)."""
+
+
+@export_group.command("minari")
+@click.option("--rollouts", type=click.Path(dir_okay=False, path_type=Path), required=True, help="rollouts artifact")
+@click.option("--dataset-id", required=True, help="Minari id [namespace/]name-v<version>, e.g. wm/doom-random-v0")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Minari's datasets folder (default: $MINARI_DATASETS_PATH or ~/.minari/datasets)")
+@click.option("--jpeg/--lossless", default=False, show_default=True,
+              help="JPEG-encode the frames (Minari's default: smaller, lossy) or store them as they are")
+def export_minari_cmd(rollouts: Path, dataset_id: str, root: Path | None, jpeg: bool) -> None:
+    """Write a rollouts artifact as a Minari dataset (episodes with terminations and truncations)."""
+    from .interop import export_minari
+
+    click.echo(export_minari.run(rollouts, dataset_id, root=root, jpeg=jpeg).line())
+
+
+@export_group.command("safetensors")
+@click.option("--vae", type=click.Path(dir_okay=False, path_type=Path), default=None, help="vae artifact (V)")
+@click.option("--mdn", type=click.Path(dir_okay=False, path_type=Path), default=None, help="mdn artifact (M)")
+@click.option("--controller", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="controller artifact (C)")
+@click.option("--which", type=click.Choice(["best", "mean"]), default="best", show_default=True,
+              help="C's best evaluated parameters or the current CMA mean")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, callback=_lock_out,
+              help="output file (.safetensors)")
+def export_safetensors_cmd(vae: Path | None, mdn: Path | None, controller: Path | None, which: str, out: Path) -> None:
+    """Write the weights of V, M and/or C, with their configs, to one safetensors file."""
+    from .interop import export_safetensors
+
+    click.echo(export_safetensors.run(out, vae=vae, mdn=mdn, controller=controller, which=which).line())
+
+
+@cli.group("import")
+def import_group() -> None:
+    """Other tools' data as our artifacts: a Minari dataset as rollouts (docs/interop.md)."""
+
+
+@import_group.command("minari")
+@click.option("--dataset-id", default=None, help="a Minari dataset id, found under --root (never downloaded)")
+@click.option("--path", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="or the dataset's folder (the one holding data/)")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Minari's datasets folder (default: $MINARI_DATASETS_PATH or ~/.minari/datasets)")
+@click.option("--env", "env_name", type=click.Choice(ENVS), default=None,
+              help="our env the data is for (default: from the dataset's metadata or gymnasium env spec)")
+@out_option
+def import_minari_cmd(dataset_id: str | None, path: Path | None, root: Path | None, env_name: str | None,
+                      out: Path) -> None:
+    """Write a Minari dataset of RGB image observations as a rollouts artifact (frames resized to 64x64)."""
+    from .interop import import_minari
+
+    click.echo(import_minari.run(out, dataset_id=dataset_id, path=path, root=root, env=env_name).line())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one-line errors, 130 on Ctrl-C, 143 on SIGTERM."""
     from .store import lineage

@@ -11,7 +11,7 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import h5py
@@ -92,6 +92,12 @@ def write_text_atomic(dst: str | os.PathLike, text: str) -> None:
     _replace_atomic(dst, lambda tmp: tmp.write_text(text))
 
 
+def write_atomic(dst: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """`copy_atomic` for a file another library writes: `write(tmp)` writes it under a temp name beside `dst`."""
+    check_writable(Path(dst))
+    _replace_atomic(dst, write)
+
+
 def _replace_atomic(dst: str | os.PathLike, write) -> None:
     dst = Path(dst)
     remove_stale_temps(dst)
@@ -119,7 +125,10 @@ def remove_stale_temps(path: Path, prefix: str | None = None) -> None:
             os.kill(int(pid), 0)
         except ProcessLookupError:
             with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+                if tmp.is_dir():  # a folder output (a Minari dataset) written under a temp name
+                    shutil.rmtree(tmp)
+                else:
+                    tmp.unlink()
         except PermissionError:  # alive, another user's
             pass
 
