@@ -96,7 +96,7 @@ def inherited_preset(explicit: str | None, inputs: Iterable[str | os.PathLike], 
         return default
     unnamed = [p for p, s in recorded.items() if not s]
     if unnamed:
-        raise ConfigError(f"{unnamed[0]} records no preset (made before artifacts recorded one); pass --preset")
+        raise ConfigError(f"{unnamed[0]} records no preset (imported, or made before artifacts recorded one); pass --preset")
     if len(set(named.values())) > 1:
         made = ", ".join(f"{Path(p).name}: {s}" for p, s in named.items())
         raise ConfigError(f"the inputs were made with different presets ({made}); pass --preset")
