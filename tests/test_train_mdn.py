@@ -111,6 +111,21 @@ def test_stream_batches_done_targets_mark_the_last_frame_of_each_episode(tmp_pat
     assert [bool(d) for d in batch.done_target[0]] == [f in lasts for f in frames[:-1]]
 
 
+def test_an_episode_cut_at_the_step_cap_is_not_a_death(tmp_path):
+    """Issue 22: the done target is 1 at the end of an episode that died, 0 at the end of one cut at the cap
+    (truncated); the restart flag (the LSTM reset) still marks every episode's start."""
+    path = tmp_path / "s.h5"
+    _hand_made(path)  # episodes: frames 0-2, 3-4, 5-8
+    with h5py.File(path, "r+") as fh:  # episode 1 survived to the cap
+        fh[A.TERMINATED][4], fh[A.TRUNCATED][4] = False, True
+    data = load_series([path])
+    batch = StreamBatcher(data, np.arange(3), batch_size=1, seq_len=9, seed=0).next()
+    frames = np.rint(batch.z[0, :, 0]).astype(int)
+    assert [bool(r) for r in batch.restart[0]] == [f in {0, 3, 5} for f in frames]
+    assert [bool(d) for d in batch.done_target[0]] == [f in {2, 8} for f in frames[:-1]]
+    assert train_mdn._done_fraction(data, np.arange(3)) == 2 / 9
+
+
 def test_trainer_aligns_and_weights_the_done_loss(tmp_path):
     """ref §C.1 + §C.2: the loss the trainer optimises = NLL + mean((1 + 9·y)·BCE) with y[t] = 'frame t is its
     episode's last', computed here independently of the batcher's flags."""

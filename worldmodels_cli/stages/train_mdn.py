@@ -179,7 +179,7 @@ class _Trainer:
 
     def _tensors(self, batch: Batch) -> dict[str, torch.Tensor]:
         return {k: torch.from_numpy(np.ascontiguousarray(getattr(batch, k))).to(self.dev)
-                for k in ("z", "actions", "rewards", "restart", "mask", "live")}
+                for k in ("z", "actions", "rewards", "restart", "mask", "live", "death")}
 
     def losses(self, batch: Batch, state) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple]:
         """Teacher forcing: inputs frames [:-1], targets frames [1:] (ref §4.1)."""
@@ -191,8 +191,8 @@ class _Trainer:
         parts = {"mdn/nll": nll}
         loss = nll
         if m.done_head:
-            # ref §4.3, §C.1: the target of input t is whether frame t+1 starts a new episode
-            bce = done_bce(out.done_logit, x["restart"][:, 1:], cfg.done_weight, mask)
+            # ref §4.3, §C.1: whether frame t+1 starts a new episode, counting deaths only (not the step cap)
+            bce = done_bce(out.done_logit, x["death"][:, :-1], cfg.done_weight, mask)
             parts["mdn/done_bce"] = bce
             loss = loss + bce
         if m.reward_head != "none":
@@ -337,9 +337,10 @@ def _warm_start(model: MDNRNN, init: Path, mcfg: MDNConfig) -> None:
 
 
 def _done_fraction(data: SeriesData, train_eps: np.ndarray) -> float:
-    """Fraction of positive done targets in the training stream: about episodes / frames."""
+    """Fraction of positive done targets in the training stream: episodes that end in a death / frames."""
+    ends = data.index.starts[train_eps] + data.index.lengths[train_eps] - 1
     frames = int(data.index.lengths[train_eps].sum())
-    return len(train_eps) / max(frames, 1)
+    return int(data.terminated[ends].sum()) / max(frames, 1)
 
 
 def _plot(writer: metrics.MetricsWriter, out: Path) -> None:

@@ -3,7 +3,9 @@ rewards and the episode index. V never runs here.
 
 Every batch draws z afresh: z = μ + exp(logσ²/2)·ε (ref §4.1, §C.3: never μ itself). A batch holds T+1 frames
 per row; M's inputs are frames [:-1] and its targets frames [1:] (teacher forcing, ref §4.1). The done target of
-input t is restart[t+1], i.e. whether frame t+1 starts a new episode (ref §4.3, §C.1).
+input t is whether the step after frame t ended the episode by a death (`terminated`): restart[t+1] of the
+reference (ref §4.3, §C.1) for every episode that ends in a death, but 0 at the end of an episode cut at the step
+cap (`truncated`, not a death: M must not learn that surviving 2100 steps kills).
 
 Two layouts (ref §4.2, §4.3):
 - `episodes` (CarRacing): each step, the first B of a random permutation of the episodes; each row is one episode
@@ -143,12 +145,13 @@ class Batch:
     restart: np.ndarray  # (B, T+1) float32: 1 on each episode's first frame
     mask: np.ndarray  # (B, T) float32: 1 where input t has a real target t+1 (0 on padding)
     live: np.ndarray  # (B, T+1) float32: SeriesData.live (the reward of step t is a real one)
+    death: np.ndarray  # (B, T+1) float32: the step after frame t ended its episode by a death (terminated)
     reset: bool  # start this batch from a zero LSTM state
 
     @property
     def done_target(self) -> np.ndarray:
-        """(B, T): whether frame t+1 starts a new episode (ref §4.3, §C.1)."""
-        return self.restart[:, 1:]
+        """(B, T): whether step t ended the episode by a death (module doc; ref §4.3, §C.1)."""
+        return self.death[:, :-1]
 
 
 def sample_z(mu: np.ndarray, logvar: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -161,7 +164,8 @@ def _gather(data: SeriesData, idx: np.ndarray, restart: np.ndarray, mask: np.nda
     return Batch(
         z=sample_z(data.mu[idx], data.logvar[idx], rng),  # (B, T+1, Z)
         actions=data.actions[idx], rewards=data.rewards[idx], restart=restart.astype(np.float32),
-        mask=mask.astype(np.float32), live=data.live[idx].astype(np.float32), reset=reset,
+        mask=mask.astype(np.float32), live=data.live[idx].astype(np.float32),
+        death=data.terminated[idx].astype(np.float32), reset=reset,
     )
 
 
