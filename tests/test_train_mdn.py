@@ -182,6 +182,45 @@ def test_the_reward_loss_ends_with_the_episode(tmp_path):
     assert batch.rewards[row, 5] == -100.0 and keep[row, 5] == 1
 
 
+def test_a_carracing_done_head_learns_where_the_car_left_the_playfield(tmp_path):
+    """Issue 20: CarRacing's dream ends where M predicts the end. The data run on after leaving the playfield
+    (terminated at every later step): the done target is 1 at the first terminated step only, and the steps after
+    it are no targets at all."""
+    p = tmp_path / "car.h5"
+    write_fake_series(p, [12, 9], z_dim=4, action_dim=3, env="carracing", seed=2)
+    with h5py.File(p, "r+") as fh:  # episode 0 leaves the playfield at step 5 and runs on
+        fh[A.TERMINATED][5:12] = True
+    data = load_series([p])
+    mcfg = preset("carracing", "tiny").mdn.replace(z_dim=4, action_dim=3, done_head=True)
+    tcfg = preset("carracing", "tiny").mdn_train.replace(batch_size=2, seq_len=12)
+    model = MDNRNN(mcfg)
+    trainer = train_mdn._Trainer(model, torch.optim.Adam(model.parameters()), None, tcfg, torch.device("cpu"))
+    batch = EpisodeBatcher(data, np.arange(2), batch_size=2, seq_len=12, seed=0).next()
+    _, parts, _ = trainer.losses(batch, None)
+    x = trainer._tensors(batch)
+    out, _ = model(x["z"][:, :-1], x["actions"][:, :-1], x["restart"][:, :-1])
+    row = int(np.argmax(batch.mask.sum(1)))  # the 12-step episode
+    y = torch.zeros_like(out.done_logit)
+    y[row, 5] = 1.0
+    keep = torch.from_numpy(batch.mask.copy())
+    keep[row, 6:] = 0
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(out.done_logit, y, reduction="none")
+    torch.testing.assert_close(parts["mdn/done_bce"], ((1 + 9 * y) * bce * keep).sum() / keep.sum())
+
+
+def test_a_done_head_on_episode_rows_needs_ends_inside_the_episodes(tmp_path):
+    p = tmp_path / "car.h5"
+    write_fake_series(p, [12, 9], z_dim=4, action_dim=3, env="carracing", seed=2)  # each ends at its last frame
+    cfg = preset("carracing", "tiny")
+    cfg = cfg.replace(mdn=cfg.mdn.replace(done_head=True))
+    with pytest.raises(ConfigError, match="recorded past their end"):
+        train_mdn.run(cfg, [p], tmp_path / "m.h5", runtime=Runtime(device="cpu"))
+    with h5py.File(p, "r+") as fh:
+        fh[A.TERMINATED][5:12] = True
+    train_mdn.run(cfg, [p], tmp_path / "m.h5", runtime=Runtime(device="cpu"))
+    assert A.validate(tmp_path / "m.h5", "mdn").summary["done_positive_fraction"] > 0
+
+
 def test_z_is_sampled_afresh_from_mu_logvar_every_batch(tmp_path):
     """ref §4.1, §C.3: never μ; a new ε per batch; z ~ N(μ, exp(logσ²))."""
     p = tmp_path / "s.h5"

@@ -116,8 +116,11 @@ def _check_inputs(preset: Preset, series: list[Path]) -> tuple[SeriesData, MDNCo
     if data.env and preset.env.name != data.env:
         raise ConfigError(f"{series[0]}: series of env {data.env!r}, but the preset is for {preset.env.name!r}")
     mcfg = preset.mdn.replace(z_dim=data.z_dim, action_dim=data.action_dim)  # sizes come from the data
-    if mcfg.done_head and preset.mdn_train.batching != "streams":
-        raise ConfigError("a done head needs batching 'streams': episode ends are only seen across episode boundaries")
+    if mcfg.done_head and preset.mdn_train.batching != "streams" and not _ends_inside(data):
+        # a row of the `episodes` layout never trains its last frame: an end is seen only where an episode was
+        # recorded past it (CarRacing's data run on after leaving the playfield)
+        raise ConfigError("a done head with batching 'episodes' needs episodes recorded past their end (CarRacing "
+                          "with ignore_done); these end at their last frame: use --batching streams")
     return data, mcfg, preset.mdn_train
 
 
@@ -192,7 +195,8 @@ class _Trainer:
         loss = nll
         if m.done_head:
             # ref §4.3, §C.1: whether frame t+1 starts a new episode, counting deaths only (not the step cap)
-            bce = done_bce(out.done_logit, x["death"][:, :-1], cfg.done_weight, mask)
+            # after an episode's end (CarRacing's data run on) only its first terminated step is a death
+            bce = done_bce(out.done_logit, x["death"][:, :-1], cfg.done_weight, mask * x["live"][:, :-1])
             parts["mdn/done_bce"] = bce
             loss = loss + bce
         if m.reward_head != "none":
@@ -336,11 +340,19 @@ def _warm_start(model: MDNRNN, init: Path, mcfg: MDNConfig) -> None:
     model.load_state_dict(other.state_dict())
 
 
+def _ends_inside(data: SeriesData) -> bool:
+    """Whether some episode terminated before its last recorded frame."""
+    last = data.index.starts + data.index.lengths - 1
+    inside = data.terminated.copy()
+    inside[last] = False
+    return bool(inside.any())
+
+
 def _done_fraction(data: SeriesData, train_eps: np.ndarray) -> float:
-    """Fraction of positive done targets in the training stream: episodes that end in a death / frames."""
-    ends = data.index.starts[train_eps] + data.index.lengths[train_eps] - 1
-    frames = int(data.index.lengths[train_eps].sum())
-    return int(data.terminated[ends].sum()) / max(frames, 1)
+    """Fraction of positive done targets in the training data: episodes that end in a death / frames."""
+    starts, lengths = data.index.starts[train_eps], data.index.lengths[train_eps]
+    deaths = sum(bool(data.terminated[s:s + n].any()) for s, n in zip(starts.tolist(), lengths.tolist(), strict=True))
+    return deaths / max(int(lengths.sum()), 1)
 
 
 def _plot(writer: metrics.MetricsWriter, out: Path) -> None:
