@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import warnings
 from pathlib import Path
@@ -371,3 +372,37 @@ def test_safetensors_export_parts_and_bad_input(tmp_path, wm):
         wm("export", "safetensors", "--vae", car_v, "--mdn", m, "--out", bad)
     )
     assert not bad.exists()
+
+
+# ------------------------------------------------------------------------------------------ wm export agent
+def test_exported_agent_runs_anywhere_and_scores_the_same(tiny_world, tmp_path, wm):
+    c = tmp_path / "c.h5"
+    assert wm("evolve", "--vae", tiny_world.vae, "--mdn", tiny_world.mdn, "--out", c, "--device", "cpu",
+              "--generations", "1").code == 0
+    assert wm("evaluate", "--controller", c, "--episodes", "4", "--out", tmp_path / "e.h5").code == 0
+    res = wm("export", "agent", "--controller", c, "--out", tmp_path / "agent")
+    assert res.code == 0, res.err
+    shutil.move(tmp_path / "agent", tmp_path / "moved")  # a fresh clone elsewhere
+    agent = tmp_path / "moved"
+    assert not h5py.File(agent / "vae.h5")[A.TRAIN_STATE].keys()  # weights only
+    assert wm("evaluate", "--controller", agent / "controller.h5", "--episodes", "4",
+              "--out", tmp_path / "e2.h5").code == 0
+    with h5py.File(tmp_path / "e.h5") as a, h5py.File(tmp_path / "e2.h5") as b:
+        assert np.array_equal(a[A.RETURNS][()], b[A.RETURNS][()])  # float32: the same agent, bit for bit
+    meta = A.validate(agent / "controller.h5", "controller")
+    assert meta.preset == "tiny" and meta.summary["exported_from"]["sha256"] == A.sha256(c)
+
+
+def test_float16_export_halves_the_weights(tiny_world, tmp_path, wm):
+    c = tmp_path / "c.h5"
+    assert wm("evolve", "--vae", tiny_world.vae, "--mdn", tiny_world.mdn, "--out", c, "--device", "cpu",
+              "--generations", "1").code == 0
+    assert wm("export", "agent", "--controller", c, "--out", tmp_path / "a16", "--float16").code == 0
+    with h5py.File(tiny_world.vae) as full, h5py.File(tmp_path / "a16/vae.h5") as half:
+        for k in full[A.WEIGHTS]:
+            w = full[A.WEIGHTS][k][()]
+            assert half[A.WEIGHTS][k].dtype == (np.float16 if w.dtype.kind == "f" else w.dtype)
+            assert np.array_equal(half[A.WEIGHTS][k][()], w.astype(half[A.WEIGHTS][k].dtype))
+    assert wm("evaluate", "--controller", tmp_path / "a16/controller.h5", "--episodes", "2").code == 0
+    res = wm("export", "agent", "--controller", c, "--out", tmp_path / "a16")
+    assert res.code == 2 and "not empty" in res.err and res.err.count("\n") == 1

@@ -589,6 +589,24 @@ def export_minari_cmd(rollouts: Path, dataset_id: str, root: Path | None, jpeg: 
     click.echo(export_minari.run(rollouts, dataset_id, root=root, jpeg=jpeg).line())
 
 
+@export_group.command("agent")
+@click.option("--controller", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="controller artifact; its V and M come from what it records (or --vae/--mdn)")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="new folder: vae.h5, mdn.h5, controller.h5")
+@click.option("--float16", is_flag=True, help="store V's and M's weights as float16 (half the size)")
+@click.option("--vae", type=click.Path(dir_okay=False, path_type=Path), default=None, help="override the recorded V")
+@click.option("--mdn", type=click.Path(dir_okay=False, path_type=Path), default=None, help="override the recorded M")
+@click.option("--preset", type=click.Choice(SCALES), default=None,
+              help="the preset to record where the artifacts record none (made before presets were recorded)")
+def export_agent_cmd(controller: Path, out: Path, float16: bool, vae: Path | None, mdn: Path | None,
+                     preset: str | None) -> None:
+    """A trained agent as a folder that runs anywhere: V and M weights only, C pointing at them."""
+    from .interop import export_agent
+
+    click.echo(export_agent.run(controller, out, float16=float16, vae=vae, mdn=mdn, preset=preset).line())
+
+
 @export_group.command("safetensors")
 @click.option("--vae", type=click.Path(dir_okay=False, path_type=Path), default=None, help="vae artifact (V)")
 @click.option("--mdn", type=click.Path(dir_okay=False, path_type=Path), default=None, help="mdn artifact (M)")
