@@ -84,6 +84,8 @@ class EnvConfig(_Config):
     max_steps: int = f(2100, "episode cap in steps; Doom: a timeout is a truncation, never a death (ref §A)", min=1)
     doom_skill: int = f(4, "Doom difficulty; 4 is the paper's effective skill (ref §B)", min=1)
     doom_resolution: str = f("160x120", "vizdoom screen resolution WxH; 160x120 renders fastest (ref §A)")
+    doom_screen_flashes: bool = f(True, "Doom: draw the engine's damage and pickup flashes (the 2018 engine, ViZDoom "
+                                        "1.0.2, always drew them; small Doom: off, as its measured results)")
     doom_start_time: int = f(14, "tic at which a Doom episode starts, as ppaquette's env (ref §B)", min=0)
     action_threshold: float = f(1 / 3, "Doom: a < -t -> MOVE_LEFT, a > t -> MOVE_RIGHT, else none (ref §5.2)", min=0)
 
@@ -342,6 +344,7 @@ def _small(env: str) -> Preset:
         )
     # Doom: half-width V (4x fewer FLOPs) and the reference trial's M size (ref §B), sized for 2 cores in < 60 min
     return p.replace(
+        env=p.env.replace(doom_screen_flashes=False),  # every small result so far was measured without them
         collect=p.collect.replace(episodes=500),
         vae=VAEConfig(z_dim=32, enc_channels=(16, 32, 64, 128), dec_channels=(64, 32, 16)),
         vae_train=p.vae_train.replace(epochs=2),

@@ -240,7 +240,7 @@ class DoomEnv:
         game.set_screen_resolution(_doom_resolution(cfg.doom_resolution))
         game.set_screen_format(vzd.ScreenFormat.RGB24)
         game.set_render_hud(False)
-        game.set_render_screen_flashes(False)
+        game.set_render_screen_flashes(cfg.doom_screen_flashes)  # ref §B: the 2018 engine had no switch: on
         game.set_episode_start_time(cfg.doom_start_time)
         game.set_episode_timeout(0)  # the cap is counted here: vizdoom flags a timeout as a death too (ref §A)
         game.set_living_reward(1)
