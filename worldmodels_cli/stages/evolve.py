@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .. import tracking
 from ..config import ControllerConfig, EvolveConfig, Preset
 from ..runtime import Runtime, seeding
 from ..runtime.errors import ArtifactError, ConfigError
@@ -181,11 +182,12 @@ def optimize(
     seed: int = 0,
     real_fitness: Fitness | None = None,
     on_generation: Any = None,
+    runtime: Runtime | None = None,
 ) -> EvolveResult:
-    """Run (or resume) CMA-ES to `preset.evolve.generations`; checkpoint the artifact every generation.
+    """Run (or resume) CMA-ES to `preset.evolve.generations`; checkpoint the artifact every generation; plot.
 
     The stage-agnostic loop: `fitness` scores candidates (dream or real env); `real_fitness`, when given, also scores the CMA mean in the
-    real env at evaluation generations (`--eval-real`)."""
+    real env at evaluation generations (`--eval-real`). `runtime`: where the metrics are tracked (its seed is `seed`)."""
     cfg = preset.evolve
     out = Path(out)
     es = make_cma(n_params, cfg, seed)
@@ -194,50 +196,55 @@ def optimize(
     if out.exists():
         done = len(st.fitness) >= cfg.generations
         log.info("%s: %s %d generations", out, "already evolved for" if done else "resuming at", len(st.fitness))
-    metrics = MetricsWriter(metrics_path(out))
+    metrics = MetricsWriter(metrics_path(out), truncate=not out.exists())
     metrics.truncate_after("generation", len(st.fitness) - 1)
     start_gen = len(st.fitness)
+    if start_gen < cfg.generations:
+        tracking.start(metrics, out, (runtime or Runtime()).replace(seed=seed), stage="evolve", config=preset,
+                       step_key="generation", first_step=start_gen)
     t_run = time.time()
-    for gen in range(start_gen, cfg.generations):
-        t0 = time.time()
-        with one_blas_thread():
-            solutions = es.ask()
-        params = np.asarray(solutions, dtype=np.float64)  # (P, n)
-        returns = np.asarray(fitness(params, generation_seeds(cfg, seed, gen)), dtype=np.float64)  # (P, R)
-        mean_returns = returns.mean(axis=1)
-        told = -mean_returns  # CMA minimises; no weight-decay term (ref §6: the code's had the wrong sign)
-        with one_blas_thread():
-            es.tell(solutions, list(told))
-        st.fitness.append(told)
-        row = {"best": mean_returns.max(), "mean": mean_returns.mean(), "worst": mean_returns.min(),
-               "sigma": float(es.sigma), "eval_score": math.nan, "eval_std": math.nan,
-               "eval_real_score": math.nan, "eval_real_std": math.nan}
-        is_eval = (gen + 1) % cfg.eval_every == 0 or gen + 1 == cfg.generations
-        if is_eval:
-            mean_params = np.asarray(es.mean, dtype=np.float64)[None, :]
-            ev = np.asarray(fitness(mean_params, eval_seeds(cfg)), dtype=np.float64)[0]
-            row["eval_score"], row["eval_std"] = ev.mean(), ev.std()
-            if real_fitness is not None and cfg.eval_real > 0:
-                rv = np.asarray(real_fitness(mean_params, np.arange(cfg.eval_real)[None, :]), dtype=np.float64)[0]
-                row["eval_real_score"], row["eval_real_std"] = rv.mean(), rv.std()
-            if ev.mean() > st.best_score:
-                st.best_score, st.best_generation = float(ev.mean()), gen
-                st.best_params = mean_params[0].copy()
-        row["seconds"] = time.time() - t0
-        for k in HISTORY_KEYS:
-            st.history[k].append(float(row[k]))
-        _write(out, st, es, preset, seed, model_config, inputs, done=gen + 1 == cfg.generations)
-        rollouts = returns.size / max(row["seconds"], 1e-9)
-        eta = (cfg.generations - gen - 1) * (time.time() - t_run) / (gen + 1 - start_gen)
-        metrics.write({"generation": gen, **{f"evolve/{k}": v for k, v in row.items()}, "evolve/rollouts_per_s": rollouts})
-        line = kv(gen=gen + 1, best=row["best"], mean=row["mean"], sigma=row["sigma"], rollouts_per_s=rollouts, eta_s=round(eta))
-        if is_eval:
-            line += " " + kv(eval=row["eval_score"], eval_real=row["eval_real_score"])
-        log.info(line)
-        if on_generation is not None:
-            on_generation(gen, row)
-    if start_gen >= cfg.generations and not out.exists():
-        _write(out, st, es, preset, seed, model_config, inputs, done=True)
+    with metrics:
+        for gen in range(start_gen, cfg.generations):
+            t0 = time.time()
+            with one_blas_thread():
+                solutions = es.ask()
+            params = np.asarray(solutions, dtype=np.float64)  # (P, n)
+            returns = np.asarray(fitness(params, generation_seeds(cfg, seed, gen)), dtype=np.float64)  # (P, R)
+            mean_returns = returns.mean(axis=1)
+            told = -mean_returns  # CMA minimises; no weight-decay term (ref §6: the code's had the wrong sign)
+            with one_blas_thread():
+                es.tell(solutions, list(told))
+            st.fitness.append(told)
+            row = {"best": mean_returns.max(), "mean": mean_returns.mean(), "worst": mean_returns.min(),
+                   "sigma": float(es.sigma), "eval_score": math.nan, "eval_std": math.nan,
+                   "eval_real_score": math.nan, "eval_real_std": math.nan}
+            is_eval = (gen + 1) % cfg.eval_every == 0 or gen + 1 == cfg.generations
+            if is_eval:
+                mean_params = np.asarray(es.mean, dtype=np.float64)[None, :]
+                ev = np.asarray(fitness(mean_params, eval_seeds(cfg)), dtype=np.float64)[0]
+                row["eval_score"], row["eval_std"] = ev.mean(), ev.std()
+                if real_fitness is not None and cfg.eval_real > 0:
+                    rv = np.asarray(real_fitness(mean_params, np.arange(cfg.eval_real)[None, :]), dtype=np.float64)[0]
+                    row["eval_real_score"], row["eval_real_std"] = rv.mean(), rv.std()
+                if ev.mean() > st.best_score:
+                    st.best_score, st.best_generation = float(ev.mean()), gen
+                    st.best_params = mean_params[0].copy()
+            row["seconds"] = time.time() - t0
+            for k in HISTORY_KEYS:
+                st.history[k].append(float(row[k]))
+            _write(out, st, es, preset, seed, model_config, inputs, done=gen + 1 == cfg.generations)
+            rollouts = returns.size / max(row["seconds"], 1e-9)
+            eta = (cfg.generations - gen - 1) * (time.time() - t_run) / (gen + 1 - start_gen)
+            metrics.write({"generation": gen, **{f"evolve/{k}": v for k, v in row.items()}, "evolve/rollouts_per_s": rollouts})
+            line = kv(gen=gen + 1, best=row["best"], mean=row["mean"], sigma=row["sigma"], rollouts_per_s=rollouts, eta_s=round(eta))
+            if is_eval:
+                line += " " + kv(eval=row["eval_score"], eval_real=row["eval_real_score"])
+            log.info(line)
+            if on_generation is not None:
+                on_generation(gen, row)
+        if start_gen >= cfg.generations and not out.exists():
+            _write(out, st, es, preset, seed, model_config, inputs, done=True)
+        metrics.image("evolve/fitness", plot_history(out), max(len(st.fitness) - 1, 0))
     return EvolveResult(out, len(st.fitness), st.best_score, st.best_generation,
                         st.history["mean"][-1] if st.history["mean"] else math.nan)
 
@@ -284,12 +291,12 @@ def run(preset: Preset, vae: Path, mdn: Path, out: Path, *, runtime: Runtime = R
                                 stall_steps=cfg.stall_steps)
     try:
         result = optimize(preset, out, fitness=fitness, n_params=controller.param_count, model_config=model_config,
-                          inputs=A.inputs_record({"vae": vae, "mdn": mdn}), seed=seed, real_fitness=real)
+                          inputs=A.inputs_record({"vae": vae, "mdn": mdn}), seed=seed, real_fitness=real,
+                          runtime=runtime)
     finally:
         fitness.close()
         if real is not None:
             real.close()
-    plot_history(out)
     return result
 
 
