@@ -1,5 +1,6 @@
 """Experiment tracking: the metric records a stage writes (`store/metrics.py`) also go to TensorBoard event files or
-to a W&B run, one run per artifact, named after it (`--track tensorboard|wandb`, docs/pipeline.md "Tracking").
+to a W&B run, one run per artifact, named after it (`--track tensorboard|wandb`; docs/pipeline.md, "Metrics and
+tracking").
 
 The JSONL beside the artifact stays the source of truth: a tracker gets the records `MetricsWriter.write` appends
 there, nothing else, plus the pictures the stage draws beside the artifact. Each invocation's records start with a
@@ -24,6 +25,7 @@ import os
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 import uuid
 from pathlib import Path
@@ -204,9 +206,8 @@ class TensorBoard:
         from tensorboard.plugins.text.metadata import create_summary_metadata
 
         head, step = record[HEADER], self.steps.last
-        text = "    " + json.dumps(head, indent=2, sort_keys=True).replace(
-            "\n", "\n    "
-        )  # a markdown code block
+        # an indented markdown code block: the TEXT tab shows the JSON as it is
+        text = textwrap.indent(json.dumps(head, indent=2, sort_keys=True), "    ")
         tensor = self._tensor_proto(text)
         value = self.spb.Summary.Value(
             tag="header",
