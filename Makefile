@@ -22,7 +22,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[dev,ray,interop]'
+	$(PY) -m pip install -q -e '.[dev,ray,interop,tensorboard]'
 	@# gymnasium[box2d] needs pygame, vizdoom pygame-ce, both install into pygame/ and draw CarRacing's frames
 	@# differently: keep pygame, whatever the install order was (vizdoom never imports it)
 	$(PY) -m pip uninstall -q -y pygame-ce pygame

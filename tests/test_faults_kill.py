@@ -132,7 +132,8 @@ def assert_one_line(done: Done, rc: int, start: str, what: str) -> None:
 
 
 def lines(path: Path) -> int:
-    return path.read_bytes().count(b"\n") if path.exists() else 0
+    """Metric records so far: the header record that starts each invocation is no progress."""
+    return sum(b'"header"' not in line for line in path.read_bytes().splitlines()) if path.exists() else 0
 
 
 def files(folder: Path, pattern: str) -> int:

@@ -276,7 +276,7 @@ def test_tiny_training_reduces_the_loss(tmp_path, car_series):
     recs = [r for r in MetricsWriter(metrics_path(tmp_path / "m.h5")).read() if "mdn/nll" in r]
     assert recs[-1]["mdn/nll"] < recs[0]["mdn/nll"] - 0.2
     assert res.steps == 60 and res.val_nll is not None
-    assert {"mdn/lr", "steps/s"} <= set(recs[0])
+    assert {"mdn/lr", "mdn/steps_per_s"} <= set(recs[0])
 
 
 def test_artifact_rebuilds_the_model_and_stores_first_frames(tmp_path, doom_series):

@@ -152,7 +152,7 @@ def test_train_writes_artifact_metrics_and_pictures(rollouts, tmp_path):
     assert model.config == preset("carracing", "tiny").vae and meta2.kind == "vae"
     lines = (tmp_path / "v.metrics.jsonl").read_text().splitlines()
     keys = set().union(*(json.loads(x).keys() for x in lines))
-    assert {"vae/loss", "vae/recon", "vae/kl", "vae/val_loss", "frames/s"} <= keys
+    assert {"vae/loss", "vae/recon", "vae/kl", "vae/val_loss", "vae/frames_per_s"} <= keys
     assert (tmp_path / "v.recon.png").stat().st_size > 0 and (tmp_path / "v.loss.png").stat().st_size > 0
     # rerunning the same command: nothing to do
     assert train_vae.run(_tiny(), [rollouts], out, runtime=Runtime(seed=0, device='cpu')).already_done

@@ -30,7 +30,7 @@ from .config import (
     VAETrainConfig,
     iterate_config,
 )
-from .runtime import Runtime
+from .runtime import TRACKERS, Runtime
 from .runtime.errors import Interrupted, Terminated, WorldModelsError, clear_signals, on_signal
 
 log = logging.getLogger("worldmodels_cli")
@@ -85,15 +85,32 @@ def backend_options(f):
                         help="where workers run")(f)
 
 
+def track_options(f):
+    f = click.option("--track-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     help="the trackers' folder (default: runs/ beside each artifact)")(f)
+    return click.option("--track", type=click.Choice(TRACKERS), default="none", show_default=True,
+                        help="also send every metric record to TensorBoard event files or a W&B run "
+                             "(offline unless WANDB_MODE or a login says otherwise)")(f)
+
+
 def as_runtime(*names: str):
-    """The command receives the options `names` (seed, device, workers, backend, ray_address) as one `runtime`
-    (the stages' `Runtime`); the innermost decorator, right above the function."""
+    """The command receives the options `names` (seed, device, workers, backend, ray_address, track, track_dir)
+    as one `runtime` (the stages' `Runtime`), with the command line and the preset for the metrics' header
+    record; the innermost decorator, right above the function."""
 
     def deco(f):
         @functools.wraps(f)
         def wrapper(*args, **kwargs):
             given = {("address" if n == "ray_address" else n): kwargs.pop(n) for n in names}
-            return f(*args, runtime=Runtime(**given), **kwargs)
+            if given.get("track_dir") is not None:
+                given["track_dir"] = str(given["track_dir"])
+            if "track" in given:
+                from .tracking import check_available
+
+                check_available(given["track"])  # a missing package fails before any work
+            obj = click.get_current_context().obj or {}
+            runtime = Runtime(**given, command=tuple(obj.get("command", ())), preset=kwargs.get("preset"))
+            return f(*args, runtime=runtime, **kwargs)
 
         return wrapper
 
@@ -306,7 +323,8 @@ def presets(env_name: str, preset: str) -> None:
               help="collect with this trained controller (V+M+C) instead of the random policy (ref §9)")
 @renderer_option
 @backend_options
-@as_runtime("seed", "workers", "backend", "ray_address")
+@track_options
+@as_runtime("seed", "workers", "backend", "ray_address", "track", "track_dir")
 def collect(env_name: str, preset: str, out: Path, controller: Path | None, runtime: Runtime, **options) -> None:
     """Record episodes of the random data policy (ref §2), or of a controller; rerun the same command to resume."""
     from .config import preset as get_preset
@@ -334,7 +352,8 @@ def collect(env_name: str, preset: str, out: Path, controller: Path | None, runt
               help="start from this vae artifact's weights and architecture")
 @device_option
 @seed_option
-@as_runtime("seed", "device")
+@track_options
+@as_runtime("seed", "device", "track", "track_dir")
 def train_vae_cmd(rollouts: tuple[Path, ...], out: Path, preset: str, init: Path | None, runtime: Runtime,
                   **options) -> None:
     """Train V (the ConvVAE) on rollouts, streamed from disk; rerun the same command to resume."""
@@ -360,7 +379,8 @@ def train_vae_cmd(rollouts: tuple[Path, ...], out: Path, preset: str, init: Path
 @config_options(EncodeConfig)
 @device_option
 @seed_option
-@as_runtime("seed", "device")
+@track_options
+@as_runtime("seed", "device", "track", "track_dir")
 def encode(rollouts: tuple[Path, ...], vae: Path, out: Path, preset: str, runtime: Runtime, **options) -> None:
     """Encode rollouts into a series (μ, logσ² per frame) for M; rerun the same command to resume."""
     from .config import preset as get_preset
@@ -386,7 +406,8 @@ def encode(rollouts: tuple[Path, ...], vae: Path, out: Path, preset: str, runtim
               help="start from this mdn artifact's weights (same architecture)")
 @device_option
 @seed_option
-@as_runtime("seed", "device")
+@track_options
+@as_runtime("seed", "device", "track", "track_dir")
 def train_mdn_cmd(series: tuple[Path, ...], out: Path, preset: str, init: Path | None, runtime: Runtime,
                   **options) -> None:
     """Train M (the MDN-RNN) on encoded series; rerun the same command to resume."""
@@ -422,7 +443,8 @@ def train_mdn_cmd(series: tuple[Path, ...], out: Path, preset: str, init: Path |
 @device_option
 @renderer_option
 @backend_options
-@as_runtime("seed", "device", "workers", "backend", "ray_address")
+@track_options
+@as_runtime("seed", "device", "workers", "backend", "ray_address", "track", "track_dir")
 def evolve(vae: Path, mdn: Path, out: Path, preset: str, runtime: Runtime, **options) -> None:
     """Evolve C with CMA-ES in the real env or in M's dream; rerun the same command to resume."""
     from .config import preset as get_preset
@@ -462,7 +484,8 @@ def evolve(vae: Path, mdn: Path, out: Path, preset: str, runtime: Runtime, **opt
 @seed_option
 @renderer_option
 @backend_options
-@as_runtime("seed", "workers", "backend", "ray_address")
+@track_options
+@as_runtime("seed", "workers", "backend", "ray_address", "track", "track_dir")
 def evaluate(controller, policy, env_name, preset, episodes, out, video, which, vae, mdn, runtime: Runtime) -> None:
     """Run a controller (or a random baseline) for N real episodes with fixed seeds; print mean ± std."""
     from .config import preset as get_preset
@@ -488,7 +511,8 @@ def evaluate(controller, policy, env_name, preset, episodes, out, video, which, 
               help="output animation (.gif)")
 @device_option
 @seed_option
-@as_runtime("seed", "device")
+@track_options
+@as_runtime("seed", "device", "track", "track_dir")
 def dream(vae: Path, mdn: Path, controller: Path | None, out: Path, runtime: Runtime, **options) -> None:
     """Render dream rollouts of M, decoded through V, as an animated GIF."""
     from .stages import dream as dream_stage
@@ -519,7 +543,8 @@ def iterate_options(f):
 @device_option
 @renderer_option
 @backend_options
-@as_runtime("seed", "device", "workers", "backend", "ray_address")
+@track_options
+@as_runtime("seed", "device", "workers", "backend", "ray_address", "track", "track_dir")
 def iterate(env_name, preset, data, temperature, runtime: Runtime, **it_options) -> None:
     """The iterative procedure (ref §9): collect -> V -> M -> C in the dream -> evaluate, then again on the
     controller's own data; rerun the same command to continue."""
@@ -543,7 +568,8 @@ def iterate(env_name, preset, data, temperature, runtime: Runtime, **it_options)
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="worker processes")
 @seed_option
 @device_option
-@as_runtime("seed", "device", "workers")
+@track_options
+@as_runtime("seed", "device", "workers", "track", "track_dir")
 def demo(env_name, preset, data, results, temperature, runtime: Runtime, **it_options) -> None:
     """`make demo` / `make demo-carracing`: a small pipeline end to end, baselines, a results table and pictures."""
     from .config import preset as get_preset
@@ -679,7 +705,8 @@ def _quiet_interrupts(unraisable) -> None:
 
 def _main(argv: list[str] | None) -> None:
     try:
-        cli.main(args=argv, prog_name="wm", standalone_mode=False)
+        args = sys.argv[1:] if argv is None else list(argv)
+        cli.main(args=args, prog_name="wm", standalone_mode=False, obj={"command": ["wm", *args]})
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.Abort as exc:  # click turns a KeyboardInterrupt (and so a Terminated) into Abort

@@ -39,7 +39,7 @@ def recon_grid(frames: np.ndarray, recons: np.ndarray, out_png: str | os.PathLik
 def loss_curves(metrics_records: Sequence[dict[str, Any]], keys: Sequence[str], out_png: str | os.PathLike, *,
                 x_key: str = "step", title: str | None = None) -> Path | None:
     """Plot each of `keys` against `x_key` from metrics JSONL records (records lacking a key are skipped; a
-    non-finite value, stored as a string, is dropped). One panel per key. Returns the path, or None if no key
+    non-finite value, stored as null, is dropped). One panel per key. Returns the path, or None if no key
     has data."""
     series = {}
     for key in keys:

@@ -42,6 +42,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from .. import tracking
 from ..config import CollectConfig, EnvConfig, Preset
 from ..game.envs import FRAME_SHAPE, Env, check_env_config
 from ..game.episodes import ENVS_PER_WORKER, EnvSet, EpisodeError, lockstep
@@ -289,30 +290,33 @@ def run(cfg: Preset, out: str | os.PathLike, controller: str | os.PathLike | Non
             stale.unlink()
         done = _scan(parts, start)
         found = set(done)
-        ran = _collect(env_cfg, col, seed, parts, start, needed, done, workers, backend, address, controller, out)
-        chosen, _ = _selected(done, start, needed)
-        assert len(chosen) == needed, (len(chosen), needed)
-        reused = sum(i in found for i in chosen)
-        stats = _merge(out, old, parts, chosen, record, seed, env_cfg, col, threads=workers)
+        fresh = old is None and not found  # a new collection: an old JSONL there belongs to another run
+        writer = metrics.MetricsWriter(metrics.metrics_path(out), truncate=fresh)
+        with tracking.start(writer, out, runtime, stage="collect", config=record, step_key="collect/episode",
+                            first_step=start, purge=fresh):
+            ran = _collect(env_cfg, col, seed, parts, start, needed, done, workers, backend, address, controller,
+                           writer)
+            chosen, _ = _selected(done, start, needed)
+            assert len(chosen) == needed, (len(chosen), needed)
+            reused = sum(i in found for i in chosen)
+            stats = _merge(out, old, parts, chosen, record, seed, env_cfg, col, threads=workers)
+            seconds = time.monotonic() - t0
+            result = CollectResult(out, stats["episodes"], stats["frames"], stats["mean_length"],
+                                   stats["mean_return"], ran=ran, reused=reused,
+                                   appended_to=old.episodes if old is not None else 0, seconds=seconds)
+            writer.write({"collect/episodes": result.episodes, "collect/frames": result.frames, "collect/ran": ran,
+                          "collect/seconds": round(seconds, 3), "collect/mean_length": result.mean_length,
+                          "collect/mean_return": result.mean_return})
     shutil.rmtree(parts)
-    seconds = time.monotonic() - t0
-    result = CollectResult(out, stats["episodes"], stats["frames"], stats["mean_length"], stats["mean_return"],
-                           ran=ran, reused=reused, appended_to=old.episodes if old is not None else 0,
-                           seconds=seconds)
-    metrics.MetricsWriter(metrics.metrics_path(out)).write({
-        "collect/episodes": result.episodes, "collect/frames": result.frames, "collect/ran": ran,
-        "collect/seconds": round(seconds, 3), "collect/mean_length": result.mean_length,
-        "collect/mean_return": result.mean_return})
     return result
 
 
 def _collect(env_cfg: EnvConfig, col: CollectConfig, seed: int, parts: Path, start: int, needed: int,
              done: dict[int, bool], workers: int, backend: str, address: str | None, controller: str | None,
-             out: Path) -> int:
+             writer: metrics.MetricsWriter) -> int:
     """Run episodes until the first `needed` kept indices from `start` are all finished; returns how many ran."""
     if len(_selected(done, start, needed)[0]) == needed:
         return 0
-    writer = metrics.MetricsWriter(metrics.metrics_path(out))
     payload = _Payload(env_cfg, col, seed, str(parts), controller)
     have = len(_selected(done, start, needed)[0])
     ran = frames = 0

@@ -8,8 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import tracking
 from ..dream.program import dream_rollouts
 from ..runtime import Runtime
+from ..store.artifacts import inputs_record
+from ..store.metrics import MetricsWriter, metrics_path
 
 
 # ------------------------------------------------------------------------------------------ wm dream
@@ -70,7 +73,16 @@ def run(cfg, vae_path, mdn_path, out, *, controller_path=None,
     frames = [np.repeat(np.repeat(f, cfg.scale, axis=0), cfg.scale, axis=1)
               for f in _decode_episodes(vae, res.z[0], lengths, dev)]
     write_video(out, frames, fps=cfg.fps)
-    return DreamRunResult(out, cfg.episodes, lengths, res.returns[0].tolist(), len(frames))
+    returns = res.returns[0].tolist()
+    inputs = {"vae": vae_path, "mdn": mdn_path, **({"controller": controller_path} if controller_path else {})}
+    config = {"dream": cfg.to_dict(), "inputs": inputs_record(inputs)}
+    writer = MetricsWriter(metrics_path(out), truncate=True)  # each dream replaces the GIF, and its metrics
+    with tracking.start(writer, out, runtime, stage="dream", config=config, step_key="dream/episode"):
+        for i, (length, ret) in enumerate(zip(lengths, returns, strict=True)):
+            writer.write({"dream/episode": i, "dream/length": length, "dream/return": ret})
+        writer.write({"dream/mean_length": float(np.mean(lengths)), "dream/mean_return": float(np.mean(returns))})
+        writer.image("dream/rollouts", out, 0)
+    return DreamRunResult(out, cfg.episodes, lengths, returns, len(frames))
 
 
 @torch.no_grad()

@@ -29,6 +29,7 @@ import h5py
 import numpy as np
 import torch
 
+from .. import tracking
 from ..game.envs import mirror_actions
 from ..models.vae import kl_divergence, load_vae, to_input
 from ..runtime import Runtime
@@ -188,25 +189,34 @@ def run(rollouts: Sequence[str | Path], vae: str | Path, out: str | Path, *, bat
 
     t0, done_frames = time.perf_counter(), 0
     total_frames = sum(int(indexes[b.source].lengths[b.episodes].sum()) for b in todo)
-    with metrics.progress(total_frames, "encode", unit="frame") as bar:
-        current, fh = -1, None
-        try:
-            for b in todo:
-                if b.source != current:
-                    if fh is not None:
-                        fh.close()
-                    fh, current = h5py.File(rollouts[b.source % n_in], "r"), b.source
-                n = _encode_block(model, fh, indexes[b.source], b, b.path(parts), dev, batch_size, env, env_actions)
-                done_frames += n
-                bar.update(n)
-        finally:
-            if fh is not None:
-                fh.close()
-    fps = done_frames / max(time.perf_counter() - t0, 1e-9)
+    number = {(b.source, b.number): i for i, b in enumerate(blocks)}  # the step of a block's record
+    writer = metrics.MetricsWriter(metrics.metrics_path(out), truncate=not reused)
+    run_config = {"batch_size": batch_size, "block_frames": block_frames, "mirror": mirror, "inputs": inputs}
+    with tracking.start(writer, out, runtime, stage="encode", config=run_config, step_key="encode/block",
+                        purge=not reused):  # a resumed encode logs only the blocks it encodes now
+        with metrics.progress(total_frames, "encode", unit="frame") as bar:
+            current, fh = -1, None
+            try:
+                for b in todo:
+                    if b.source != current:
+                        if fh is not None:
+                            fh.close()
+                        fh, current = h5py.File(rollouts[b.source % n_in], "r"), b.source
+                    n = _encode_block(model, fh, indexes[b.source], b, b.path(parts), dev, batch_size, env, env_actions)
+                    done_frames += n
+                    bar.update(n)
+                    writer.write({"encode/block": number[b.source, b.number], "encode/block_frames": n,
+                                  "encode/frames_per_s": done_frames / max(time.perf_counter() - t0, 1e-9)})
+            finally:
+                if fh is not None:
+                    fh.close()
+        fps = done_frames / max(time.perf_counter() - t0, 1e-9)
 
-    n_frames, n_eps = _merge(out, parts, blocks, indexes, model.config.z_dim, env_actions, action_dims.pop(),
-                             config=vmeta.config, model_config=vmeta.model_config, seed=seed, inputs=inputs, env=env,
-                             mirror=mirror)
+        n_frames, n_eps = _merge(out, parts, blocks, indexes, model.config.z_dim, env_actions, action_dims.pop(),
+                                 config=vmeta.config, model_config=vmeta.model_config, seed=seed, inputs=inputs,
+                                 env=env, mirror=mirror)
+        writer.write({"encode/episodes": n_eps, "encode/frames": n_frames, "encode/blocks": len(blocks),
+                      "encode/blocks_reused": reused, "encode/seconds": round(time.perf_counter() - t0, 3)})
     shutil.rmtree(parts)
     return Result(out, n_eps, n_frames, model.config.z_dim, len(blocks), reused, fps)
 

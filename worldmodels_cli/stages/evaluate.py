@@ -15,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import tracking
 from ..config import EnvConfig, Preset
 from ..game.agent import agent_spec
 from ..game.episodes import POLICIES, EpisodeRunner
 from ..runtime import Runtime, seeding
 from ..runtime.errors import ArtifactError, ConfigError
 from ..store import artifacts as A
-from ..store import files
+from ..store import files, metrics
 from ..store.metrics import progress
 
 log = logging.getLogger(__name__)
@@ -109,15 +110,33 @@ def run(out: Path | None, *, controller: str | os.PathLike | None = None, policy
     video_path = None
     if video is not None:
         video_path = record_video(video, env_cfg, spec, params, policy, collect_cfg, int(seeds[0]))
+    record = {"env": env_cfg.to_dict(), "policy": policy, "episodes": episodes, "which": which, "scale": scale}
     if out is not None:
-        record = {"env": env_cfg.to_dict(), "policy": policy, "episodes": episodes, "which": which, "scale": scale}
         with A.atomic_write(out, "eval", config=record, seed=seed, inputs=inputs, env=env_cfg.name) as fh:
             fh.create_dataset(A.RETURNS, data=returns)
             fh.create_dataset(A.LENGTHS, data=lengths)
             fh.create_dataset(A.EPISODE_SEEDS, data=seeds)
             A.set_summary(fh, {"policy": label, "episodes": episodes, "mean": returns.mean(), "std": returns.std(),
                                "min": returns.min(), "max": returns.max(), "mean_length": lengths.mean()})
+    if out is not None or video_path is not None:
+        _write_metrics(Path(out) if out is not None else video_path, {**record, "inputs": inputs}, returns, lengths,
+                       seeds, video_path, runtime)
     return EvalResult(Path(out) if out else None, label, env_cfg.name, returns, lengths, seeds, video_path)
+
+
+def _write_metrics(beside: Path, config: dict, returns: np.ndarray, lengths: np.ndarray, seeds: np.ndarray,
+                   video: Path | None, runtime: Runtime) -> None:
+    """`<out>.metrics.jsonl` (beside the video when there is no eval artifact): a record per episode, then the
+    summary; the video to the tracker. Each evaluation replaces the last one's, as it replaces the artifact."""
+    writer = metrics.MetricsWriter(metrics.metrics_path(beside), truncate=True)
+    with tracking.start(writer, beside, runtime, stage="evaluate", config=config, step_key="evaluate/episode"):
+        for i, (ret, length, s) in enumerate(zip(returns, lengths, seeds, strict=True)):
+            writer.write({"evaluate/episode": i, "evaluate/return": ret, "evaluate/length": length,
+                          "evaluate/seed": s})
+        writer.write({"evaluate/mean": returns.mean(), "evaluate/std": returns.std(), "evaluate/min": returns.min(),
+                      "evaluate/max": returns.max(), "evaluate/mean_length": lengths.mean(),
+                      "evaluate/episodes": len(returns)})
+        writer.image("evaluate/episode_video", video, 0)
 
 
 def record_video(path, env_cfg: EnvConfig, spec, params, policy: str, collect_cfg, seed: int) -> Path:

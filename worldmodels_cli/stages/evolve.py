@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .. import tracking
 from ..config import ControllerConfig, EvolveConfig, Preset
 from ..runtime import Runtime, seeding
 from ..runtime.errors import ArtifactError, ConfigError
@@ -182,11 +183,12 @@ def optimize(
     seed: int = 0,
     real_fitness: Fitness | None = None,
     on_generation: Any = None,
+    runtime: Runtime | None = None,
 ) -> EvolveResult:
-    """Run (or resume) CMA-ES to `preset.evolve.generations`; checkpoint the artifact every generation.
+    """Run (or resume) CMA-ES to `preset.evolve.generations`; checkpoint the artifact every generation; plot.
 
     The stage-agnostic loop: `fitness` scores candidates (dream or real env); `real_fitness`, when given, also scores the CMA mean in the
-    real env at evaluation generations (`--eval-real`)."""
+    real env at evaluation generations (`--eval-real`). `runtime`: where the metrics are tracked (its seed is `seed`)."""
     cfg = preset.evolve
     out = Path(out)
     es = make_cma(n_params, cfg, seed)
@@ -195,12 +197,14 @@ def optimize(
     if out.exists():
         done = len(st.fitness) >= cfg.generations
         log.info("%s: %s %d generations", out, "already evolved for" if done else "resuming at", len(st.fitness))
-    metrics = MetricsWriter(metrics_path(out))
+    metrics = MetricsWriter(metrics_path(out), truncate=not out.exists())
     metrics.truncate_after("generation", len(st.fitness))  # generations count from 1, in metrics as in logs
     start_gen = len(st.fitness)
+    if start_gen < cfg.generations:
+        tracking.start(metrics, out, (runtime or Runtime()).replace(seed=seed), stage="evolve", config=preset,
+                       step_key="generation", first_step=start_gen + 1)  # generations count from 1
     t_run = time.time()
-    bar = progress(cfg.generations, "evolve", unit="gen", initial=start_gen)
-    try:
+    with metrics, progress(cfg.generations, "evolve", unit="gen", initial=start_gen) as bar:
         for gen in range(start_gen, cfg.generations):
             t0 = time.time()
             with one_blas_thread():
@@ -243,10 +247,9 @@ def optimize(
             bar.update(1)
             if on_generation is not None:
                 on_generation(gen, row)
-    finally:
-        bar.close()
-    if start_gen >= cfg.generations and not out.exists():
-        _write(out, st, es, preset, seed, model_config, inputs, done=True)
+        if start_gen >= cfg.generations and not out.exists():
+            _write(out, st, es, preset, seed, model_config, inputs, done=True)
+        metrics.image("evolve/fitness", plot_history(out), len(st.fitness))
     return EvolveResult(out, len(st.fitness), st.best_score, st.best_generation,
                         st.history["mean"][-1] if st.history["mean"] else math.nan)
 
@@ -293,12 +296,12 @@ def run(preset: Preset, vae: Path, mdn: Path, out: Path, *, runtime: Runtime = R
                                 stall_steps=cfg.stall_steps)
     try:
         result = optimize(preset, out, fitness=fitness, n_params=controller.param_count, model_config=model_config,
-                          inputs=A.inputs_record({"vae": vae, "mdn": mdn}), seed=seed, real_fitness=real)
+                          inputs=A.inputs_record({"vae": vae, "mdn": mdn}), seed=seed, real_fitness=real,
+                          runtime=runtime)
     finally:
         fitness.close()
         if real is not None:
             real.close()
-    plot_history(out)
     return result
 
 

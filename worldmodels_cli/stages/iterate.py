@@ -5,7 +5,7 @@ evaluation. Each later round collects new episodes with the previous round's con
 so M sees what the random policy never showed it (walls, long survivals: ref §B), retrains M (and V, when
 `later_vae_epochs` > 0) on old + new data starting from the previous weights (so M does not forget), and evolves C
 again in the new dream. Every round records its dream and real scores and the wall time of each stage in
-`<data>/iterate.json`.
+`<data>/iterate.json`, and as a metric record (a tracker's per-round curves) in `<data>/iterate.metrics.jsonl`.
 
 With `controller_frames` set, a round collects that many frames rather than a fixed number of episodes (at most
 `controller_episodes`): a controller that survives twice as long collects half as many episodes.
@@ -44,11 +44,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import tracking
 from ..config import IterateConfig, Preset
 from ..runtime import Runtime
 from ..store import artifacts as A
 from ..store import files
-from ..store.metrics import metrics_path
+from ..store.metrics import MetricsWriter, metrics_path
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +84,22 @@ def timed(seconds: dict[str, float], stage: str, fn, *args, **kwargs):
 
 def run(preset: Preset, data: Path, it: IterateConfig, *, on_round=None,
         runtime: Runtime = Runtime()) -> list[RoundRecord]:
-    """Run (or continue) `it.rounds` rounds under `data/round<k>/`; returns one record per round."""
-    from . import collect, encode, evaluate, evolve, train_mdn, train_vae
-
+    """Run (or continue) `it.rounds` rounds under `data/round<k>/`; returns one record per round, also written
+    to `<data>/iterate.metrics.jsonl` (each round's real and dream scores as curves in a tracker)."""
     data = Path(data)
     if not data.is_dir():
         data.mkdir(parents=True)
+    # every round is revisited (its stages find their work done), so each invocation rewrites the round records
+    writer = MetricsWriter(metrics_path(data / RECORD), truncate=True)
+    config = {"preset": preset.to_dict(), "iterate": it.to_dict()}
+    with tracking.start(writer, data / RECORD, runtime, stage="iterate", config=config, step_key="round"):
+        return _rounds(preset, data, it, writer, on_round, runtime)
+
+
+def _rounds(preset: Preset, data: Path, it: IterateConfig, writer: MetricsWriter, on_round,
+            runtime: Runtime) -> list[RoundRecord]:
+    from . import collect, encode, evaluate, evolve, train_mdn, train_vae
+
     record_path = data / RECORD
     records = _load_records(record_path)
     rollouts: list[Path] = []
@@ -96,7 +107,9 @@ def run(preset: Preset, data: Path, it: IterateConfig, *, on_round=None,
     prev: dict[str, Path] = {}
     for k in range(it.rounds):
         d = round_dir(data, k)
-        this = runtime.replace(seed=runtime.seed + k)  # round k's stages draw from their own seed
+        # with --track-dir, the rounds' runs apart as their artifacts are (beside them they are anyway)
+        tracked = runtime.replace(track_dir=str(Path(runtime.track_dir) / d.name)) if runtime.track_dir else runtime
+        this = tracked.replace(seed=runtime.seed + k)  # round k's stages draw from their own seed
         d.mkdir(exist_ok=True)
         rec = records[k] if k < len(records) else RoundRecord(k)
         log.info("==== round %d (%d of %d) in %s", k, k + 1, it.rounds, d)
@@ -135,7 +148,7 @@ def run(preset: Preset, data: Path, it: IterateConfig, *, on_round=None,
         rec.dream_score = ev.best_score
         episodes = it.eval_episodes if last else min(it.data_eval_episodes, it.eval_episodes)
         if not complete_eval(e, episodes, c):
-            timed(rec.seconds, "evaluate", evaluate.run, e, controller=c, episodes=episodes, runtime=runtime)
+            timed(rec.seconds, "evaluate", evaluate.run, e, controller=c, episodes=episodes, runtime=tracked)
         with A.open_artifact(e, "eval") as fh:
             returns = fh[A.RETURNS][()]
         rec.real_mean, rec.real_std = float(returns.mean()), float(returns.std())
@@ -143,6 +156,9 @@ def run(preset: Preset, data: Path, it: IterateConfig, *, on_round=None,
                  rec.real_std, len(returns))
         records[k:k + 1] = [rec]
         _save_records(record_path, records)
+        writer.write({"round": k, "iterate/real_mean": rec.real_mean, "iterate/real_std": rec.real_std,
+                      "iterate/dream_score": rec.dream_score, "iterate/pop": rec.pop, "iterate/tau": rec.tau,
+                      **{f"iterate/{stage.replace('-', '_')}_seconds": t for stage, t in rec.seconds.items()}})
         log.info("round %d: dream %.1f, real %.1f ± %.1f", k, rec.dream_score, rec.real_mean, rec.real_std)
         if on_round is not None:
             on_round(rec)

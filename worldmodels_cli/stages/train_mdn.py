@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import tracking
 from ..config import MDNConfig, MDNTrainConfig, Preset
 from ..models.mdnrnn import MDNRNN, count_parameters, done_bce, load_mdn, mdn_nll, reward_loss
 from ..runtime import Runtime, seeding
@@ -91,8 +92,9 @@ def run(preset: Preset, series: Sequence[str | os.PathLike], out: str | os.PathL
         return MDNResult(out=out, steps=start, parameters=params, nll=previous.get("nll"),
                          val_nll=previous.get("val_nll"), done_bce=previous.get("done_bce"), resumed_from=start,
                          summary=previous)
-    writer = metrics.MetricsWriter(metrics.metrics_path(out), truncate=not out.exists())
-    if out.exists():
+    resuming = out.exists()
+    writer = metrics.MetricsWriter(metrics.metrics_path(out), truncate=not resuming)
+    if resuming:
         writer.truncate_after("step", start)
         log.info("resuming %s at step %d of %d", out, start, tcfg.steps)
     elif init is not None:
@@ -103,8 +105,10 @@ def run(preset: Preset, series: Sequence[str | os.PathLike], out: str | os.PathL
     ckpt.val = previous.get("val_nll") if start else None
     done_fraction = _done_fraction(data, train_eps) if mcfg.done_head else None
     ckpt.extra = {"done_positive_fraction": done_fraction} if done_fraction is not None else {}
-    _train(trainer, ckpt, writer, data, val_eps, seed, on_step)
-    _plot(writer, out)
+    with tracking.start(writer, out, runtime, stage="train-mdn", config=run_config, step_key="step",
+                        first_step=start + 1 if resuming else 0):
+        _train(trainer, ckpt, writer, data, val_eps, seed, on_step)
+        _plot(writer, out, trainer.step)
     s = ckpt.summary
     return MDNResult(out=out, steps=trainer.step, parameters=params, nll=s.get("nll"), val_nll=s.get("val_nll"),
                      done_bce=s.get("done_bce"), resumed_from=start, summary=s)
@@ -147,7 +151,7 @@ def _train(trainer: _Trainer, ckpt: _Checkpointer, writer: metrics.MetricsWriter
                 step = trainer.step
                 if step % tcfg.log_steps == 0 or step == tcfg.steps:
                     rate = (step - s0) / max(time.perf_counter() - t0, 1e-9)
-                    writer.write({"step": step, **losses, "steps/s": rate})
+                    writer.write({"step": step, **losses, "mdn/steps_per_s": rate})
                     log.info(metrics.kv(step=step, **{k.split("/")[-1]: v for k, v in losses.items()}, steps_s=rate))
                 if step % tcfg.checkpoint_steps == 0 and step < tcfg.steps:
                     val = trainer.validate(data, val_eps, seed)
@@ -355,11 +359,12 @@ def _done_fraction(data: SeriesData, train_eps: np.ndarray) -> float:
     return deaths / max(int(lengths.sum()), 1)
 
 
-def _plot(writer: metrics.MetricsWriter, out: Path) -> None:
-    """PNG of the loss curves beside the artifact."""
+def _plot(writer: metrics.MetricsWriter, out: Path, step: int) -> None:
+    """PNG of the loss curves beside the artifact, and to the tracker."""
     from .. import plots
 
-    plots.loss_curves(writer.read(), ("mdn/nll", "mdn/val_nll", "mdn/done_bce", "mdn/reward_loss", "mdn/lr"),
-                      checkpoint.beside(out, ".losses.png"), title=f"M: {out.name}")
+    png = plots.loss_curves(writer.read(), ("mdn/nll", "mdn/val_nll", "mdn/done_bce", "mdn/reward_loss", "mdn/lr"),
+                            checkpoint.beside(out, ".losses.png"), title=f"M: {out.name}")
+    writer.image("mdn/loss_curves", png, step)
 
 

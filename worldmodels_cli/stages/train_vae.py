@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import plots
+from .. import plots, tracking
 from ..config import Preset, VAEConfig
 from ..models.vae import ConvVAE, parameter_count, reparameterize, to_input, vae_loss
 from ..runtime import Runtime, seeding
@@ -187,12 +187,14 @@ def run(config: Preset, rollouts: Sequence[str | Path], out: str | Path, *, init
     if isinstance(resume, Result):
         return resume
     t = _Trainer(config, rollouts, out, env, inputs, runtime, init_ckpt, resume)
-    if resume is None:
-        t.save(complete=t.total == 0)  # the file exists from the start: writable, and resumable from step 0
-    with runs.StopAfterStep() as stop, metrics.progress(t.total, "train-vae", unit="step", initial=t.step) as bar:
-        while t.step < t.total:
-            t.train_epoch(stop, bar, on_step)  # to the epoch's end, then validation and a checkpoint
-    return t.result()
+    with tracking.start(t.mw, out, runtime, stage="train-vae", config=config, step_key="step",
+                        first_step=t.step + 1 if resume is not None else 0):
+        if resume is None:
+            t.save(complete=t.total == 0)  # the file exists from the start: writable, and resumable from step 0
+        with runs.StopAfterStep() as stop, metrics.progress(t.total, "train-vae", unit="step", initial=t.step) as bar:
+            while t.step < t.total:
+                t.train_epoch(stop, bar, on_step)  # to the epoch's end, then validation and a checkpoint
+        return t.result()
 
 
 def _check_inputs(config: Preset, rollouts: list[Path], out: Path, init: str | Path | None):
@@ -371,7 +373,7 @@ class _Trainer:
         self.mw.write(rec)
         self.save(complete=step >= self.total)
         self.t_ckpt = time.monotonic()
-        _write_plots(self.out, self.model, self.grid_frames, self.mw, self.dev)
+        _write_plots(self.out, self.model, self.grid_frames, self.mw, self.dev, step)
 
     def flush_window(self) -> None:
         """A metrics line for the steps since the last one; their sums join the epoch's."""
@@ -387,7 +389,7 @@ class _Trainer:
         for i, v in enumerate((loss * n, r * n, kl * n, n)):
             self.counters["epoch_sums"][i] += v
         self.mw.write({"step": step, "epoch": round(step / self.spe, 4), "vae/loss": loss, "vae/recon": r,
-                       "vae/kl": kl, "frames/s": fps})
+                       "vae/kl": kl, "vae/frames_per_s": fps})
         log.info(metrics.kv(step=step, epoch=round(step / self.spe, 3), loss=loss, recon=r, kl=kl, fps=fps))
         self.acc = torch.zeros_like(self.acc)
         self.acc_frames, self.t_window = 0, now
@@ -420,7 +422,7 @@ class _Trainer:
 
     def result(self) -> Result:
         if self.total == 0:
-            _write_plots(self.out, self.model, self.grid_frames, self.mw, self.dev)
+            _write_plots(self.out, self.model, self.grid_frames, self.mw, self.dev, 0)
         elapsed = time.perf_counter() - self.t_start
         s = checkpoint.load(self.out, KIND).meta.summary
         return Result(self.out, self.step, round(self.step / self.spe, 4), s.get("train_loss"), s.get("val_loss"),
@@ -439,8 +441,12 @@ def _diverged(out: Path, what: str, step: int, saved: int, first: int | None = N
     return f"training diverged: {what} {where}; {kept}; try a lower vae_train.lr or check the data"
 
 
-def _write_plots(out: Path, model: ConvVAE, grid_frames: np.ndarray, mw: metrics.MetricsWriter, dev: str) -> None:
-    """<out>.recon.png: frames (top) above their reconstructions; <out>.loss.png: the loss curves."""
+def _write_plots(out: Path, model: ConvVAE, grid_frames: np.ndarray, mw: metrics.MetricsWriter, dev: str,
+                 step: int) -> None:
+    """<out>.recon.png: frames (top) above their reconstructions; <out>.loss.png: the loss curves; both to the
+    tracker at `step`."""
     if len(grid_frames):
-        plots.recon_grid(grid_frames, reconstruct(model, grid_frames, dev), checkpoint.beside(out, ".recon.png"))
-    plots.loss_curves(mw.read(), ("vae/loss", "vae/val_loss", "vae/recon", "vae/kl"), checkpoint.beside(out, ".loss.png"))
+        recon = checkpoint.beside(out, ".recon.png")
+        mw.image("vae/reconstructions", plots.recon_grid(grid_frames, reconstruct(model, grid_frames, dev), recon), step)
+    curves = ("vae/loss", "vae/val_loss", "vae/recon", "vae/kl")
+    mw.image("vae/loss_curves", plots.loss_curves(mw.read(), curves, checkpoint.beside(out, ".loss.png")), step)

@@ -21,44 +21,104 @@ def metrics_path(artifact: str | os.PathLike) -> Path:
     return p.with_name(p.stem + ".metrics.jsonl")
 
 
+HEADER = "header"  # the key of a header record: {"time": t, "header": {command line, config, versions, ...}}
+
+
 class MetricsWriter:
-    """Append-only JSONL; each record gets a wall-clock timestamp. Namespaced keys (`vae/loss`)."""
+    """Append-only JSONL; each record gets a wall-clock timestamp. Namespaced keys (`vae/loss`); a non-finite
+    number is stored as null (JSON has no NaN). `begin` starts an invocation's records with a header record and
+    attaches a tracker (`tracking.py`): every record written after it goes to the tracker too, so the JSONL stays
+    the source of truth and a tracker only mirrors it."""
 
     def __init__(self, path: str | os.PathLike, *, truncate: bool = False) -> None:
         self.path = Path(path)
+        self.tracker: Any = None
         if truncate and self.path.exists():
             self.path.unlink()
 
+    def begin(self, header: dict[str, Any], tracker: Any = None) -> MetricsWriter:
+        """Write the header record; from now on `tracker` (header, record, image, close) gets every record too."""
+        rec = {"time": round(time.time(), 3), HEADER: _clean_tree(header)}
+        self._append(rec)
+        self.tracker = tracker
+        if tracker is not None:
+            tracker.header(rec)
+        return self
+
     def write(self, record: dict[str, Any]) -> None:
         rec = {"time": round(time.time(), 3), **{k: _clean(v) for k, v in record.items()}}
+        self._append(rec)
+        if self.tracker is not None:
+            self.tracker.record(rec)
+
+    def image(self, tag: str, path: str | os.PathLike | None, step: int) -> None:
+        """A picture the stage wrote beside its artifact (png, gif), to the tracker; the file is the record."""
+        if self.tracker is not None and path is not None and Path(path).exists():
+            self.tracker.image(tag, Path(path), int(step))
+
+    def close(self) -> None:
+        if self.tracker is not None:
+            tracker, self.tracker = self.tracker, None
+            tracker.close()
+
+    def __enter__(self) -> MetricsWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _append(self, rec: dict[str, Any]) -> None:
         with open(self.path, "a") as fh:
             fh.write(json.dumps(rec) + "\n")
 
-    def read(self) -> list[dict[str, Any]]:
+    def read(self, *, headers: bool = False) -> list[dict[str, Any]]:
+        """The metric records (and with `headers` the header records too, in file order)."""
         if not self.path.exists():
             return []
         out = []
         for line in self.path.read_text().splitlines():
             try:
-                out.append(json.loads(line))
+                rec = json.loads(line)
             except json.JSONDecodeError:  # a kill mid-line leaves a partial last record
                 continue
+            if isinstance(rec, dict) and (headers or HEADER not in rec):
+                out.append(rec)
         return out
 
+    def headers(self) -> list[dict[str, Any]]:
+        """The header of every invocation that wrote here, oldest first."""
+        return [r[HEADER] for r in self.read(headers=True) if HEADER in r]
+
     def truncate_after(self, key: str, value: float) -> None:
-        """Drop records with record[key] > value: a resumed run rewrites what the lost work had logged."""
-        kept = [r for r in self.read() if r.get(key, -math.inf) <= value]
+        """Drop records with record[key] > value: a resumed run rewrites what the lost work had logged (headers,
+        which have no `key`, stay)."""
+        kept = [r for r in self.read(headers=True) if _at_most(r.get(key), value)]
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         os.replace(tmp, self.path)
+
+
+def _at_most(x: Any, value: float) -> bool:
+    return not isinstance(x, (int, float)) or x <= value
 
 
 def _clean(v: Any) -> Any:
     if hasattr(v, "item"):
         v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
+        return None  # JSON null: "nan" strings would make every reader parse numbers out of text
     return v
+
+
+def _clean_tree(x: Any) -> Any:
+    """A header as plain JSON: numpy scalars unwrapped, tuples as lists, non-finite numbers null."""
+    if isinstance(x, dict):
+        return {str(k): _clean_tree(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean_tree(v) for v in x]
+    if isinstance(x, os.PathLike):
+        return str(x)
+    return _clean(x)
 
 
 def kv(**items: Any) -> str:
