@@ -90,11 +90,15 @@ def _decode_episodes(vae, z: np.ndarray, lengths: list[int], device: str, batch:
     """z (N, T+1, Z) -> GIF frames (H, W·N, 3) uint8: episodes side by side, each holding its last picture after
     its end (a 2-pixel gap between them)."""
     n, t_max = z.shape[0], max(lengths)  # episode i shows z0..z_{len-1}: the frames it saw before acting
+    from ..store.metrics import progress
+
     tiles = []
-    for i in range(n):
-        zi = torch.as_tensor(z[i, : lengths[i]], dtype=torch.float32, device=device)
-        pics = torch.cat([vae.decode(zi[j : j + batch]) for j in range(0, len(zi), batch)])  # (L, 3, 64, 64)
-        tiles.append((pics.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+    with progress(int(sum(lengths)), "dream: decode", unit="frame") as bar:
+        for i in range(n):
+            zi = torch.as_tensor(z[i, : lengths[i]], dtype=torch.float32, device=device)
+            pics = torch.cat([vae.decode(zi[j : j + batch]) for j in range(0, len(zi), batch)])  # (L, 3, 64, 64)
+            tiles.append((pics.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+            bar.update(lengths[i])
     gap = np.zeros((64, 2, 3), dtype=np.uint8)
     frames = []
     for t in range(t_max):
