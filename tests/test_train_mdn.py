@@ -156,17 +156,18 @@ def test_trainer_aligns_and_weights_the_done_loss(tmp_path):
     assert y.sum() == 2  # two episode ends inside the 8 inputs (the third is the stream's last frame)
 
 
-def test_the_reward_loss_ends_with_the_episode(tmp_path):
-    """CarRacing's data run past the end, where gymnasium pays -100 at every step after leaving the playfield: the
-    reward head learns the step that terminated (-100 once, as the real game pays it), nothing after."""
+def _left_the_playfield(tmp_path, **heads):
+    """CarRacing data that run past the end: episode 0 (12 steps) leaves the playfield at step 5 and runs on,
+    terminated and paid -100 at every later step (gymnasium's way); episode 1 (9 steps) ends at its last frame.
+    -> (losses, model outputs, tensors, batch, the row holding episode 0)."""
     p = tmp_path / "car.h5"
     write_fake_series(p, [12, 9], z_dim=4, action_dim=3, env="carracing", seed=2)
-    with h5py.File(p, "r+") as fh:  # episode 0 leaves the playfield at step 5 and runs on: terminated from there
+    with h5py.File(p, "r+") as fh:
         fh[A.TERMINATED][5:12] = True
         fh[A.REWARDS][5:12] = -100.0
     data = load_series([p])
     assert data.live.tolist() == [True] * 6 + [False] * 6 + [True] * 9
-    mcfg = preset("carracing", "tiny").mdn.replace(z_dim=4, action_dim=3, reward_head="regression")
+    mcfg = preset("carracing", "tiny").mdn.replace(z_dim=4, action_dim=3, **heads)
     tcfg = preset("carracing", "tiny").mdn_train.replace(batch_size=2, seq_len=12)
     model = MDNRNN(mcfg)
     trainer = train_mdn._Trainer(model, torch.optim.Adam(model.parameters()), None, tcfg, torch.device("cpu"))
@@ -174,7 +175,12 @@ def test_the_reward_loss_ends_with_the_episode(tmp_path):
     _, parts, _ = trainer.losses(batch, None)
     x = trainer._tensors(batch)
     out, _ = model(x["z"][:, :-1], x["actions"][:, :-1], x["restart"][:, :-1])
-    row = int(np.argmax(batch.mask.sum(1)))  # the 12-step episode
+    return parts, out, x, batch, int(np.argmax(batch.mask.sum(1)))
+
+
+def test_the_reward_loss_ends_with_the_episode(tmp_path):
+    """The reward head learns the step that terminated (-100 once, as the real game pays it), nothing after."""
+    parts, out, x, batch, row = _left_the_playfield(tmp_path, reward_head="regression")
     keep = torch.from_numpy(batch.mask.copy())
     keep[row, 6:] = 0  # its rewards after step 5 are not targets
     err = (out.reward - x["rewards"][:, :-1]) ** 2
@@ -183,23 +189,9 @@ def test_the_reward_loss_ends_with_the_episode(tmp_path):
 
 
 def test_a_carracing_done_head_learns_where_the_car_left_the_playfield(tmp_path):
-    """Issue 20: CarRacing's dream ends where M predicts the end. The data run on after leaving the playfield
-    (terminated at every later step): the done target is 1 at the first terminated step only, and the steps after
-    it are no targets at all."""
-    p = tmp_path / "car.h5"
-    write_fake_series(p, [12, 9], z_dim=4, action_dim=3, env="carracing", seed=2)
-    with h5py.File(p, "r+") as fh:  # episode 0 leaves the playfield at step 5 and runs on
-        fh[A.TERMINATED][5:12] = True
-    data = load_series([p])
-    mcfg = preset("carracing", "tiny").mdn.replace(z_dim=4, action_dim=3, done_head=True)
-    tcfg = preset("carracing", "tiny").mdn_train.replace(batch_size=2, seq_len=12)
-    model = MDNRNN(mcfg)
-    trainer = train_mdn._Trainer(model, torch.optim.Adam(model.parameters()), None, tcfg, torch.device("cpu"))
-    batch = EpisodeBatcher(data, np.arange(2), batch_size=2, seq_len=12, seed=0).next()
-    _, parts, _ = trainer.losses(batch, None)
-    x = trainer._tensors(batch)
-    out, _ = model(x["z"][:, :-1], x["actions"][:, :-1], x["restart"][:, :-1])
-    row = int(np.argmax(batch.mask.sum(1)))  # the 12-step episode
+    """Issue 20: CarRacing's dream ends where M predicts the end: the done target is 1 at the first terminated
+    step only, and the steps after it are no targets at all."""
+    parts, out, _, batch, row = _left_the_playfield(tmp_path, done_head=True)
     y = torch.zeros_like(out.done_logit)
     y[row, 5] = 1.0
     keep = torch.from_numpy(batch.mask.copy())
