@@ -133,7 +133,7 @@ def test_renderer_selection(monkeypatch):
     assert carracing_renderer() == "fast"
     select_renderer("gym")
     assert carracing_renderer() == "gym"
-    with pytest.raises(ConfigError, match="--renderer must be one of fast, gym"):
+    with pytest.raises(ConfigError, match="--renderer must be one of fast, pygame, gym"):
         select_renderer("opengl")
 
 
