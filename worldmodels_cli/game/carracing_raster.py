@@ -44,6 +44,8 @@ ONE14 = 0x4000  # smoothscale's SSE filters count in 1/16384ths of a source pixe
 DETAIL = 0x80000000  # a cell word with this bit holds a pool slot; without it, the cell's one colour 0x00RRGGBB
 SLOT = 16  # pixels per pool slot (a cell has at most 11 at 1000 -> 96)
 MAXV = 16  # vertices a polygon may have (CarRacing's have 4)
+CROWS = 64  # colours whose X filter rows shrink keeps (a frame has ≈ 15 large areas of one colour)
+LANE = 16  # shrink packs a pixel's three channel sums in 16-bit lanes of one int64
 
 
 # ------------------------------------------------------------------------------------------- geometry
@@ -81,10 +83,11 @@ def shrink_geometry(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndar
 def new_canvas(height: int, width: int, dst_w: int) -> tuple:
     """A canvas (cs, pool, meta, cell, first, last, work) for a height x width window whose smoothscale is dst_w
     wide. meta = [slots used, status]. The pool has a slot for every cell twice over; its pages are touched only as
-    slots are used. work: a polygon's intersections, its spans per row (count, lo, hi) and shrink's two rows."""
+    slots are used. work: a polygon's intersections, its spans per row (count, lo, hi), shrink's sums and a
+    polygon's edges."""
     first, last, _, cell, _ = shrink_geometry(width, dst_w)
     work = (np.zeros(MAXV, np.int64), np.zeros(height, np.int64), np.zeros((height, MAXV // 2), np.int64),
-            np.zeros((height, MAXV // 2), np.int64), np.zeros((2, 3 * dst_w), np.int64))
+            np.zeros((height, MAXV // 2), np.int64), np.zeros((2, 3 * dst_w), np.int64), np.zeros((MAXV, 4), np.int64))
     return (np.zeros((height, dst_w), np.uint32), np.zeros((2 * height * dst_w, SLOT), np.uint32),
             np.zeros(2, np.int64), cell, first, last, work)
 
@@ -92,8 +95,10 @@ def new_canvas(height: int, width: int, dst_w: int) -> tuple:
 def shrink_tables(src_w: int, dst_w: int, src_h: int, dst_h: int) -> tuple:
     """What `shrink` needs for src_w x src_h -> dst_w x dst_h: (xgeom, ygeom).
 
-    xgeom = (xcnt, xrecip, tab) with tab[j, v] the X filter's output for cell j when it and the previous cell's
-    split pixel have value v (the first cell has no carry); ygeom = (ylast, ycnt, yrecip)."""
+    xgeom = (xcnt, xrecip, tab, ckey, crow): tab[j, v] is the X filter's output for cell j when it and the previous
+    cell's split pixel have value v (the first cell has no carry); crow[h] caches, for the colour ckey[h], the
+    row of those outputs for every cell, three channels packed in 16-bit lanes (filled as colours are met).
+    ygeom = (ylast, ycnt, yrecip)."""
     first, last, xcnt, _, xrecip = shrink_geometry(src_w, dst_w)
     v = np.arange(256, dtype=np.int64)[None, :]
     xf_prev = np.concatenate([[ONE14], ONE14 - xcnt[:-1]])[:, None]
@@ -101,7 +106,8 @@ def shrink_tables(src_w: int, dst_w: int, src_h: int, dst_h: int) -> tuple:
     total = carry + (last - first)[:, None] * v + (((4 * v) * xcnt[:, None]) >> 16)
     tab = np.minimum(((total & 0xFFFF) * xrecip) >> 16, 255).astype(np.int64)
     _, ylast, ycnt, _, yrecip = shrink_geometry(src_h, dst_h)
-    return (xcnt, xrecip, tab), (ylast, ycnt, yrecip)
+    ckey, crow = np.full(CROWS, -1, np.int64), np.zeros((CROWS, dst_w), np.int64)
+    return (xcnt, xrecip, tab, ckey, crow), (ylast, ycnt, yrecip)
 
 
 # ------------------------------------------------------------------------------------- integer helpers
@@ -133,7 +139,7 @@ def _row(y, height, flip):
 # ---------------------------------------------------------------------------------------- canvas ops
 # (cs, pool, meta, cell, first, last) travel as separate arguments: a tuple of arrays passed per pixel costs a
 # reference count per array and call
-@_inline
+@_jit
 def _slot(cs, pool, meta, first, r, j):
     """The pool slot of cell (r, j), given one holding its colour if it had none."""
     v = cs[r, j]
@@ -150,7 +156,7 @@ def _slot(cs, pool, meta, first, r, j):
     return s
 
 
-@_inline
+@_jit
 def _paint_part(cs, pool, meta, first, r, j, xa, xb, color):
     """Pixels xa..xb of cell j (not the whole cell) of row r."""
     if cs[r, j] == color:
@@ -255,8 +261,11 @@ def load_pixels(cv, img):
 
 # ------------------------------------------------------------------------- SDL_gfx (pygame.gfxdraw)
 @_inline
-def _dead(x, y, dy0, dcnt, dlo, dhi):
-    """Whether pixel (x, y) lies in a span the polygon's fill draws next (rows dy0.. of dcnt/dlo/dhi)."""
+def _dead(x, y, ylo, dy0, dcnt, dlo, dhi):
+    """Whether pixel (x, y) is left out: in a row above ylo (drawn over later, whole), or in a span the
+    polygon's fill draws next (rows dy0.. of dcnt/dlo/dhi)."""
+    if y < ylo:
+        return True
     i = y - dy0
     if i < 0 or i >= dcnt.shape[0]:
         return False
@@ -266,24 +275,24 @@ def _dead(x, y, dy0, dcnt, dlo, dhi):
     return False
 
 
-@_inline
-def _gfx_pixel(cs, pool, meta, cell, first, x, y, color, flip, dy0, dcnt, dlo, dhi):
+@_jit
+def _gfx_pixel(cs, pool, meta, cell, first, x, y, color, flip, ylo, dy0, dcnt, dlo, dhi):
     """`pixelColorNolock` with alpha 255 (`_putPixelAlpha`'s clip test, then a store)."""
     height = cs.shape[0]
-    if 0 <= x < cell.shape[0] and 0 <= y < height and not _dead(x, y, dy0, dcnt, dlo, dhi):
+    if 0 <= x < cell.shape[0] and 0 <= y < height and not _dead(x, y, ylo, dy0, dcnt, dlo, dhi):
         _put(cs, pool, meta, cell, first, _row(y, height, flip), x, color)
 
 
 @_inline
-def _gfx_pixel_weight(cs, pool, meta, cell, first, x, y, color, weight, flip, dy0, dcnt, dlo, dhi):
+def _gfx_pixel_weight(cs, pool, meta, cell, first, x, y, color, weight, flip, ylo, dy0, dcnt, dlo, dhi):
     """`pixelColorWeightNolock` for an opaque colour: alpha (255*weight) >> 8 (never 255), `_putPixelAlpha`."""
     height = cs.shape[0]
     alpha = (255 * weight) >> 8
-    if alpha and 0 <= x < cell.shape[0] and 0 <= y < height and not _dead(x, y, dy0, dcnt, dlo, dhi):
+    if alpha and 0 <= x < cell.shape[0] and 0 <= y < height and not _dead(x, y, ylo, dy0, dcnt, dlo, dhi):
         _put_alpha(cs, pool, meta, cell, first, _row(y, height, flip), x, color, alpha)  # alpha 0 changes nothing
 
 
-@_inline
+@_jit
 def _gfx_hline(cs, pool, meta, cell, first, last, x1, x2, y, color, flip):
     """`hlineColor` with alpha 255 (Sint16 arguments)."""
     height, width = cs.shape[0], cell.shape[0]
@@ -294,7 +303,7 @@ def _gfx_hline(cs, pool, meta, cell, first, last, x1, x2, y, color, flip):
     _span(cs, pool, meta, cell, first, last, _row(y, height, flip), max(x1, 0), min(x2, width - 1), color)
 
 
-@_inline
+@_jit
 def _clip_encode(x, y, right, bottom):
     code = 0
     if x < 0:
@@ -346,7 +355,7 @@ def _clip_line(x1, y1, x2, y2, right, bottom, meta):
 
 
 @_jit
-def _aaline(cs, pool, meta, cell, first, last, x1, y1, x2, y2, color, flip, dy0, dcnt, dlo, dhi):
+def _aaline(cs, pool, meta, cell, first, last, x1, y1, x2, y2, color, flip, ylo, dy0, dcnt, dlo, dhi):
     """`_aalineColor(dst, x1, y1, x2, y2, color, draw_endpoint=0)` for an opaque colour, pixels in the dead
     spans left out."""
     height, width = cs.shape[0], cell.shape[0]
@@ -362,20 +371,20 @@ def _aaline(cs, pool, meta, cell, first, last, x1, y1, x2, y2, color, flip, dy0,
     if dx == 0:  # vertical (vlineColor): SDL_gfx draws it whole, endpoint and all
         if dy > 0:
             for y in range(max(yy0, 0), min(yy0 + dy, height - 1) + 1):
-                _gfx_pixel(cs, pool, meta, cell, first, x1, y, color, flip, dy0, dcnt, dlo, dhi)
+                _gfx_pixel(cs, pool, meta, cell, first, x1, y, color, flip, ylo, dy0, dcnt, dlo, dhi)
         else:
-            _gfx_pixel(cs, pool, meta, cell, first, x1, y1, color, flip, dy0, dcnt, dlo, dhi)
+            _gfx_pixel(cs, pool, meta, cell, first, x1, y1, color, flip, ylo, dy0, dcnt, dlo, dhi)
         return
     if dy == 0:  # horizontal (hlineColor), whole too
         for x in range(max(min(xx0, xx0 + dx), 0), min(max(xx0, xx0 + dx), width - 1) + 1):
-            _gfx_pixel(cs, pool, meta, cell, first, x, y1, color, flip, dy0, dcnt, dlo, dhi)
+            _gfx_pixel(cs, pool, meta, cell, first, x, y1, color, flip, ylo, dy0, dcnt, dlo, dhi)
         return
     xdir = 1
     if dx < 0:
         xdir = -1
         dx = -dx
     erracc = 0
-    _gfx_pixel(cs, pool, meta, cell, first, x1, y1, color, flip, dy0, dcnt, dlo, dhi)  # (x1, y1) as clipped
+    _gfx_pixel(cs, pool, meta, cell, first, x1, y1, color, flip, ylo, dy0, dcnt, dlo, dhi)  # (x1, y1) as clipped
     if dy > dx:
         erradj = (((dx << 16) // dy) << 16) & M32
         x0pxdir = xx0 + xdir
@@ -387,8 +396,8 @@ def _aaline(cs, pool, meta, cell, first, last, x1, y1, x2, y2, color, flip, dy0,
                 x0pxdir += xdir
             yy0 += 1
             wgt = (erracc >> 24) & 255
-            _gfx_pixel_weight(cs, pool, meta, cell, first, xx0, yy0, color, 255 - wgt, flip, dy0, dcnt, dlo, dhi)
-            _gfx_pixel_weight(cs, pool, meta, cell, first, x0pxdir, yy0, color, wgt, flip, dy0, dcnt, dlo, dhi)
+            _gfx_pixel_weight(cs, pool, meta, cell, first, xx0, yy0, color, 255 - wgt, flip, ylo, dy0, dcnt, dlo, dhi)
+            _gfx_pixel_weight(cs, pool, meta, cell, first, x0pxdir, yy0, color, wgt, flip, ylo, dy0, dcnt, dlo, dhi)
     else:
         erradj = (((dy << 16) // dx) << 16) & M32  # dx == dy: 1 << 32 wraps to 0, as the C int does
         y0p1 = yy0 + 1
@@ -400,8 +409,8 @@ def _aaline(cs, pool, meta, cell, first, last, x1, y1, x2, y2, color, flip, dy0,
                 y0p1 += 1
             xx0 += xdir
             wgt = (erracc >> 24) & 255
-            _gfx_pixel_weight(cs, pool, meta, cell, first, xx0, yy0, color, 255 - wgt, flip, dy0, dcnt, dlo, dhi)
-            _gfx_pixel_weight(cs, pool, meta, cell, first, xx0, y0p1, color, wgt, flip, dy0, dcnt, dlo, dhi)
+            _gfx_pixel_weight(cs, pool, meta, cell, first, xx0, yy0, color, 255 - wgt, flip, ylo, dy0, dcnt, dlo, dhi)
+            _gfx_pixel_weight(cs, pool, meta, cell, first, xx0, y0p1, color, wgt, flip, ylo, dy0, dcnt, dlo, dhi)
 
 
 @_jit
@@ -440,24 +449,37 @@ def _fill_spans(vx, vy, height, width, meta, work):
     if n > MAXV:
         meta[1] = 1
         rows = 0
+    edges = work[5]  # the non-horizontal edges (y1 < y2, x1, x2, 65536*x1), in the C loop's order
+    ne = 0
+    for i in range(n):
+        ind1 = n - 1 if i == 0 else i - 1
+        y1, y2 = vy[ind1], vy[i]
+        if y1 < y2:
+            x1, x2 = vx[ind1], vx[i]
+        elif y1 > y2:
+            y2, y1 = vy[ind1], vy[i]
+            x2, x1 = vx[ind1], vx[i]
+        else:
+            continue
+        edges[ne, 0], edges[ne, 1], edges[ne, 2], edges[ne, 3] = y1, y2, x2 - x1, _i32(65536 * x1)
+        ne += 1
     for y in range(y0, y0 + rows):
         cnt = 0
-        for i in range(n):
-            ind1 = n - 1 if i == 0 else i - 1
-            y1, y2 = vy[ind1], vy[i]
-            if y1 < y2:
-                x1, x2 = vx[ind1], vx[i]
-            elif y1 > y2:
-                y2, y1 = vy[ind1], vy[i]
-                x2, x1 = vx[ind1], vx[i]
-            else:
-                continue
+        for e in range(ne):
+            y1, y2 = edges[e, 0], edges[e, 1]
             if (y >= y1 and y < y2) or (y == maxy and y > y1 and y <= y2):
                 num = _i32(65536 * (y - y1))
                 q = num // (y2 - y1) if num >= 0 else -((-num) // (y2 - y1))  # C division truncates
-                ints[cnt] = _i32(_i32(q * (x2 - x1)) + _i32(65536 * x1))
+                ints[cnt] = _i32(_i32(q * edges[e, 2]) + edges[e, 3])
                 cnt += 1
-        _sort_ints(ints, cnt, meta)
+        if cnt == 2:  # the usual case, as _sort_ints does it
+            d = ints[0] - ints[1]
+            if d >= 2147483648 or d <= -2147483648:
+                meta[1] = 1
+            if d > 0:
+                ints[0], ints[1] = ints[1], ints[0]
+        else:
+            _sort_ints(ints, cnt, meta)
         if cnt % 2:
             meta[1] = 1  # the C code reads past the intersections it found
             cnt -= 1
@@ -479,9 +501,9 @@ def _fill_spans(vx, vy, height, width, meta, work):
 
 
 @_jit
-def _gfx_polygon(cs, pool, meta, cell, first, last, work, vx, vy, color, flip, aa, filled):
+def _gfx_polygon(cs, pool, meta, cell, first, last, work, vx, vy, color, flip, aa, filled, ylo):
     """`gfxdraw.aapolygon` (aa) then `gfxdraw.filled_polygon` (filled) of one polygon; with both, the edge pixels
-    the fill overwrites are not blended first."""
+    the fill overwrites are not blended first. Rows above ylo are left out (the caller draws over them)."""
     height, width = cs.shape[0], cell.shape[0]
     n = len(vx)
     dy0, dcnt, dlo, dhi = _fill_spans(vx, vy, height, width, meta, work)
@@ -489,9 +511,10 @@ def _gfx_polygon(cs, pool, meta, cell, first, last, work, vx, vy, color, flip, a
         ecnt = dcnt if filled else dcnt[:0]  # no dead spans without the fill
         for i in range(1, n + 1):  # aapolygonColor's order: (0, 1), (1, 2), ..., (n-1, 0)
             i0, i1 = i - 1, i % n
-            _aaline(cs, pool, meta, cell, first, last, vx[i0], vy[i0], vx[i1], vy[i1], color, flip, dy0, ecnt, dlo, dhi)
+            _aaline(cs, pool, meta, cell, first, last, vx[i0], vy[i0], vx[i1], vy[i1], color, flip, ylo, dy0, ecnt, dlo,
+                    dhi)
     if filled:
-        for k in range(dcnt.shape[0]):
+        for k in range(max(ylo - dy0, 0), dcnt.shape[0]):
             r = _row(dy0 + k, height, flip)
             for m in range(dcnt[k]):
                 _span(cs, pool, meta, cell, first, last, r, dlo[k, m], dhi[k, m], color)
@@ -501,27 +524,60 @@ def _gfx_polygon(cs, pool, meta, cell, first, last, work, vx, vy, color, flip, a
 def aapolygon(cv, vx, vy, color, flip):
     """`pygame.gfxdraw.aapolygon(surf, points, color)`: vx, vy the Sint16 vertices, color 0x00RRGGBB (alpha 255)."""
     cs, pool, meta, cell, first, last, work = cv
-    _gfx_polygon(cs, pool, meta, cell, first, last, work, vx, vy, color, flip, True, False)
+    _gfx_polygon(cs, pool, meta, cell, first, last, work, vx, vy, color, flip, True, False, 0)
 
 
 @_jit
 def filled_polygon(cv, vx, vy, color, flip):
     """`pygame.gfxdraw.filled_polygon(surf, points, color)`."""
     cs, pool, meta, cell, first, last, work = cv
-    _gfx_polygon(cs, pool, meta, cell, first, last, work, vx, vy, color, flip, False, True)
+    _gfx_polygon(cs, pool, meta, cell, first, last, work, vx, vy, color, flip, False, True, 0)
 
 
 @_jit
-def gfx_polygons(cv, vx, vy, colors, flip):
+def transform(verts, c, s, zoom, tx, ty, width, height, margin, cull, ylo, vx, vy, idx):
+    """gymnasium's `_draw_colored_polygon` up to the gfxdraw calls, for polygons verts (N, K, 2): each vertex
+    rotated by (c, s) (`Vector2.rotate_rad`'s products, no FMA: numba contracts nothing without fastmath), zoomed
+    and translated, the polygon kept when a vertex lies within the window grown by margin (when cull), the
+    vertices as pygame.gfxdraw converts them: (Sint16)int(x). Kept polygons that draw nothing (all vertices left,
+    right, above or below the window, or above row ylo, which the caller leaves out) are dropped too. Writes vx,
+    vy (n, K) and idx (n,); returns n, or -1 when a coordinate is past a C long (where pygame raises)."""
+    n = 0
+    for i in range(verts.shape[0]):
+        keep = not cull
+        for k in range(verts.shape[1]):
+            x, y = verts[i, k, 0], verts[i, k, 1]
+            px = (c * x - s * y) * zoom + tx
+            py = (s * x + c * y) * zoom + ty
+            if -margin <= px <= width + margin and -margin <= py <= height + margin:
+                keep = True
+            if not (-9.0e18 < px < 9.0e18 and -9.0e18 < py < 9.0e18):
+                return -1
+            vx[n, k] = _s16(int(px))
+            vy[n, k] = _s16(int(py))
+        if keep:
+            x0, x1, y0, y1 = vx[n, 0], vx[n, 0], vy[n, 0], vy[n, 0]
+            for k in range(1, verts.shape[1]):
+                x0, x1 = min(x0, vx[n, k]), max(x1, vx[n, k])
+                y0, y1 = min(y0, vy[n, k]), max(y1, vy[n, k])
+            # an edge with both ends beyond one side is rejected by _clipLine at once; the fill clips it away
+            if x1 >= 0 and x0 <= width - 1 and y1 >= max(ylo, 0) and y0 <= height - 1:
+                idx[n] = i
+                n += 1
+    return n
+
+
+@_jit
+def gfx_polygons(cv, vx, vy, colors, flip, ylo=0):
     """gymnasium's `_draw_colored_polygon` of each polygon i (vx, vy (N, K) Sint16 vertices) in order: aapolygon
-    then filled_polygon."""
+    then filled_polygon; rows above ylo left out (for a caller that draws over them whole)."""
     cs, pool, meta, cell, first, last, work = cv
     for i in range(vx.shape[0]):
-        _gfx_polygon(cs, pool, meta, cell, first, last, work, vx[i], vy[i], colors[i], flip, True, True)
+        _gfx_polygon(cs, pool, meta, cell, first, last, work, vx[i], vy[i], colors[i], flip, True, True, ylo)
 
 
 # ------------------------------------------------------------------------------- pygame.draw.polygon
-@_inline
+@_jit
 def _draw_hline(cs, pool, meta, cell, first, last, x1, y, x2, color, flip):
     """draw.c `drawhorzlineclipbounding` (the bounding rect is not needed)."""
     height, width = cs.shape[0], cell.shape[0]
@@ -634,31 +690,66 @@ def _xout(s, p, xc, xrecip):
     return min(((((s + (((p << 2) * xc) >> 16)) & 0xFFFF) * xrecip) >> 16), 255)
 
 
+@_inline
+def _yout(acc, t, yc, yrecip):
+    return min(((((acc + (((t << 2) * yc) >> 16)) & 0xFFFF) * yrecip) >> 16), 255)
+
+
+@_jit
+def _ysplit(acc, out, k, j, t, yc, yf, yrecip):
+    """The Y filter's split row in column j: output row k from the column's sums and this row's X outputs t
+    (packed), then the sums restart with the row's remainder."""
+    a = acc[j]
+    t0, t1, t2 = t >> 32, (t >> 16) & 0xFFFF, t & 0xFFFF
+    out[k, j, 0] = _yout(a >> 32, t0, yc, yrecip)
+    out[k, j, 1] = _yout((a >> 16) & 0xFFFF, t1, yc, yrecip)
+    out[k, j, 2] = _yout(a & 0xFFFF, t2, yc, yrecip)
+    acc[j] = ((((t0 << 2) * yf) >> 16) << 32) | ((((t1 << 2) * yf) >> 16) << 16) | (((t2 << 2) * yf) >> 16)
+
+
 @_jit
 def shrink(cv, xgeom, ygeom, out):
     """`pygame.transform.smoothscale` of the canvas (rows as stored) to out (DH, DW, 3) RGB, the SSE path.
 
     X (per row, `filter_shrink_X_SSE`): an output sums its whole pixels and the carry the previous split pixel
     left, adds (4*s*c)>>16 of its own split pixel s, and is ((sum & 0xffff)*xrecip)>>16, saturated to 255; the
-    split pixel carries (4*s*(0x4000-c))>>16 on. A one-colour cell's sum is n*colour (a table where the previous
-    split pixel has its colour too). Y (`filter_shrink_Y_SSE`): the same over the X filter's rows.
+    split pixel carries (4*s*(0x4000-c))>>16 on. Y (`filter_shrink_Y_SSE`): the same over the X filter's rows,
+    column by column, its running sums kept as three 16-bit lanes of one word per column (sums stay below 2**12).
+    A one-colour cell after a pixel of its colour reads its X outputs from the colour's cached row.
     """
     cs, pool, meta, cell, first, last, work = cv
-    xcnt, xrecip, tab = xgeom
+    xcnt, xrecip, tab, ckey, crow = xgeom
     ylast, ycnt, yrecip = ygeom
     height, dw = cs.shape
-    trow, acc = work[4][0], work[4][1]
+    acc = work[4][0]
     acc[:] = 0
     k = 0
     for r in range(height):
+        split = k < ylast.shape[0] and r == ylast[k]
+        yc = ycnt[k] if split else 0
+        yf = ONE14 - yc
         prev = -1
-        for j in range(dw):
+        j = 0
+        while j < dw:
             v = cs[r, j]
             if v == prev or (j == 0 and not v & DETAIL):
-                trow[3 * j] = tab[j, (v >> 16) & 255]
-                trow[3 * j + 1] = tab[j, (v >> 8) & 255]
-                trow[3 * j + 2] = tab[j, v & 255]
+                # a run of cells of one colour after a pixel of it: the colour's cached row of X outputs
+                h = ((v * 0x9E3779B1) & M32) >> 26
+                if ckey[h] != v:
+                    for i in range(dw):
+                        crow[h, i] = (tab[i, (v >> 16) & 255] << 32) | (tab[i, (v >> 8) & 255] << 16) | tab[i, v & 255]
+                    ckey[h] = v
+                e = j + 1
+                while e < dw and cs[r, e] == v:
+                    e += 1
+                if split:
+                    for i in range(j, e):
+                        _ysplit(acc, out, k, i, crow[h, i], yc, yf, yrecip)
+                else:
+                    for i in range(j, e):
+                        acc[i] += crow[h, i]
                 prev = v
+                j = e
                 continue
             s0 = s1 = s2 = 0
             if j > 0:
@@ -669,37 +760,30 @@ def shrink(cv, xgeom, ygeom, out):
             n = last[j] - first[j]
             if v & DETAIL:
                 # R and B summed in one word, G in another: 10 pixels of 255 stay below 2**16 per lane
-                slot = pool[v & 0xFFFFFF]
+                sl = v & 0xFFFFFF
                 rb = 0
                 g = 0
                 for i in range(n):
-                    q = slot[i]
+                    q = pool[sl, i]
                     rb += q & 0xFF00FF
                     g += q & 0xFF00
                 s0 += rb >> 16
                 s1 += g >> 8
                 s2 += rb & 0xFFFF
-                p = slot[n]
+                p = pool[sl, n]
             else:
                 s0 += n * ((v >> 16) & 255)
                 s1 += n * ((v >> 8) & 255)
                 s2 += n * (v & 255)
                 p = v
             xc = xcnt[j]
-            trow[3 * j] = _xout(s0, (p >> 16) & 255, xc, xrecip)
-            trow[3 * j + 1] = _xout(s1, (p >> 8) & 255, xc, xrecip)
-            trow[3 * j + 2] = _xout(s2, p & 255, xc, xrecip)
+            t = ((_xout(s0, (p >> 16) & 255, xc, xrecip) << 32) | (_xout(s1, (p >> 8) & 255, xc, xrecip) << 16)
+                 | _xout(s2, p & 255, xc, xrecip))
+            if split:
+                _ysplit(acc, out, k, j, t, yc, yf, yrecip)
+            else:
+                acc[j] += t
             prev = p
-        if k < ylast.shape[0] and r == ylast[k]:
-            yc = ycnt[k]
-            yf = ONE14 - yc
-            for j in range(dw):
-                for ch in range(3):
-                    i = 3 * j + ch
-                    t = trow[i] << 2
-                    out[k, j, ch] = min(((((acc[i] + ((t * yc) >> 16)) & 0xFFFF) * yrecip) >> 16), 255)
-                    acc[i] = (t * yf) >> 16
+            j += 1
+        if split:
             k += 1
-        else:
-            for i in range(dw * 3):
-                acc[i] = (acc[i] + trow[i]) & 0xFFFF

@@ -42,6 +42,9 @@ RENDERERS = ("fast", "pygame", "gym")  # fast: compiled drawing (pygame's where 
 DRAWINGS = ("compiled", "pygame")
 CAR_BOX = 64  # half side of the box the car is drawn in: its farthest vertex is ≈ 2.9 units = 47 px at full zoom
 TEXT_CACHE = 256  # score strings kept drawn
+# _render_indicators starts with a black box over the flipped window's rows 700-799 (H - 5h .. H, h = H/40): the
+# road's rows 0-99, before the flip, are drawn over whole and the compiled drawing leaves them out
+UNDER_INDICATORS = 100
 
 
 def _grass_polygons(grass_dim: float) -> np.ndarray:
@@ -97,6 +100,8 @@ def _fast_class():
 
     W, H, MARGIN = cr.WINDOW_W, cr.WINDOW_H, cr.MAX_SHAPE_DIM
     grass = _grass_polygons(cr.GRASS_DIM)
+    P = cr.PLAYFIELD
+    field = np.array([[(P, P), (P, -P), (-P, -P), (-P, P)]], dtype=np.float64)  # _render_road's background
 
     def cos_sin(angle: float) -> tuple[float, float]:
         # pygame's rotate_rad reduces the angle and special-cases right angles; rotating (1, 0) gives exactly the
@@ -189,27 +194,26 @@ def _fast_class():
             kit = _compiled_kit(W, H, cr.STATE_W, cr.STATE_H)
             cv = kit["canvas"]
             # the road, into mirrored rows (gymnasium flips the window after drawing it and the car)
+            c, s = cos_sin(angle)
             if self._field_covers_window(zoom, trans, angle):
                 raster.fill(cv, rgb(self.bg_color))
             else:
                 raster.fill(cv, 0)
-                b = cr.PLAYFIELD
-                field = np.array([[(b, b), (b, -b), (-b, -b), (-b, b)]], dtype=np.float64)
-                _, px, py = self._visible(field, zoom, trans, angle, cull=False)
-                raster.gfx_polygons(cv, sint16(px), sint16(py), np.array([rgb(self.bg_color)]), True)
-            grass_idx, px, py = self._visible(grass, zoom, trans, angle)
-            raster.gfx_polygons(cv, sint16(px), sint16(py), np.full(len(grass_idx), rgb(self.grass_color)), True)
-            tile_idx, px, py = self._visible(self._tile_vertices(), zoom, trans, angle)
-            colors = rgb_rows([self.road_poly[i][1] for i in tile_idx.tolist()])
-            raster.gfx_polygons(cv, sint16(px), sint16(py), colors, True)
+                if not self._draw_compiled_polygons(kit, field, c, s, zoom, trans, False, rgb(self.bg_color)):
+                    return None
+            if not self._draw_compiled_polygons(kit, grass, c, s, zoom, trans, True, rgb(self.grass_color)):
+                return None
+            if not self._draw_compiled_polygons(kit, self._tile_vertices(), c, s, zoom, trans, True,
+                                                lambda idx: rgb_rows([self.road_poly[i][1] for i in idx])):
+                return None
             # the car: gymnasium's own drawing onto the scratch window, its box copied over
-            scratch, key = kit["scratch"], kit["key"]
-            box = pygame.Rect(W // 2 - CAR_BOX, H // 4 - CAR_BOX, 2 * CAR_BOX + 1, 2 * CAR_BOX + 1)
-            scratch.fill(key, box)
+            scratch, key, x0, y0 = kit["scratch"], kit["key"], W // 2 - CAR_BOX, H // 4 - CAR_BOX
+            view = pygame.surfarray.pixels2d(scratch)  # (W, H); pygame draws on a surface it is locked for
+            box = view[x0:x0 + 2 * CAR_BOX + 1, y0:y0 + 2 * CAR_BOX + 1]
+            box[...] = key  # (Surface.fill of the box costs 80 us: SDL fills unaligned rows pixel by pixel)
             self.car.draw(scratch, zoom, trans, angle, False)
-            view = pygame.surfarray.pixels2d(scratch)
-            raster.put_sprite(cv, box.x, box.y, view[box.left:box.right, box.top:box.bottom], key, True, True)
-            del view
+            raster.put_sprite(cv, x0, y0, box, key, True, True)
+            del view, box
             # after the flip: the indicators, then the score
             px, py, counts, colors = self._indicator_polygons(W, H)
             if px is None:
@@ -222,6 +226,26 @@ def _fast_class():
             out = np.empty((cr.STATE_H, cr.STATE_W, 3), np.uint8)
             raster.shrink(cv, kit["xgeom"], kit["ygeom"], out)
             return out
+
+        def _draw_compiled_polygons(self, kit, verts, c, s, zoom, trans, cull, colors) -> bool:
+            """gymnasium's `_draw_colored_polygon` of each polygon of verts (N, 4, 2), compiled; colors: one
+            0x00RRGGBB for all, or colors(indices drawn) their colours. False where a coordinate is past what pygame
+            converts."""
+            from . import carracing_raster as raster
+
+            n_all = len(verts)
+            if kit["work_n"] < n_all:
+                kit["work_n"] = n_all
+                kit["vx"], kit["vy"] = np.zeros((n_all, 4), np.int64), np.zeros((n_all, 4), np.int64)
+                kit["idx"] = np.zeros(n_all, np.int64)
+            vx, vy, idx = kit["vx"], kit["vy"], kit["idx"]
+            n = raster.transform(verts, c, s, zoom, trans[0], trans[1], W, H, MARGIN, cull, UNDER_INDICATORS, vx, vy,
+                                 idx)
+            if n < 0:
+                return False
+            drawn = np.full(n, colors, np.int64) if isinstance(colors, int) else colors(idx[:n].tolist())
+            raster.gfx_polygons(kit["canvas"], vx[:n], vy[:n], drawn, True, UNDER_INDICATORS)
+            return True
 
         def _indicator_polygons(self, W, H):
             """gymnasium's `_render_indicators`, statement by statement, as (int) vertices for fill_polygons instead
@@ -342,4 +366,4 @@ def _compiled_kit(width: int, height: int, state_w: int, state_h: int) -> dict:
     key = rgb((255, 0, 255))  # a colour no car part has: what the car did not cover
     scratch.fill(key)
     return {"canvas": raster.new_canvas(height, width, state_w), "xgeom": xgeom, "ygeom": ygeom,
-            "scratch": scratch, "key": key, "text": {}}
+            "scratch": scratch, "key": key, "text": {}, "work_n": 0}
