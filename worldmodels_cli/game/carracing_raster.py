@@ -413,10 +413,19 @@ def _aaline(cs, pool, meta, cell, first, last, x1, y1, x2, y2, color, flip, ylo,
             _gfx_pixel_weight(cs, pool, meta, cell, first, xx0, y0p1, color, wgt, flip, ylo, dy0, dcnt, dlo, dhi)
 
 
-@_jit
+@_inline
 def _sort_ints(a, n, meta):
-    """glibc qsort with `a - b` as the comparator: plain ascending order unless a difference overflows `int`,
-    where the order depends on the sort's algorithm (flagged)."""
+    """glibc qsort of a[:n] with `a - b` (a C int, which can overflow) as the comparator. Two values (a convex
+    polygon's row) are swapped when the wrapped difference is positive, as glibc's merge sort (up to 2.36) and
+    insertion sort (2.37 on) both do, except at a difference of exactly 2**31 where they disagree (flagged).
+    More values are sorted ascending; an overflow among them makes the order the algorithm's business (flagged)."""
+    if n == 2:
+        d = _i32(a[0] - a[1])
+        if d == -2147483648:
+            meta[1] = 1
+        if d > 0:
+            a[0], a[1] = a[1], a[0]
+        return
     for i in range(n):
         for k in range(i + 1, n):
             d = a[i] - a[k]
@@ -472,14 +481,7 @@ def _fill_spans(vx, vy, height, width, meta, work):
                 q = num // (y2 - y1) if num >= 0 else -((-num) // (y2 - y1))  # C division truncates
                 ints[cnt] = _i32(_i32(q * edges[e, 2]) + edges[e, 3])
                 cnt += 1
-        if cnt == 2:  # the usual case, as _sort_ints does it
-            d = ints[0] - ints[1]
-            if d >= 2147483648 or d <= -2147483648:
-                meta[1] = 1
-            if d > 0:
-                ints[0], ints[1] = ints[1], ints[0]
-        else:
-            _sort_ints(ints, cnt, meta)
+        _sort_ints(ints, cnt, meta)
         if cnt % 2:
             meta[1] = 1  # the C code reads past the intersections it found
             cnt -= 1

@@ -38,6 +38,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 GYMNASIUM_VERSION = "1.2.3"  # the renderer whose frames FastCarRacing reproduces; setup.cfg pins the same
+PYGAME_VERSION = "2.6.1"  # the drawing carracing_raster reproduces; setup.cfg pins the same
 RENDERERS = ("fast", "pygame", "gym")  # fast: compiled drawing (pygame's where numba is missing); pygame; gymnasium's
 DRAWINGS = ("compiled", "pygame")
 CAR_BOX = 64  # half side of the box the car is drawn in: its farthest vertex is ≈ 2.9 units = 47 px at full zoom
@@ -45,6 +46,8 @@ TEXT_CACHE = 256  # score strings kept drawn
 # _render_indicators starts with a black box over the flipped window's rows 700-799 (H - 5h .. H, h = H/40): the
 # road's rows 0-99, before the flip, are drawn over whole and the compiled drawing leaves them out
 UNDER_INDICATORS = 100
+_INDICATOR_RGB = {c: (c[0] << 16) | (c[1] << 8) | c[2]
+                  for c in ((0, 0, 0), (255, 255, 255), (0, 0, 255), (51, 0, 255), (0, 255, 0), (255, 0, 0))}
 
 
 def _grass_polygons(grass_dim: float) -> np.ndarray:
@@ -54,18 +57,29 @@ def _grass_polygons(grass_dim: float) -> np.ndarray:
                      for x in range(-20, 20, 2) for y in range(-20, 20, 2)], dtype=np.float64)
 
 
-def compiled_available() -> bool:
-    """True when numba is importable (the compiled drawing's one extra dependency)."""
+@functools.cache
+def compiled_unavailable() -> str | None:
+    """Why the compiled drawing cannot reproduce this process's pygame, or None when it can: it reproduces pygame
+    PYGAME_VERSION's SSE smoothscale (x86-64) on 32-bit XRGB windows, and needs numba."""
     try:
         import numba  # noqa: F401
     except ImportError:
-        return False
-    return True
+        return "numba is not installed"
+    import pygame
+
+    if getattr(pygame, "IS_CE", False) or pygame.version.ver != PYGAME_VERSION:
+        return f"pygame {pygame.version.ver} is installed, the compiled drawing reproduces pygame {PYGAME_VERSION}"
+    if pygame.transform.get_smoothscale_backend() != "SSE":
+        return f"pygame's smoothscale backend is {pygame.transform.get_smoothscale_backend()}, not SSE (x86-64)"
+    surf = pygame.Surface((2, 2))
+    if surf.get_bitsize() != 32 or tuple(surf.get_masks()) != (0xFF0000, 0xFF00, 0xFF, 0):
+        return f"pygame windows are {surf.get_bitsize()}-bit with masks {surf.get_masks()}, not XRGB8888"
+    return None
 
 
 def make_fast_car_racing(drawing: str | None = None, **kwargs):
-    """A `FastCarRacing` (gymnasium's CarRacing with this module's drawing). drawing: 'compiled' (default where
-    numba is installed) or 'pygame'; kwargs go to CarRacing."""
+    """A `FastCarRacing` (gymnasium's CarRacing with this module's drawing). drawing: 'compiled' (the default where
+    `compiled_unavailable()` finds nothing against it) or 'pygame'; kwargs go to CarRacing."""
     return _fast_class()(drawing=drawing, **kwargs)
 
 
@@ -74,19 +88,21 @@ def sint16(a: np.ndarray) -> np.ndarray:
     return ((np.trunc(a).astype(np.int64) + 32768) & 0xFFFF) - 32768
 
 
-def rgb(color) -> int:
-    """An opaque (r, g, b) of integers as the 0x00RRGGBB pixel a 32-bit pygame window stores."""
+def rgb(color) -> int | None:
+    """An (r, g, b) of integers as the 0x00RRGGBB pixel a 32-bit pygame window stores; None for anything else
+    (domain_randomize's float colours: pygame's conversion of those is left to pygame)."""
     r, g, b = (int(c) for c in color[:3])
-    if (r, g, b) != tuple(color[:3]) or not all(0 <= c <= 255 for c in (r, g, b)):
-        raise ValueError(f"the compiled CarRacing drawing takes integer RGB colours, got {color!r}")
+    if len(color) != 3 or (r, g, b) != tuple(color) or not all(0 <= c <= 255 for c in (r, g, b)):
+        return None
     return (r << 16) | (g << 8) | b
 
 
-def rgb_rows(colors) -> np.ndarray:
-    """`[int(c) for c in color]` of each road colour (floats, as gymnasium keeps them) as 0x00RRGGBB (n,) int64."""
+def rgb_rows(colors) -> np.ndarray | None:
+    """`[int(c) for c in color]` of each road colour (floats, as gymnasium keeps them) as 0x00RRGGBB (n,) int64;
+    None if one is not a colour."""
     a = np.array(colors, dtype=np.float64).reshape(-1, 3)
     if not ((a >= 0) & (a < 256)).all():
-        raise ValueError(f"the compiled CarRacing drawing takes RGB colours in [0, 256), got {a.tolist()!r}")
+        return None
     a = a.astype(np.int64)  # truncation, as int()
     return (a[:, 0] << 16) | (a[:, 1] << 8) | a[:, 2]
 
@@ -119,10 +135,15 @@ def _fast_class():
 
         def __init__(self, drawing: str | None = None, **kw) -> None:
             super().__init__(**kw)
-            if drawing is None:
-                drawing = "compiled" if compiled_available() else "pygame"
-            if drawing not in DRAWINGS:
+            if drawing not in (None, *DRAWINGS):
                 raise ValueError(f"drawing must be one of {', '.join(DRAWINGS)}, got {drawing!r}")
+            why = compiled_unavailable()
+            if drawing == "compiled" and why:
+                raise ValueError(f"the compiled CarRacing drawing is not available: {why}")
+            if drawing is None:
+                drawing = "pygame" if why else "compiled"
+                if why:
+                    _warn_once(f"CarRacing draws with pygame (≈ 2.3x gymnasium's speed, not ≈ 6x): {why}")
             self.drawing = drawing
             self.fallback_frames = 0  # frames the compiled drawing handed to pygame (tests read it)
             self._tiles_of = None  # the road_poly list the cached tile vertices belong to (a new one per track)
@@ -195,13 +216,16 @@ def _fast_class():
             cv = kit["canvas"]
             # the road, into mirrored rows (gymnasium flips the window after drawing it and the car)
             c, s = cos_sin(angle)
+            bg, grass_rgb = rgb(self.bg_color), rgb(self.grass_color)
+            if bg is None or grass_rgb is None:
+                return None
             if self._field_covers_window(zoom, trans, angle):
-                raster.fill(cv, rgb(self.bg_color))
+                raster.fill(cv, bg)
             else:
                 raster.fill(cv, 0)
-                if not self._draw_compiled_polygons(kit, field, c, s, zoom, trans, False, rgb(self.bg_color)):
+                if not self._draw_compiled_polygons(kit, field, c, s, zoom, trans, False, bg):
                     return None
-            if not self._draw_compiled_polygons(kit, grass, c, s, zoom, trans, True, rgb(self.grass_color)):
+            if not self._draw_compiled_polygons(kit, grass, c, s, zoom, trans, True, grass_rgb):
                 return None
             if not self._draw_compiled_polygons(kit, self._tile_vertices(), c, s, zoom, trans, True,
                                                 lambda idx: rgb_rows([self.road_poly[i][1] for i in idx])):
@@ -219,8 +243,10 @@ def _fast_class():
             if px is None:
                 return None
             raster.fill_polygons(cv, px, py, counts, colors, False)
-            x0, y0, block = self._score_sprite(kit)
-            raster.put_sprite(cv, x0, y0, block, -1, False, False)
+            score = self._score_sprite(kit)
+            if score is None:
+                return None
+            raster.put_sprite(cv, *score, -1, False, False)
             if cv[2][1]:  # the canvas's status: something pygame leaves undefined, or a full pool
                 return None
             out = np.empty((cr.STATE_H, cr.STATE_W, 3), np.uint8)
@@ -244,6 +270,8 @@ def _fast_class():
             if n < 0:
                 return False
             drawn = np.full(n, colors, np.int64) if isinstance(colors, int) else colors(idx[:n].tolist())
+            if drawn is None:
+                return False
             raster.gfx_polygons(kit["canvas"], vx[:n], vy[:n], drawn, True, UNDER_INDICATORS)
             return True
 
@@ -292,10 +320,11 @@ def _fast_class():
                 return None, None, None, None
             pts = np.trunc(pts).astype(np.int64)
             return (np.ascontiguousarray(pts[..., 0]), np.ascontiguousarray(pts[..., 1]),
-                    np.full(len(polys), 4, np.int64), np.array([rgb(c) for _, c in polys], np.int64))
+                    np.full(len(polys), 4, np.int64), np.array([_INDICATOR_RGB[c] for _, c in polys], np.int64))
 
         def _score_sprite(self, kit):
-            """The score text as gymnasium blits it: (x, y, pixels (w, h)), rendered once per string."""
+            """The score text as gymnasium blits it: (x, y, pixels (w, h)), rendered once per string; None if it
+            is not opaque."""
             string = "%04i" % self.reward  # noqa: UP031 (as gymnasium)
             cache = kit["text"]
             if string not in cache:
@@ -312,8 +341,8 @@ def _fast_class():
                     area = text_rect.clip(scratch.get_rect())
                     blocks.append(pygame.surfarray.array2d(scratch)[area.left:area.right, area.top:area.bottom])
                 scratch.fill(kit["key"], text_rect)
-                if not np.array_equal(*blocks):
-                    raise RuntimeError("pygame's score text is not opaque: the compiled drawing cannot copy it")
+                if not np.array_equal(*blocks):  # not opaque: what it is drawn on would show (never seen)
+                    return None
                 cache[string] = (area.x, area.y, np.ascontiguousarray(blocks[1]))
             return cache[string]
 
@@ -351,6 +380,11 @@ def _fast_class():
             return True
 
     return FastCarRacing
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    log.warning(message)
 
 
 @functools.cache
