@@ -6,26 +6,27 @@ window with a 5,400-pixel-wide background polygon, flipping it and shrinking it 
 `FastCarRacing` is gymnasium's `CarRacing` itself (its physics, rewards, termination, track and car are untouched:
 it only overrides `_render` and `_render_road`) and draws the same frames, bit for bit, in one of two ways:
 
-- the vertices of every grass patch and road tile are transformed as one numpy array per frame (rotation by
-  pygame's own (cos, sin) of the angle, then zoom and translation: the same float64 operations in the same order
-  as `Vector2.rotate_rad`), and culled with gymnasium's own test before any per-polygon Python (both ways);
+- the vertices of every grass patch and road tile are transformed as one array per frame (rotation by pygame's
+  own (cos, sin) of the angle, then zoom and translation: the same float64 operations in the same order as
+  `Vector2.rotate_rad`), and culled with gymnasium's own test before any per-polygon work (both ways);
 - the background polygon is a plain fill whenever it covers the window with a margin (all but the first
   fraction of a second's zoom-in and the playfield's edge, where gymnasium's polygon is drawn as before);
-- drawing "compiled" (the default): the pixels are not drawn by pygame but by `carracing_raster` (numba), which
-  reproduces SDL_gfx's polygon fill and anti-aliased edges, pygame's polygon fill and its x86-64 SSE smoothscale
-  in their exact integer arithmetic on a canvas that keeps runs of one colour as flags per smoothscale cell: the
-  window is never filled pixel by pixel nor flipped (the road and car go into mirrored rows), and smoothscale
-  reads a flagged cell in closed form. The car is still drawn by gymnasium's `car.draw` (pygame) onto a scratch
-  window and its ≈ 130x130 neighbourhood copied over; the score text is rendered by pygame and cached per string.
-  A frame whose drawing would rely on what C leaves undefined (`carracing_raster`: overflowing sort comparisons,
-  a car past its box) is drawn the "pygame" way;
+- drawing "compiled" (the default where `compiled_unavailable()` finds nothing against it): the pixels are not
+  drawn by pygame but by `carracing_raster` (numba), which reproduces SDL_gfx's polygon fill and anti-aliased
+  edges, pygame's polygon fill and its x86-64 SSE smoothscale in their exact integer arithmetic on a canvas of one
+  word per row and smoothscale cell: the window is never filled pixel by pixel nor flipped (the road and car go
+  into mirrored rows), and smoothscale reads a one-colour cell from a table. The car is still drawn by
+  gymnasium's `car.draw` (pygame) onto a scratch window and its 129x129 box copied over; the score text is
+  rendered by pygame and cached per string. A frame whose drawing would rely on what C leaves to the library
+  (`carracing_raster`: overflowing sort comparisons), with a car past its box or domain_randomize's float
+  colours is drawn the "pygame" way (`fallback_frames` counts them);
 - drawing "pygame": the same pygame calls as gymnasium on one window and one flipped copy kept per process, the
-  score font made once (the fallback where numba is not installed).
+  score font made once (the fallback where numba is not installed, and `--renderer pygame`).
 
 Only `state_pixels` is drawn this way; `human` and `rgb_array` go through gymnasium's renderer unchanged.
-Exactness was checked against gymnasium `GYMNASIUM_VERSION` drawn by pygame 2.6.1 on x86-64
-(tests/test_carracing_render.py compares whole episodes frame by frame); another gymnasium version gets
-gymnasium's own renderer and a warning.
+Exactness was checked against gymnasium `GYMNASIUM_VERSION` drawn by pygame `PYGAME_VERSION` on x86-64
+(tests/test_carracing_render.py compares whole episodes frame by frame, tests/test_carracing_raster.py each
+compiled routine against pygame's); another gymnasium version gets gymnasium's own renderer and a warning.
 """
 
 from __future__ import annotations
@@ -335,11 +336,13 @@ def _fast_class():
                 text_rect.center = (60, H - H * 2.5 / 40.0)
                 scratch = kit["scratch"]
                 blocks = []
+                area = text_rect.clip(scratch.get_rect())
                 for ground in (kit["key"], 0):  # the text surface is opaque: what it lands on must not show
                     scratch.fill(ground, text_rect)
                     scratch.blit(text, text_rect)
-                    area = text_rect.clip(scratch.get_rect())
-                    blocks.append(pygame.surfarray.array2d(scratch)[area.left:area.right, area.top:area.bottom])
+                    view = pygame.surfarray.pixels2d(scratch)
+                    blocks.append(view[area.left:area.right, area.top:area.bottom].copy())
+                    del view  # unlock the scratch window before the next blit
                 scratch.fill(kit["key"], text_rect)
                 if not np.array_equal(*blocks):  # not opaque: what it is drawn on would show (never seen)
                     return None
