@@ -132,7 +132,6 @@ def _fast_class():
         _canvas = None
         _flipped = None
         _font = None
-        _kit = None  # the compiled drawing's canvas, scratch window and text cache (one per process)
 
         def __init__(self, drawing: str | None = None, **kw) -> None:
             super().__init__(**kw)
