@@ -1,8 +1,10 @@
 """CarRacing at the speed limit: the fast renderer and batched agents against the stock path, on one core.
 
-- render_speedup: steps/s of CarRacing-v3 drawn by `carracing_render` ÷ gymnasium's own CarRacing-v3, the same
-  random actions and seeds (target >= 5); physics_fraction: the share of a fast step spent in the physics alone
-  (the same actions replayed on the car and world without drawing); frames_equal: every frame of both equal.
+- render_speedup: steps/s of CarRacing-v3 drawn by `carracing_render` (its default drawing: compiled, where numba
+  is installed; fast_drawing says which) ÷ gymnasium's own CarRacing-v3, the same random actions and seeds,
+  episode by episode in turn (target >= 5); render_speedup_pygame_drawing: the same for the fast renderer's pygame
+  drawing (the fallback); physics_fraction: the share of a fast step spent in the physics alone (the same actions
+  replayed on the car and world without drawing); frames_equal: every frame of the three equal.
 - rollout_speedup: real-env episode steps/s of a `small` CarRacing world model agent (random weights, its real
   sizes) in one worker stepping ENVS_PER_WORKER[env] envs in lockstep with the fast renderer ÷ the path before it:
   one env per worker, gymnasium's renderer, the agent at batch 1 (V encode of one frame, M's full step with its
@@ -10,7 +12,8 @@
 - agent_overhead: the agent's time per env step ÷ the bare env step (the same runner with the random policy),
   for CarRacing and for Doom (target <= 0.5).
 
-One torch thread, one process. `python benchmarks/carracing.py [--episodes N] [--steps T]`; last line JSON.
+One torch thread, one process. `python benchmarks/carracing.py [--episodes N] [--steps T] [--render-only]`; last line
+JSON.
 """
 
 from __future__ import annotations
@@ -35,18 +38,23 @@ def render_figures(episodes: int, steps: int) -> dict:
     rng = np.random.default_rng(0)
     actions = rng.uniform([-1.0, 0.0, 0.0], [1.0, 1.0, 0.3], size=(episodes, steps, 3))
     cfg = EnvConfig(name="carracing", max_steps=steps)
-    seconds, frames = {}, {}
-    for renderer in ("gym", "fast"):
-        env = CarRacingEnv(cfg, renderer=renderer)._env
-        out, t = [], 0.0
-        for e in range(episodes):
+    renderers = ("gym", "fast", "pygame")  # gymnasium's; the default (compiled where numba is); its pygame drawing
+    envs = {r: CarRacingEnv(cfg, renderer=r)._env for r in renderers}
+    for env in envs.values():  # untimed: the first compiled frame loads (or compiles) the numba kernels
+        env.reset(seed=10_000)
+        env.step(actions[0, 0])
+    seconds, frames = dict.fromkeys(renderers, 0.0), {r: [] for r in renderers}
+    for e in range(episodes):  # episode by episode, each renderer in turn: the machine's load falls on all alike
+        for renderer, env in envs.items():
             t0 = time.perf_counter()
-            out.append(env.reset(seed=e)[0])
+            out = [env.reset(seed=e)[0]]
             for a in actions[e]:
                 out.append(env.step(a)[0])
-            t += time.perf_counter() - t0
+            seconds[renderer] += time.perf_counter() - t0
+            frames[renderer] += out
+    drawing = envs["fast"].unwrapped.drawing
+    for env in envs.values():
         env.close()
-        seconds[renderer], frames[renderer] = t, np.asarray(out)
     # the physics alone: the same actions on a fresh env's car and world, nothing drawn
     env = CarRacingEnv(cfg, renderer="fast")._env
     u, physics = env.unwrapped, 0.0
@@ -63,10 +71,13 @@ def render_figures(episodes: int, steps: int) -> dict:
         physics += time.perf_counter() - t0
     env.close()
     n = episodes * (steps + 1)
+    stock = np.asarray(frames["gym"])
     return {"stock_ms_per_step": 1e3 * seconds["gym"] / n, "fast_ms_per_step": 1e3 * seconds["fast"] / n,
+            "fast_drawing": drawing, "fast_pygame_ms_per_step": 1e3 * seconds["pygame"] / n,
             "render_speedup": seconds["gym"] / seconds["fast"],
+            "render_speedup_pygame_drawing": seconds["gym"] / seconds["pygame"],
             "physics_fraction": physics / seconds["fast"] * n / (episodes * steps),
-            "frames_equal": bool(np.array_equal(frames["gym"], frames["fast"]))}
+            "frames_equal": bool(np.array_equal(stock, frames["fast"]) and np.array_equal(stock, frames["pygame"]))}
 
 
 class LegacyAgent:
@@ -141,19 +152,21 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--episodes", type=int, default=8, help="episodes per measurement")
     ap.add_argument("--steps", type=int, default=500, help="CarRacing episode cap (the paper's: 1000)")
+    ap.add_argument("--render-only", action="store_true", help="the renderer's figures alone (no agents)")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(1)
     figures = {"episodes": args.episodes, "steps": args.steps}
     figures.update(render_figures(max(2, args.episodes // 4), args.steps))
-    car = rollout_figures("carracing", args.episodes, args.steps, legacy=True)
-    doom = rollout_figures("doom", args.episodes, 2100, legacy=False)
-    figures.update({f"carracing_{k}": v for k, v in car.items()})
-    figures.update({f"doom_{k}": v for k, v in doom.items()})
-    figures["rollout_speedup"] = car["legacy_ms_per_step"] / car["agent_ms_per_step"]
-    figures["agent_overhead_carracing"] = car["agent_overhead"]
-    figures["agent_overhead_doom"] = doom["agent_overhead"]
+    if not args.render_only:
+        car = rollout_figures("carracing", args.episodes, args.steps, legacy=True)
+        doom = rollout_figures("doom", args.episodes, 2100, legacy=False)
+        figures.update({f"carracing_{k}": v for k, v in car.items()})
+        figures.update({f"doom_{k}": v for k, v in doom.items()})
+        figures["rollout_speedup"] = car["legacy_ms_per_step"] / car["agent_ms_per_step"]
+        figures["agent_overhead_carracing"] = car["agent_overhead"]
+        figures["agent_overhead_doom"] = doom["agent_overhead"]
     for k, v in figures.items():
         print(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}))

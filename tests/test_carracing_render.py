@@ -1,7 +1,7 @@
 """The fast CarRacing renderer draws gymnasium's frames bit for bit (worldmodels_cli/game/carracing_render.py).
 
 Both envs step with the same actions from the same seed; every 96x96 `state_pixels` frame, reward and flag must be
-equal. The scenarios cover the first second's zoom-in (drawn with the background polygon, not a fill), random
+equal; the fast env draws compiled (carracing_raster, where numba is installed) and hands no frame to pygame. The scenarios cover the first second's zoom-in (drawn with the background polygon, not a fill), random
 driving onto the grass, a scripted driver that visits tiles (they change colour) and moves the indicator bar, a
 drive off the playfield (termination, -100) and the end of an episode at the step cap or a finished lap.
 """
@@ -17,7 +17,13 @@ import numpy as np
 import pytest
 
 from worldmodels_cli.config import EnvConfig
-from worldmodels_cli.game.carracing_render import GYMNASIUM_VERSION
+from worldmodels_cli.game import carracing_render
+from worldmodels_cli.game.carracing_render import (
+    GYMNASIUM_VERSION,
+    PYGAME_VERSION,
+    compiled_unavailable,
+    make_fast_car_racing,
+)
 from worldmodels_cli.game.envs import CarRacingEnv, carracing_renderer, select_renderer
 from worldmodels_cli.runtime.errors import ConfigError
 
@@ -53,10 +59,13 @@ def random_actions(seed: int):
     return lambda u: rng.uniform([-1.0, 0.0, 0.0], [1.0, 1.0, 0.3])
 
 
-def compare_episode(seed: int, policy, max_steps: int) -> dict:
-    """Step gymnasium's env and the fast one in lockstep; assert every frame and outcome equal."""
+def compare_episode(seed: int, policy, max_steps: int, renderer: str = "fast") -> dict:
+    """Step gymnasium's env and the fast one in lockstep; assert every frame and outcome equal. The fast one draws
+    compiled (renderer 'fast' where numba is installed) or with pygame (renderer 'pygame')."""
     cfg = EnvConfig(name="carracing", max_steps=max_steps)
-    gym_env, fast_env = CarRacingEnv(cfg, renderer="gym")._env, CarRacingEnv(cfg, renderer="fast")._env
+    gym_env, fast_env = CarRacingEnv(cfg, renderer="gym")._env, CarRacingEnv(cfg, renderer=renderer)._env
+    drawing = "pygame" if renderer == "pygame" or compiled_unavailable() else "compiled"
+    assert fast_env.unwrapped.drawing == drawing
     try:
         a, _ = gym_env.reset(seed=seed)
         b, _ = fast_env.reset(seed=seed)
@@ -74,6 +83,7 @@ def compare_episode(seed: int, policy, max_steps: int) -> dict:
                          visited=u.tile_visited_count, info=ia)
             if ta or tra:
                 break
+        stats["fallback_frames"] = fast_env.unwrapped.fallback_frames  # compiled frames handed to pygame
         return stats
     finally:
         gym_env.close()
@@ -82,30 +92,49 @@ def compare_episode(seed: int, policy, max_steps: int) -> dict:
 
 def test_random_actions_zoom_in_and_grass():
     s = compare_episode(0, random_actions(0), 300)
-    assert s["steps"] == 300 and s["truncated"]
+    assert s["steps"] == 300 and s["truncated"] and s["fallback_frames"] == 0
 
 
 def test_track_follower_visits_tiles():
     s = compare_episode(1, follow_track, 600)
     assert s["visited"] > 100  # tiles turned from their shade to the road colour, drawn as they changed
+    assert s["fallback_frames"] == 0
 
 
 def test_leaving_the_playfield_terminates_identically():
     s = compare_episode(0, drive_outward, 400)
     assert s["terminated"] and s["min_reward"] == -100 and s["info"] == {"lap_finished": False}
+    assert s["fallback_frames"] == 0
+
+
+def test_pygame_drawing_stays_exact():
+    """The fast renderer's pygame drawing (the fallback without numba, and --renderer pygame)."""
+    s = compare_episode(2, random_actions(2), 150, renderer="pygame")
+    assert s["steps"] == 150
+
+
+def test_without_numba_the_fast_renderer_draws_with_pygame(monkeypatch, caplog):
+    monkeypatch.setattr(carracing_render, "compiled_unavailable", lambda: "numba is not installed")
+    env = make_fast_car_racing(render_mode=None)
+    try:
+        assert env.drawing == "pygame"
+    finally:
+        env.close()
+    with pytest.raises(ValueError, match="compiled CarRacing drawing is not available: numba is not installed"):
+        make_fast_car_racing("compiled", render_mode=None)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 2, 3])
 def test_whole_episodes_to_the_cap(seed):
     s = compare_episode(seed, random_actions(seed) if seed == 3 else follow_track, 1000)
-    assert s["steps"] == 1000 and s["truncated"]
+    assert s["steps"] == 1000 and s["truncated"] and s["fallback_frames"] == 0
 
 
 @pytest.mark.slow
 def test_a_finished_lap():
     s = compare_episode(0, follow_track, 2000)  # the follower needs ≈ 1900 steps for seed 0's track
-    assert s["terminated"] and s["info"] == {"lap_finished": True}
+    assert s["terminated"] and s["info"] == {"lap_finished": True} and s["fallback_frames"] == 0
 
 
 def test_gymnasium_pin_matches_the_renderer():
@@ -126,6 +155,7 @@ def test_pygame_is_the_one_gymnasium_draws_with():
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")
     assert f"pygame=={pygame.version.ver}" in cfg["options"]["install_requires"].split()
+    assert pygame.version.ver == PYGAME_VERSION  # the pygame the compiled drawing reproduces
 
 
 def test_renderer_selection(monkeypatch):
@@ -133,7 +163,7 @@ def test_renderer_selection(monkeypatch):
     assert carracing_renderer() == "fast"
     select_renderer("gym")
     assert carracing_renderer() == "gym"
-    with pytest.raises(ConfigError, match="--renderer must be one of fast, gym"):
+    with pytest.raises(ConfigError, match="--renderer must be one of fast, pygame, gym"):
         select_renderer("opengl")
 
 
@@ -153,3 +183,4 @@ def test_frames_past_the_playfield_edge():
         assert np.array_equal(a, b) and (ra, ta) == (rb, tb), f"step {t}"
         past += int(ta)
     assert past > 200 and (a.max(axis=-1) < 10).mean() > 0.9  # far out: almost all black, as gymnasium draws it
+    print(f"frames handed to pygame: {f.fallback_frames}")

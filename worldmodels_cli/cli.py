@@ -124,9 +124,12 @@ def _select_renderer(ctx, param, value):
 
 
 def renderer_option(f):
-    return click.option("--renderer", type=click.Choice(["fast", "gym"]), default=None, expose_value=False,
+    from .game.carracing_render import RENDERERS
+
+    return click.option("--renderer", type=click.Choice(list(RENDERERS)), default=None, expose_value=False,
                         callback=_select_renderer,
-                        help="CarRacing's drawing: fast (default; gymnasium's frames bit for bit) or gym (its own)")(f)
+                        help="CarRacing's drawing: fast (default; gymnasium's frames bit for bit, compiled), pygame "
+                             "(the same frames drawn by pygame, slower) or gym (gymnasium's own)")(f)
 
 
 def _lock_out(ctx, param, value):
