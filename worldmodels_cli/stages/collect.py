@@ -347,7 +347,7 @@ def _collect(env_cfg: EnvConfig, col: CollectConfig, seed: int, parts: Path, sta
                     rate_ep, rate_fr = ran / max(now - t0, 1e-9), frames / max(now - t0, 1e-9)
                     if ep.kept:
                         bar.update(1)
-                    bar.set_postfix_str(f"{rate_ep:.2f} ep/s, {rate_fr:.0f} frames/s", refresh=False)
+                    bar.set_postfix_str(f"{ran} run, {rate_fr:.0f} frames/s", refresh=False)  # the bar counts kept ones
     finally:
         bar.close()
     return ran
