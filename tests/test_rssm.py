@@ -407,3 +407,33 @@ def test_rssm_agent_filters_with_the_posterior_and_ignores_its_batch(tiny_world,
             deter, stoch, _, _ = rssm.obs_step(deter, stoch, prev, z, torch.tensor([1.0 if t == 0 else 0.0]), u)
             prev = torch.from_numpy(steps[A.ACTIONS][t][None])
     torch.testing.assert_close(agent.memory.deter[0], deter[0], atol=1e-5, rtol=0)
+
+
+def test_iterate_with_an_rssm(tmp_path):
+    """`wm iterate --dynamics rssm`: every round's M is an RSSM, a later one warm-started from the round before."""
+    from worldmodels_cli.stages import iterate
+
+    it = iterate.IterateConfig(rounds=2, controller_episodes=4, eval_episodes=3, data_eval_episodes=2,
+                               dynamics="rssm")
+    recs = iterate.run(preset("doom", "tiny"), tmp_path, it, runtime=Runtime(seed=0, workers=1, device="cpu"))
+    assert [r.round for r in recs] == [0, 1] and all(np.isfinite(r.real_mean) for r in recs)
+    m1 = A.validate(tmp_path / "round1/mdn.h5", "mdn")
+    assert m1.model_config["dynamics"] == "rssm" and m1.inputs["init"]["sha256"] == A.sha256(tmp_path / "round0/mdn.h5")
+
+
+def test_export_safetensors_takes_an_rssm(tiny_world, tiny_rssm, tmp_path):
+    pytest.importorskip("safetensors")
+    from safetensors import safe_open
+
+    from worldmodels_cli.interop import export_safetensors
+
+    c = tmp_path / "c.h5"
+    p = preset("doom", "tiny")
+    evolve.run(p.replace(evolve=p.evolve.replace(generations=1)), tiny_world.vae, tiny_rssm, c,
+               runtime=Runtime(seed=0, device="cpu"))
+    out = tmp_path / "a.safetensors"
+    export_safetensors.run(out, vae=tiny_world.vae, mdn=tiny_rssm, controller=c)
+    with safe_open(str(out), "pt") as fh:
+        meta = fh.metadata()
+        assert json.loads(meta["mdn.config"])["dynamics"] == "rssm" and "mdn.gru.weight" in fh.keys()
+        assert json.loads(meta["controller.config"])["mdn_cell"] == 16

@@ -84,7 +84,7 @@ def run(preset: Preset, series: Sequence[str | os.PathLike], out: str | os.PathL
     if dynamics == "rssm":
         from . import train_rssm
 
-        model, model_config, run_config = train_rssm.build(preset, mcfg, rssm, rssm_train, seed)
+        model, model_config, run_config, rssm_train = train_rssm.build(preset, mcfg, rssm, rssm_train, seed)
     else:
         run_config = {"env": preset.env.name, "mdn": mcfg.to_dict(), "mdn_train": tcfg.to_dict(),
                       "scale": preset.scale}
@@ -96,8 +96,7 @@ def run(preset: Preset, series: Sequence[str | os.PathLike], out: str | os.PathL
     train_eps, val_eps = split_episodes(data.episodes, tcfg.val_episodes, seed)
     batcher = make_batcher(tcfg.batching, data, train_eps, tcfg.batch_size, tcfg.seq_len, seed)
     if dynamics == "rssm":
-        trainer = train_rssm.Trainer(model, batcher, tcfg, RSSMTrainConfig.from_dict(run_config["rssm_train"]), dev,
-                                     seed)
+        trainer = train_rssm.Trainer(model, batcher, tcfg, rssm_train, dev, seed)
     else:
         trainer = _Trainer(model, torch.optim.Adam(model.parameters(), lr=tcfg.lr), batcher, tcfg, dev)
     params = count_parameters(model)

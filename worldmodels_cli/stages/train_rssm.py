@@ -47,9 +47,9 @@ STAGE = "mdn"  # the same seed stream for M's initial weights as the MDN-RNN's s
 
 
 def build(preset: Preset, mcfg: MDNConfig, rssm: RSSMConfig | None, rssm_train: RSSMTrainConfig | None, seed: int
-          ) -> tuple[RSSM, dict, dict]:
+          ) -> tuple[RSSM, dict, dict, RSSMTrainConfig]:
     """The RSSM for M's settings `mcfg` (sizes from the data, done and reward heads) -> (model, its model_config,
-    the run's config: what a resume must find the same)."""
+    the run's config: what a resume must find the same, the training settings; None: the preset scale's)."""
     rcfg = (rssm or rssm_config(preset.env.name, preset.scale)).replace(
         z_dim=mcfg.z_dim, action_dim=mcfg.action_dim, done_head=mcfg.done_head, reward_head=mcfg.reward_head)
     rtcfg = rssm_train or rssm_train_config(preset.scale)
@@ -58,7 +58,7 @@ def build(preset: Preset, mcfg: MDNConfig, rssm: RSSMConfig | None, rssm_train: 
         model = RSSM(rcfg)
     run_config = {"env": preset.env.name, "dynamics": "rssm", "rssm": rcfg.to_dict(), "rssm_train": rtcfg.to_dict(),
                   "mdn_train": preset.mdn_train.to_dict(), "scale": preset.scale}
-    return model, model_config(rcfg), run_config
+    return model, model_config(rcfg), run_config, rtcfg
 
 
 class Trainer:
