@@ -44,9 +44,21 @@ def test_tiny_comparison_of_the_four_world_models(tmp_path):
     mtimes = [f.stat().st_mtime for f in files]
     compare.run(preset("doom", "tiny"), data, results, seeds=[0], episodes=3, runtime=Runtime(device="cpu", workers=1))
     assert [f.stat().st_mtime for f in files] == mtimes
+    assert json.loads((data / compare.RECORD).read_text())["0"]["seconds"] == timings  # and adds no time
 
 
 def test_bad_seeds_are_a_usage_error(wm, tmp_path):
     for bad in ("a,b", "1,1", "-1", ""):
         r = wm("compare", "--seeds", bad, "--data", tmp_path / "d")
         assert r.code == 2 and r.err.startswith("error: Invalid value") and r.err.count("\n") == 1, r.err
+
+
+def test_tiny_carracing_comparison(tmp_path):
+    """CarRacing's Ms get a reward head (the actor-critic dreams rewards); its CMA-ES rows evolve in the real game,
+    as the preset says, and the table marks their score as the real game's."""
+    rows, table = compare.run(preset("carracing", "tiny"), tmp_path / "data", tmp_path / "results", seeds=[0],
+                              episodes=2, runtime=Runtime(device="cpu", workers=1))
+    assert len(rows) == 5 and all(math.isfinite(r.real_mean[0]) for r in rows)
+    for dyn in ("mdnrnn", "rssm"):
+        assert A.validate(tmp_path / f"data/seed0/{dyn}.h5", "mdn").model_config["reward_head"] == "regression"
+    assert table.count("(real)") == 2

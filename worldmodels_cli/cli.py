@@ -292,10 +292,17 @@ def _with_out(argv: list[str], out: str, artifact: Path) -> list[str]:
 @env_option()
 @preset_option(default="paper")
 def presets(env_name: str, preset: str) -> None:
-    """Print a resolved preset as JSON."""
+    """Print a resolved preset as JSON (with the RSSM's and the actor-critic's settings at that scale)."""
+    from .config import actor_critic_config, rssm_config, rssm_train_config
     from .config import preset as get_preset
 
-    click.echo(json.dumps(get_preset(env_name, preset).to_dict(), indent=2, sort_keys=True))
+    p = get_preset(env_name, preset)
+    rssm = rssm_config(env_name, preset, z_dim=p.mdn.z_dim, action_dim=p.mdn.action_dim, done_head=p.mdn.done_head,
+                       reward_head=p.mdn.reward_head)  # as `wm train-mdn --dynamics rssm` fills them in
+    out = {**p.to_dict(), "rssm": rssm.to_dict(),
+           "rssm_train": rssm_train_config(preset).to_dict(),
+           "actor_critic": actor_critic_config(env_name, preset).to_dict()}
+    click.echo(json.dumps(out, indent=2, sort_keys=True))
 
 
 # ------------------------------------------------------------------------------------------ collect

@@ -89,27 +89,27 @@ def run(preset: Preset, data: Path, results: Path, *, seeds: list[int], episodes
         sec = records.setdefault(str(s), {"seconds": {}})["seconds"]
         timed = _Timer(records, record_path, s)
         r, v, series = d / "rollouts.h5", d / "vae.h5", d / "series.h5"
-        timed("collect", collect.run, p, r, runtime=rt)
-        timed("train-vae", train_vae.run, p, [r], v, runtime=rt)
-        timed("encode", encode.run, [r], v, series, batch_size=p.encode.batch_size, mirror=p.encode.mirror,
+        timed("collect", r, collect.run, p, r, runtime=rt)
+        timed("train-vae", v, train_vae.run, p, [r], v, runtime=rt)
+        timed("encode", series, encode.run, [r], v, series, batch_size=p.encode.batch_size, mirror=p.encode.mirror,
               runtime=rt)
         models = {dyn: d / f"{dyn}.h5" for dyn in ("mdnrnn", "rssm")}
         for dyn, m in models.items():
-            timed(f"train-mdn {dyn}", train_mdn.run, p, [series], m, dynamics=dyn, rssm=rssm, runtime=rt)
+            timed(f"train-mdn {dyn}", m, train_mdn.run, p, [series], m, dynamics=dyn, rssm=rssm, runtime=rt)
         for dyn, method in COMBOS:
             c, e = d / f"controller-{dyn}-{method}.h5", d / f"eval-{dyn}-{method}.h5"
             if method == "cma-es":
-                res = timed(f"C {dyn} {method}", evolve.run, p, v, models[dyn], c, runtime=rt)
+                res = timed(f"C {dyn} {method}", c, evolve.run, p, v, models[dyn], c, runtime=rt)
             else:
-                res = timed(f"C {dyn} {method}", train_controller.run, p, ac, v, models[dyn], c, runtime=rt)
+                res = timed(f"C {dyn} {method}", c, train_controller.run, p, ac, v, models[dyn], c, runtime=rt)
             if not complete_eval(e, episodes, c):
-                timed(f"evaluate {dyn} {method}", evaluate.run, e, controller=c, episodes=episodes, runtime=rt)
+                timed(f"evaluate {dyn} {method}", e, evaluate.run, e, controller=c, episodes=episodes, runtime=rt)
             row = rows[(dyn, method)]
             _add(row, s, e, res.best_score, {"M": sec[f"train-mdn {dyn}"], "C": sec[f"C {dyn} {method}"],
                                             "evaluate": sec.get(f"evaluate {dyn} {method}", 0.0)})
         e = d / "eval-random.h5"
         if not _evaluated(e, episodes):
-            timed("evaluate random", evaluate.run, e, policy="random", preset=p, episodes=episodes, runtime=rt)
+            timed("evaluate random", e, evaluate.run, e, policy="random", preset=p, episodes=episodes, runtime=rt)
         _add(random_row, s, e, math.nan, {"evaluate": sec.get("evaluate random", 0.0)})
     table = _markdown([*rows.values(), random_row], records, seeds, p, episodes)
     files.write_text_atomic(results / "compare.md", table)
@@ -121,20 +121,23 @@ def run(preset: Preset, data: Path, results: Path, *, seeds: list[int], episodes
 
 
 class _Timer:
-    """timed(stage, fn, *args, **kwargs): fn's result, its wall time added to the seed's record and saved."""
+    """timed(stage, out, fn, *args, **kwargs): fn's result, its wall time added to the seed's record and saved,
+    unless `out` was complete already (then fn only found it so: a rerun adds nothing)."""
 
     def __init__(self, records: dict, path: Path, seed: int) -> None:
         self.records, self.path, self.seed = records, path, seed
 
-    def __call__(self, stage: str, fn, *args, **kwargs):
+    def __call__(self, stage: str, out: Path, fn, *args, **kwargs):
         log.info("---- seed %d: %s", self.seed, stage)
         sec = self.records[str(self.seed)]["seconds"]
+        before = out.stat().st_mtime_ns if out.exists() else None
         t0 = time.monotonic()
         try:
             return fn(*args, **kwargs)
         finally:  # an interrupted stage's part counts too: its rerun resumes
-            sec[stage] = round(sec.get(stage, 0.0) + time.monotonic() - t0, 1)
-            _save(self.path, self.records)
+            if before is None or not out.exists() or out.stat().st_mtime_ns != before:
+                sec[stage] = round(sec.get(stage, 0.0) + time.monotonic() - t0, 1)
+                _save(self.path, self.records)
 
 
 def _evaluated(path: Path, episodes: int) -> bool:
@@ -161,13 +164,18 @@ def _markdown(rows: list[Row], records: dict, seeds: list[int], p: Preset, episo
     lines = [f"# World models compared: {p.env.name}, preset {p.scale}, seeds {', '.join(map(str, seeds))}", "",
              f"Real score: {what} over {episodes} real episodes per seed, every row on the same episode seeds "
              "(mean over seeds of each seed's mean ± std; then per seed). Dream score: C's best evaluation in the "
-             f"dream at τ {p.evolve.temperature:g}. Minutes: wall time of the row's own stages, mean over seeds.", "",
+             f"dream at τ {p.evolve.temperature:g}"
+             + ("" if p.evolve.in_dream else " (CMA-ES evolves in the real game here: its rows show the best "
+                                            "real-game evaluation while evolving, marked 'real')")
+             + ". Minutes: wall time of the row's own stages, mean over seeds.", "",
              "| M + C | real score | per seed | dream score | M min | C min | evaluate min |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         real = f"{np.mean(r.real_mean):.0f} ± {np.mean(r.real_std):.0f}" if r.real_mean else "—"
         per = ", ".join(f"{m:.0f}" for m in r.real_mean) or "—"
         dream = f"{np.mean(r.dream):.0f}" if r.dream and all(math.isfinite(x) for x in r.dream) else "—"
+        if r.method == "cma-es" and not p.evolve.in_dream and dream != "—":
+            dream += " (real)"
         mins = {k: f"{np.mean(v):.1f}" for k, v in r.minutes.items()}
         lines.append(f"| {r.name} | {real} | {per} | {dream} | {mins.get('M', '—')} | {mins.get('C', '—')} | "
                      f"{mins.get('evaluate', '—')} |")
