@@ -13,7 +13,9 @@ DATA   ?= data
 RESULTS ?= results
 WORKERS ?= 2
 
-.PHONY: install test test-slow test-faults lint format bench demo demo-carracing clean
+SEEDS  ?= 0 1 2
+
+.PHONY: install test test-slow test-faults lint format bench demo demo-carracing compare clean
 
 install: $(VENV)/.installed
 
@@ -53,6 +55,11 @@ demo: install
 demo-carracing: install
 	$(WM) demo --env carracing --data $(DATA)/demo-carracing-seed$(SEED) --results $(RESULTS)/demo-carracing \
 	  --seed $(SEED) --workers $(WORKERS)
+
+# MDN-RNN/RSSM x CMA-ES/actor-critic on small Doom, the same data and real episodes (docs/world_models_compared.md)
+compare: install
+	$(WM) compare --env doom --preset small --seeds $(shell echo $(SEEDS) | tr ' ' ',') --episodes 100 \
+	  --data $(DATA)/compare --results $(RESULTS)/compare --workers $(WORKERS)
 
 include reproduce.mk
 

@@ -117,8 +117,9 @@ def test_rerun_of_an_artifact_made_from_python_is_refused(tiny_world, wm):
 def test_help_lists_the_commands_in_pipeline_order(wm, args):
     res = wm(*args, "--help") if args == [] else wm(*args)
     listed = [line.split()[0] for line in res.out.split("Commands:")[1].splitlines() if line.strip()]
-    assert listed[:6] == ["collect", "train-vae", "encode", "train-mdn", "evolve", "evaluate"]
-    assert set(listed) >= {"rerun", "info", "report", "dream", "iterate", "demo", "presets"}
+    # C by CMA-ES or by the actor-critic, then the real game
+    assert listed[:7] == ["collect", "train-vae", "encode", "train-mdn", "evolve", "train-controller", "evaluate"]
+    assert set(listed) >= {"rerun", "info", "report", "dream", "iterate", "demo", "compare", "presets"}
 
 
 def test_report_on_a_missing_folder_is_an_error(wm, tmp_path):

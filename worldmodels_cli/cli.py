@@ -17,8 +17,11 @@ import click
 
 from . import __version__
 from .config import (
+    DYNAMICS,
     ENVS,
+    METHODS,
     SCALES,
+    ActorCriticConfig,
     CollectConfig,
     ControllerConfig,
     DreamConfig,
@@ -27,6 +30,8 @@ from .config import (
     IterateConfig,
     MDNConfig,
     MDNTrainConfig,
+    RSSMConfig,
+    RSSMTrainConfig,
     VAETrainConfig,
     iterate_config,
 )
@@ -213,8 +218,8 @@ def config_values(cls, options: dict) -> dict:
 
 
 # `wm --help` lists the commands in this order (click sorts them by name): the pipeline first, then the tools
-COMMAND_ORDER = ("collect", "train-vae", "encode", "train-mdn", "evolve", "evaluate", "iterate", "demo", "dream",
-                 "report", "info", "rerun", "presets", "export", "import")
+COMMAND_ORDER = ("collect", "train-vae", "encode", "train-mdn", "evolve", "train-controller", "evaluate", "iterate",
+                 "demo", "compare", "dream", "report", "info", "rerun", "presets", "export", "import")
 
 
 class PipelineGroup(click.Group):
@@ -307,10 +312,17 @@ def _with_out(argv: list[str], out: str, artifact: Path) -> list[str]:
 @env_option()
 @preset_option(default="paper")
 def presets(env_name: str, preset: str) -> None:
-    """Print a resolved preset as JSON."""
+    """Print a resolved preset as JSON (with the RSSM's and the actor-critic's settings at that scale)."""
+    from .config import actor_critic_config, rssm_config, rssm_train_config
     from .config import preset as get_preset
 
-    click.echo(json.dumps(get_preset(env_name, preset).to_dict(), indent=2, sort_keys=True))
+    p = get_preset(env_name, preset)
+    rssm = rssm_config(env_name, preset, z_dim=p.mdn.z_dim, action_dim=p.mdn.action_dim, done_head=p.mdn.done_head,
+                       reward_head=p.mdn.reward_head)  # as `wm train-mdn --dynamics rssm` fills them in
+    out = {**p.to_dict(), "rssm": rssm.to_dict(),
+           "rssm_train": rssm_train_config(preset).to_dict(),
+           "actor_critic": actor_critic_config(env_name, preset).to_dict()}
+    click.echo(json.dumps(out, indent=2, sort_keys=True))
 
 
 # ------------------------------------------------------------------------------------------ collect
@@ -405,16 +417,22 @@ def encode(rollouts: tuple[Path, ...], vae: Path, out: Path, preset: str, runtim
 @out_option
 @preset_option()
 @config_options(MDNConfig, MDNTrainConfig, skip=("z_dim", "action_dim"))  # M's sizes come from the series
+@click.option("--dynamics", type=click.Choice(DYNAMICS), default="mdnrnn", show_default=True,
+              help="M's dynamics: mdnrnn (the paper's MDN-RNN) or rssm (a DreamerV2/V3 RSSM over V's z, trained on "
+                   "the same batches: the options below; docs/world_models_compared.md)")
+@config_options(RSSMConfig, RSSMTrainConfig, skip=("z_dim", "action_dim", "done_head", "reward_head"))
 @click.option("--init", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="start from this mdn artifact's weights (same architecture)")
 @device_option
 @seed_option
 @track_options
 @as_runtime("seed", "device", "track", "track_dir")
-def train_mdn_cmd(series: tuple[Path, ...], out: Path, preset: str, init: Path | None, runtime: Runtime,
-                  **options) -> None:
-    """Train M (the MDN-RNN) on encoded series; rerun the same command to resume."""
+def train_mdn_cmd(series: tuple[Path, ...], out: Path, preset: str, init: Path | None, dynamics: str,
+                  runtime: Runtime, **options) -> None:
+    """Train M (the MDN-RNN, or an RSSM with --dynamics rssm) on encoded series; rerun the same command to
+    resume."""
     from .config import preset as get_preset
+    from .config import rssm_config, rssm_train_config
     from .runtime.errors import ConfigError
     from .stages import train_mdn
     from .store import artifacts
@@ -423,14 +441,23 @@ def train_mdn_cmd(series: tuple[Path, ...], out: Path, preset: str, init: Path |
     env = artifacts.validate(series[0], "series").env
     if not env:
         raise ConfigError(f"{series[0]}: the series artifact does not record its env")
-    cfg = get_preset(env, inherited_preset(preset, series))
+    scale = inherited_preset(preset, series)
+    cfg = get_preset(env, scale)
     cfg = cfg.replace(mdn=cfg.mdn.replace(**config_values(MDNConfig, options)),
                       mdn_train=cfg.mdn_train.replace(**config_values(MDNTrainConfig, options)))
-    res = train_mdn.run(cfg, list(series), out, init=init, runtime=runtime)
+    rssm_values, rssm_train_values = config_values(RSSMConfig, options), config_values(RSSMTrainConfig, options)
+    given = [k for k, v in {**rssm_values, **rssm_train_values}.items() if v is not None]
+    if dynamics != "rssm" and given:
+        raise click.UsageError(f"--{given[0].replace('_', '-')} is an RSSM option: add --dynamics rssm")
+    rssm = rssm_config(env, scale, **rssm_values)
+    rssm_train = rssm_train_config(scale, **rssm_train_values)
+    res = train_mdn.run(cfg, list(series), out, init=init, dynamics=dynamics, rssm=rssm, rssm_train=rssm_train,
+                        runtime=runtime)
     val = "n/a" if res.val_nll is None else f"{res.val_nll:.4f}"
     nll = "n/a" if res.nll is None else f"{res.nll:.4f}"
     done = "" if res.done_bce is None else f", done_bce {res.done_bce:.4f}"
-    click.echo(f"{out}: M {res.parameters:,} parameters, {res.steps} steps, nll {nll}, val_nll {val}{done}")
+    what = "M (RSSM)" if dynamics == "rssm" else "M"
+    click.echo(f"{out}: {what} {res.parameters:,} parameters, {res.steps} steps, nll {nll}, val_nll {val}{done}")
 
 
 # ------------------------------------------------------------------------------------------ evolve
@@ -463,6 +490,49 @@ def evolve(vae: Path, mdn: Path, out: Path, preset: str, runtime: Runtime, **opt
     where = f"dream tau={cfg.evolve.temperature}" if cfg.evolve.in_dream else "real env"
     click.echo(f"{out}: {res.generations} generations ({where}), best evaluation {res.best_score:.1f} "
                f"at generation {res.best_generation + 1}, last population mean {res.last_mean_fitness:.1f}")
+
+
+# ------------------------------------------------------------------------------------------ train-controller
+# (section owned by the train-controller stage)
+DREAM_EVAL_FIELDS = ("temperature", "max_steps", "eval_episodes", "eval_real")  # EvolveConfig's, shared with evolve
+
+
+@cli.command("train-controller")
+@click.option("--vae", type=click.Path(dir_okay=False, path_type=Path), required=True, help="vae artifact (V)")
+@click.option("--mdn", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="mdn artifact (M: an MDN-RNN or an RSSM)")
+@out_option
+@preset_option()
+@click.option("--method", type=click.Choice(METHODS), default="actor-critic", show_default=True,
+              help="how C learns: actor-critic, by backpropagation through M's imagined rollouts (CMA-ES is "
+                   "`wm evolve`)")
+@config_options(ActorCriticConfig)
+@config_options(EvolveConfig, skip=tuple(f.name for f in dataclasses.fields(EvolveConfig)
+                                         if f.name not in DREAM_EVAL_FIELDS))
+@config_options(ControllerConfig)
+@workers_option
+@seed_option
+@device_option
+@backend_options
+@as_runtime("seed", "device", "workers", "backend", "ray_address")
+def train_controller_cmd(vae: Path, mdn: Path, out: Path, preset: str, method: str, runtime: Runtime,
+                         **options) -> None:
+    """Train C as a latent actor-critic in M's dream (DreamerV3's, on either dynamics); rerun the same command
+    to resume. `wm evaluate` scores its controller in the real game like any other."""
+    from .config import actor_critic_config
+    from .config import preset as get_preset
+    from .stages import train_controller
+    from .store import artifacts
+    from .store.lineage import inherited_preset
+
+    env = artifacts.validate(mdn, "mdn").env
+    scale = inherited_preset(preset, [vae, mdn])
+    cfg = get_preset(env, scale)
+    ac = actor_critic_config(env, scale, **config_values(ActorCriticConfig, options))  # first: its eval_every
+    cfg = cfg.replace(evolve=cfg.evolve.replace(**config_values(EvolveConfig, options)),
+                      controller=cfg.controller.replace(**config_values(ControllerConfig, options)))
+    res = train_controller.run(cfg, ac, vae, mdn, out, method=method, runtime=runtime)
+    click.echo(res.line(cfg.evolve.temperature))
 
 
 # ------------------------------------------------------------------------------------------ evaluate
@@ -583,6 +653,49 @@ def demo(env_name, preset, data, results, temperature, runtime: Runtime, **it_op
     it = iterate_config(preset, env_name, **it_options)
     results = results or Path("results/demo" if env_name == "doom" else "results/demo-carracing")
     _, _, table = demo_stage.run(cfg, data, results, it, scale=preset, runtime=runtime)
+    click.echo(table.rstrip())
+
+
+class IntList(click.ParamType):
+    """Comma-separated non-negative integers ("0,1,2") -> a list of ints."""
+
+    name = "n,n,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        try:
+            out = [int(x) for x in str(value).split(",")]
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of integers", param, ctx)
+        if not out or any(x < 0 for x in out) or len(set(out)) != len(out):
+            self.fail(f"{value!r}: give distinct integers >= 0", param, ctx)
+        return out
+
+
+@cli.command()
+@click.option("--env", "env_name", type=click.Choice(ENVS), default="doom", show_default=True, help="environment")
+@preset_option(default="small")
+@click.option("--seeds", type=IntList(), default="0,1,2", show_default=True,
+              help="run seeds: one pipeline (data, V, both Ms, four Cs) per seed")
+@click.option("--episodes", type=click.IntRange(min=1), default=100, show_default=True,
+              help="real episodes scoring each C (the same episode seeds for every row of a seed)")
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=Path("data/compare"),
+              show_default=True, help="folder of the artifacts, one subfolder per seed (created)")
+@click.option("--results", type=click.Path(file_okay=False, path_type=Path), default=Path("results/compare"),
+              show_default=True, help="folder of the table (compare.md, compare.json)")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="worker processes")
+@device_option
+@renderer_option
+@as_runtime("device", "workers")
+def compare(env_name, preset, seeds, episodes, data, results, runtime: Runtime) -> None:
+    """MDN-RNN or RSSM for M, CMA-ES or an actor-critic for C: all four on the same data, dream and real
+    episodes, with their wall time; rerun the same command to continue (docs/world_models_compared.md)."""
+    from .config import preset as get_preset
+    from .stages import compare as compare_stage
+
+    _, table = compare_stage.run(get_preset(env_name, preset), data, results, seeds=seeds, episodes=episodes,
+                                 runtime=runtime)
     click.echo(table.rstrip())
 
 

@@ -184,6 +184,68 @@ class MDNTrainConfig(_Config):
     log_steps: int = f(50, "log a metrics line every this many steps", min=1)
 
 
+# ------------------------------------------------------------------------------------------- M: the RSSM
+DYNAMICS = ("mdnrnn", "rssm")  # what `wm train-mdn --dynamics` trains: the paper's MDN-RNN or an RSSM (beyond §2)
+
+
+@dataclass(frozen=True)
+class RSSMConfig(_Config):
+    """M as a recurrent state-space model over V's z (PlaNet, DreamerV2/V3; ref beyond.md §2): a deterministic GRU
+    path and a stochastic state of categorical variables, heads for z, done and reward. Defaults: DreamerV3's S
+    size (ec526b9); the presets' values in `rssm_config`."""
+
+    z_dim: int = f(32, "latent size of V's z, the RSSM's observation (from the series artifact)", min=1)
+    action_dim: int = f(3, "continuous action width (from the series artifact)", min=1)
+    deter: int = f(512, "deterministic (GRU) state size (V3 S 512; V2 1024, Atari 600; PlaNet/V1 200; beyond §2)",
+                   min=1)
+    stoch: int = f(32, "categorical variables of the stochastic state (V2/V3 32; beyond §2)", min=1)
+    classes: int = f(32, "classes per categorical variable (V2/V3 32; beyond §2)", min=2)
+    units: int = f(512, "width of the RSSM's hidden layers and of its heads (V3 S 512)", min=1)
+    head_layers: int = f(2, "hidden layers of each head (z, done, reward) (V3 S 2)", min=1)
+    unimix: float = f(0.01, "fraction of uniform mixed into every categorical (V3 1%; V2 0; beyond §2)", min=0)
+    done_head: bool = f(False, "predict the episode end (M's --done-head: Doom)")
+    reward_head: str = f("none", "optional reward head: none, regression or sign (M's --reward-head)",
+                         choices=("none", "regression", "sign"))
+
+    def validate(self) -> None:
+        if self.unimix >= 1:
+            raise ConfigError(f"RSSMConfig.unimix must be < 1, got {self.unimix!r}")
+
+
+@dataclass(frozen=True)
+class RSSMTrainConfig(_Config):
+    """What training an RSSM adds to MDNTrainConfig, whose steps, batches, sequences, done and reward weights,
+    validation and checkpoints it shares (the same data budget as the MDN-RNN's); its optimiser is its own."""
+
+    kl_dyn: float = f(0.5, "weight of KL[sg(posterior) || prior], which trains the prior (V3 0.5; V2 = balance 0.8 x "
+                           "scale: Atari 0.08, DMC 0.8; beyond §2)", min=0)
+    kl_rep: float = f(0.1, "weight of KL[posterior || sg(prior)], which regularises the posterior (V3 0.1; V2 = "
+                           "0.2 x scale: Atari 0.02, DMC 0.2; beyond §2)", min=0)
+    kl_free: float = f(1.0, "free nats: each KL term counts as max(free, KL) per step (V3 1; V2 Atari 0, DMC 1; "
+                            "PlaNet/V1 3; beyond §2)", min=0)
+    rssm_lr: float = f(1e-4, "Adam learning rate of the RSSM (V3 1e-4; V2 Atari 2e-4, DMC 3e-4; V1 6e-4)", min=0)
+    rssm_eps: float = f(1e-8, "Adam epsilon (V3 model_opt 1e-8)", min=0)
+    rssm_clip: float = f(1000.0, "clip the gradients' global norm to this (V3 model_opt 1000; V2 100); 0: none", min=0)
+
+
+def rssm_config(env: str, scale: str, **changes) -> RSSMConfig:
+    """The RSSM of a preset: DreamerV3's S size (deter 512, 32x32 categorical) for `paper`; for `small`, the
+    MDN-RNN's H = 256 as both deter and stoch x classes (16 x 16), so C on [z, stoch, deter] has the MDN-RNN's
+    [z, c, h] width; `tiny` for tests. z, action, done and reward heads follow M's settings (`train_rssm`)."""
+    del env  # one RSSM per scale: its sizes are the MDN-RNN's, which are the same for both envs at small
+    base = {"paper": RSSMConfig(),
+            "small": RSSMConfig(deter=256, stoch=16, classes=16, units=256, head_layers=1),
+            "tiny": RSSMConfig(deter=16, stoch=4, classes=4, units=16, head_layers=1)}.get(scale, RSSMConfig())
+    return base.replace(**changes)
+
+
+def rssm_train_config(scale: str, **changes) -> RSSMTrainConfig:
+    """DreamerV3's losses and optimiser (`paper`); `small` and `tiny` train at the MDN-RNN's 1e-3, because they
+    train for its 1000 (or 10) steps, not Dreamer's 10^5-10^6 (docs/world_models_compared.md)."""
+    base = RSSMTrainConfig() if scale == "paper" else RSSMTrainConfig(rssm_lr=1e-3)
+    return base.replace(**changes)
+
+
 # ---------------------------------------------------------------------------------------------------- C
 @dataclass(frozen=True)
 class ControllerConfig(_Config):
@@ -210,6 +272,8 @@ class IterateConfig(_Config):
     """What a round of `wm iterate` / `wm demo` does beyond the stage presets (ref §9)."""
 
     rounds: int = f(5, "rounds: the first on random data, each later one on its controller's data too", min=1)
+    dynamics: str = f("mdnrnn", "M of every round: mdnrnn (the paper's) or rssm (wm train-mdn --dynamics)",
+                      choices=DYNAMICS)
     controller_episodes: int = f(300, "episodes collected with the controller in each later round", min=1)
     controller_frames: int = f(90000, "frame budget of each later round's collection: episodes = this / the "
                                       "previous controller's mean real episode length, at most controller_episodes; "
@@ -276,6 +340,66 @@ class EvolveConfig(_Config):
                             "reward, its return going on at that stretch's mean reward to the cap (a CarRacing car "
                             "that gains no tile; a training shortcut, not the paper's; never in wm evaluate); 0: off",
                          min=0)
+
+
+# ------------------------------------------------------------------------------------------- actor-critic
+METHODS = ("actor-critic",)  # `wm train-controller --method`; CMA-ES is `wm evolve`
+
+
+@dataclass(frozen=True)
+class ActorCriticConfig(_Config):
+    """`wm train-controller --method actor-critic`: C trained by backpropagation through M's imagined rollouts
+    (Dreamer's latent actor-critic; ref beyond.md §2). Defaults: DreamerV3 (ec526b9) for continuous actions; the
+    dream (tau, cap) and the evaluation are EvolveConfig's, C's shape ControllerConfig's."""
+
+    steps: int = f(10000, "optimizer steps of actor and critic", min=0)
+    lanes: int = f(1024, "dream episodes imagined from at each step (V3: 16 x 64 replayed starts)", min=1)
+    horizon: int = f(15, "imagined steps per lane per update (V1/V2/V3 15; beyond §2)", min=1)
+    gamma: float = f(1 - 1 / 333, "discount (V3 1 - 1/333; V1/V2 0.99; beyond §2)", min=0)
+    lam: float = f(0.95, "lambda of the lambda-returns (V1/V2/V3 0.95; beyond §2)", min=0)
+    entropy: float = f(3e-4, "weight of the policy's entropy in the actor's objective (V3 3e-4; V2 DMC 1e-4, Atari "
+                              "1e-3; beyond §2)", min=0)
+    actor_lr: float = f(3e-5, "actor Adam learning rate (V3 3e-5; V2 DMC 8e-5; beyond §2)", min=0)
+    critic_lr: float = f(3e-5, "critic Adam learning rate (V3 3e-5; V2 DMC 8e-5; beyond §2)", min=0)
+    adam_eps: float = f(1e-5, "Adam epsilon of actor and critic (V3 1e-5)", min=0)
+    grad_clip: float = f(100.0, "clip each of actor's and critic's gradient norms to this (V3 100); 0: none", min=0)
+    min_std: float = f(0.1, "smallest std of the actor's Gaussian before tanh (V3 0.1)", min=0)
+    max_std: float = f(1.0, "largest std of the actor's Gaussian before tanh (V3 1.0)", min=0)
+    critic_units: int = f(512, "critic MLP width (V3 S 512)", min=1)
+    critic_layers: int = f(2, "critic MLP hidden layers (V3 S 2)", min=1)
+    target_every: int = f(1, "update the target critic every this many steps (V3 1; V2 100)", min=1)
+    target_fraction: float = f(0.02, "target <- (1 - f) target + f critic at each update (V3 0.02; V2 1: a copy)",
+                               min=0)
+    slow_reg: float = f(1.0, "weight of the critic's regulariser toward the target critic (V3 1; V2 0)", min=0)
+    return_norm: bool = f(True, "divide the actor's returns by max(1, their 5th-95th percentile range), an EMA (V3)")
+    return_decay: float = f(0.99, "EMA decay of that range (V3 0.99)", min=0)
+    eval_every: int = f(500, "score the actor's mode on EvolveConfig.eval_episodes dream episodes (fixed seeds) "
+                             "every this many steps, keep the best, checkpoint", min=1)
+    log_steps: int = f(50, "write a metrics line every this many steps", min=1)
+
+    def validate(self) -> None:
+        for name in ("gamma", "lam", "target_fraction", "return_decay"):
+            if getattr(self, name) > 1:
+                raise ConfigError(f"ActorCriticConfig.{name} must be <= 1, got {getattr(self, name)!r}")
+        if self.max_std < self.min_std:
+            raise ConfigError(f"ActorCriticConfig.max_std ({self.max_std}) < min_std ({self.min_std})")
+
+
+def actor_critic_config(env: str, scale: str, **changes) -> ActorCriticConfig:
+    """The actor-critic of a preset: DreamerV3's settings (`paper`); `small` sized to cost about what small's 30
+    CMA-ES generations cost in the dream (1000 steps x 256 lanes x 15 ≈ 3.8M imagined steps against 30 x 32 x 16
+    rollouts of a few hundred steps), at learning rates that move a linear C in 1000 steps (V3's 3e-5 is for 10^5+);
+    `tiny` for tests."""
+    del env
+    if scale == "small":
+        base = ActorCriticConfig(steps=1000, lanes=256, actor_lr=1e-3, critic_lr=1e-3, critic_units=256,
+                                 eval_every=250)
+    elif scale == "tiny":
+        base = ActorCriticConfig(steps=6, lanes=8, horizon=4, actor_lr=1e-3, critic_lr=1e-3, critic_units=16,
+                                 critic_layers=1, eval_every=3, log_steps=2)
+    else:
+        base = ActorCriticConfig()
+    return base.replace(**changes)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,11 @@
 """The dream: M as the environment (ref §7), batched over a whole CMA-ES generation.
 
 Modules: `streams` (the counter-based random streams), `fused` (M's weights laid out for the batched step),
-`program` (the batched program, its fitness and diagnostics), `reference` (the plain one-rollout loop). The
-`wm dream` animation is `stages/dream.py`.
+`fused_rssm` (an RSSM behind the same interface: either M runs through the one program), `program` (the batched
+program, its fitness and diagnostics), `reference` (the plain one-rollout loop, for either M). The `wm dream`
+animation is `stages/dream.py`. What follows describes the MDN-RNN's dream; an RSSM's (models/rssm.py) starts from
+a first frame's posterior, draws its categorical classes (one uniform per variable per step, from the same
+streams) where the MDN-RNN draws mixture components, and samples z' from its z head at τ.
 
 Semantics (ref §7, §C items 6-7). A rollout starts from the first frame of a random real episode: its stored
 (μ, logσ²) give z0 = μ + exp(logσ²/2)·ε; the LSTM state is zero and the restart flag is set at the first step.

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ..models.controller import FEATURE_PARTS, Controller
 from ..models.mdnrnn import MDNRNN
+from .streams import NoiseLayout, start_z
 
 
 # ------------------------------------------------------------------------------------------ the fused M
@@ -35,6 +36,7 @@ class FusedM:
         cfg = mdn.cfg
         z, a, h, k = cfg.z_dim, cfg.action_dim, cfg.hidden, cfg.mixtures
         self.z_dim, self.action_dim, self.hidden, self.mixtures, self.tau = z, a, h, k, tau
+        self.layout = NoiseLayout(z, a)
         self.restart = cfg.restart_input
         self.done_head = cfg.done_head
         self.reward_head = cfg.reward_head
@@ -76,6 +78,10 @@ class FusedM:
             self.Wo = wo.to(device, dtype).contiguous()
         self.out_dim = self.Wo.shape[1]
 
+    def start(self, keys: Tensor, initial_mu: Tensor, initial_logvar: Tensor) -> Tensor:
+        """S for rows starting from a random real first frame each (`streams.start_z`)."""
+        return self.new_state(start_z(keys, initial_mu, initial_logvar, self.layout)[0])
+
     def new_state(self, z0: Tensor) -> Tensor:
         """S for rows starting at z0 (B, Z): zero LSTM state, restart flag set (ref §7)."""
         S = torch.zeros(z0.shape[0], self.width, dtype=self.W.dtype, device=self.W.device)
@@ -94,8 +100,9 @@ class FusedM:
                 "Y": torch.empty(batch, self.out_dim, dtype=dt, device=dev),
                 "E": torch.empty(batch, k, z, dtype=dt, device=dev)}
 
-    def step(self, S: Tensor, buf: dict[str, Tensor]) -> Tensor:
-        """Advance every row of S in place: LSTM on (z, a, restart) from (h, c); returns the head Y (B, O)."""
+    def step(self, S: Tensor, buf: dict[str, Tensor], u: Tensor | None = None) -> Tensor:
+        """Advance every row of S in place: LSTM on (z, a, restart) from (h, c); returns the head Y (B, O). (`u`:
+        the RSSM's step takes its choice uniforms here; the mixture's are `sample`'s.)"""
         b, h = S.shape[0], self.hidden
         G, T, Y = buf["G"][:b], buf["T"][:b], buf["Y"][:b]
         torch.mm(S[:, h:], self.W, out=G)  # (B, 4H): the one big matmul
@@ -129,20 +136,26 @@ class FusedM:
         torch.addcmul(mu.gather(1, idx).squeeze(1), sigma, eps, value=math.sqrt(self.tau), out=out)
 
     def row_layers(self, controller: Controller, params: Tensor) -> tuple[list, slice]:
-        """C's layers (P, in, out) for features read straight from S, and the slice of S they read.
+        """C's layers (P, in, out) for features read straight from S, and the slice of S they read
+        (`slice_layers`)."""
+        return slice_layers(controller, params, {"z": self.z_, "c": self.c_, "h": self.h_})
 
-        The first layer gets one row per column of the slice: C's z, c, h rows where S holds z, c, h, zero rows
-        where S holds a, restart and the constant 1 (so [z, c, h] need not be gathered every step)."""
-        layers = controller.unflatten(params)
-        parts = {"z": self.z_, "c": self.c_, "h": self.h_}
-        used = [parts[p] for p in FEATURE_PARTS[controller.cfg.features]]
-        lo, hi = min(sl.start for sl in used), max(sl.stop for sl in used)
-        w0, b0 = layers[0]
-        wide = torch.zeros(w0.shape[0], hi - lo, w0.shape[2], dtype=w0.dtype, device=w0.device)
-        row = 0
-        for sl in used:  # C's rows in feature order [z, c, h]
-            n = sl.stop - sl.start
-            wide[:, sl.start - lo : sl.stop - lo] = w0[:, row : row + n]
-            row += n
-        layers[0] = (wide, b0)
-        return layers, slice(lo, hi)
+
+def slice_layers(controller: Controller, params: Tensor, parts: dict[str, slice]) -> tuple[list, slice]:
+    """C's layers (P, in, out) for features read straight from a state buffer whose columns `parts` hold z, c and
+    h, and the slice of the buffer they read.
+
+    The first layer gets one row per column of the slice: C's z, c, h rows where the buffer holds z, c, h, zero
+    rows where it holds anything else (so [z, c, h] need not be gathered every step)."""
+    layers = controller.unflatten(params)
+    used = [parts[p] for p in FEATURE_PARTS[controller.cfg.features]]
+    lo, hi = min(sl.start for sl in used), max(sl.stop for sl in used)
+    w0, b0 = layers[0]
+    wide = torch.zeros(w0.shape[0], hi - lo, w0.shape[2], dtype=w0.dtype, device=w0.device)
+    row = 0
+    for sl in used:  # C's rows in feature order [z, c, h]
+        n = sl.stop - sl.start
+        wide[:, sl.start - lo : sl.stop - lo] = w0[:, row : row + n]
+        row += n
+    layers[0] = (wide, b0)
+    return layers, slice(lo, hi)

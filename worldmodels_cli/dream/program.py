@@ -15,8 +15,10 @@ from torch import Tensor
 
 from ..models.controller import Controller, apply_layers
 from ..models.mdnrnn import MDNRNN, is_done, sample_next
+from ..models.rssm import RSSM
 from .fused import FusedM
-from .streams import NoiseLayout, random_action, rollout_keys, start_z, step_noise
+from .fused_rssm import FusedRSSM
+from .streams import random_action, rollout_keys, step_noise
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,16 @@ class DreamResult:
         return int(self.lengths.sum())
 
 
+def first_parameter(mdn: MDNRNN | RSSM) -> Tensor:
+    """A parameter of M: its device and dtype are M's."""
+    return next(mdn.parameters())
+
+
+def fused_model(mdn: MDNRNN | RSSM, dtype: torch.dtype, device, tau: float) -> FusedM | FusedRSSM:
+    """M laid out for the batched program: either dynamics (`models.dynamics`) behind one interface."""
+    return FusedRSSM(mdn, dtype, device, tau) if isinstance(mdn, RSSM) else FusedM(mdn, dtype, device, tau)
+
+
 def policy_env(controller: Controller | None, mdn: MDNRNN, env: str | None) -> str:
     if controller is not None:
         return controller.env
@@ -75,29 +87,32 @@ def dream_rollouts(
     compact: bool = True,
     compact_every: int = 8,
     record_z: bool = False,
+    constant_action: float | None = None,
 ) -> DreamResult:
-    """P members × R trials of the dream at once -> DreamResult with (P, R) returns and lengths.
+    """P members × R trials of the dream at once -> DreamResult with (P, R) returns and lengths; M an MDN-RNN or
+    an RSSM (`models.dynamics`).
 
     seeds (P, R) ints, one stream per rollout; controller + params (P, n) give member p's weights to its R rows
     (without a controller: the random policy of `random_action` for `env`). initial_mu/logvar (E, Z): the first
     frames of real episodes. `compact` gathers the unfinished rows every `compact_every` steps; record_z keeps every
-    z (tests, `wm dream`). Runs on `device` (default M's) in `dtype` (default M's)."""
+    z (tests, `wm dream`); constant_action holds that action in every row (a diagnostic, instead of a policy).
+    Runs on `device` (default M's) in `dtype` (default M's)."""
     seeds = np.asarray(seeds, dtype=np.int64)
     if seeds.ndim != 2:
         raise ValueError(f"seeds must be (P, R), got shape {seeds.shape}")
     P, R = seeds.shape
     n_rows = P * R
-    device = torch.device(device) if device is not None else mdn.bias.device
-    dtype = dtype or mdn.bias.dtype
-    fm = FusedM(mdn, dtype, device, tau)
-    layout = NoiseLayout(fm.z_dim, fm.action_dim)
+    device = torch.device(device) if device is not None else first_parameter(mdn).device
+    dtype = dtype or first_parameter(mdn).dtype
+    fm = fused_model(mdn, dtype, device, tau)
+    layout = fm.layout
     env_name = policy_env(controller, mdn, env)
     t_start = time.perf_counter()
 
     keys = rollout_keys(seeds, device)  # (N,)
     mu0 = torch.as_tensor(np.asarray(initial_mu), device=device).to(dtype)
     lv0 = torch.as_tensor(np.asarray(initial_logvar), device=device).to(dtype)
-    S = fm.new_state(start_z(keys, mu0, lv0, layout)[0])  # zero state, restart flag set (ref §7)
+    S = fm.start(keys, mu0, lv0)  # MDN-RNN: zero state, restart flag set (ref §7); RSSM: the first posterior
     feats = layers = None
     if controller is not None:
         p = torch.as_tensor(np.asarray(params) if not isinstance(params, Tensor) else params, device=device)
@@ -124,18 +139,20 @@ def dream_rollouts(
         for t in range(max_steps):
             B = S.shape[0]
             row_steps += B
-            if B < _SMALL_BATCH and device.type == "cpu":
+            if B < getattr(fm, "small_batch", _SMALL_BATCH) and device.type == "cpu":
                 torch.set_num_threads(1)  # a few rows: splitting tiny ops only adds synchronisation
             j = t % compact_every
             if j == 0:  # the noise of the next `compact_every` steps at once: rows only change between such chunks
                 k = min(compact_every, max_steps - t)
                 U, EPS, AB = (x.view(B, k, -1) for x in step_noise(keys, t, layout, dtype, steps=k))  # (B, k, ·)
-            if layers is None:
+            if constant_action is not None:
+                S[:, fm.a_] = constant_action
+            elif layers is None:
                 S[:, fm.a_] = random_action(AB[:, j], env_name, dtype)
             else:
                 raw = apply_layers(layers, S[:, feats].unsqueeze(1))  # (B, 1, A): member weights per row
                 S[:, fm.a_] = controller.to_action(raw.squeeze(1))
-            Y = fm.step(S, buf)
+            Y = fm.step(S, buf, U[:, j])
             if t == 0 and fm.restart:
                 S[:, fm.r_col] = 0.0
             if per_step_reward:
@@ -239,6 +256,16 @@ def constant_action_lengths(mdn: MDNRNN, initial_mu, initial_logvar, actions: di
 
     The diagnostic of the dream exploit (ref §B): in the real game holding a direction dies at a wall in ≈150-190
     steps; an M that lets it survive far longer in the dream has not seen those deaths, and CMA-ES will find it."""
+    if isinstance(mdn, RSSM):  # the batched program holding the action (its own streams, not this loop's generator)
+        from ..runtime import seeding
+
+        seeds = np.array([[seeding.derive(seed, "held-action", i) for i in range(episodes)]], dtype=np.int64)
+        held = {}
+        for name, value in actions.items():
+            lengths = dream_rollouts(mdn, seeds, initial_mu, initial_logvar, tau=tau, max_steps=max_steps,
+                                     constant_action=float(value)).lengths.astype(np.float64)
+            held[name] = f"{lengths.mean():.0f} ± {lengths.std(ddof=1):.0f}"  # ddof 1: as torch's std below
+        return held
     gen = torch.Generator().manual_seed(seed)
     mu0, lv0 = torch.as_tensor(initial_mu, dtype=torch.float32), torch.as_tensor(initial_logvar, dtype=torch.float32)
     out = {}

@@ -56,19 +56,31 @@ def rollout_keys(seeds, device=None) -> Tensor:
 
 @dataclass(frozen=True)
 class NoiseLayout:
-    """Where each draw lies in a rollout's stream: block 0 = start, block t+1 = step t."""
+    """Where each draw lies in a rollout's stream: block 0 = start, block t+1 = step t. `groups` = 0 for an
+    MDN-RNN (one choice uniform per latent dimension: its mixture component); an RSSM's categorical variables
+    (one choice uniform per variable, each step and once more at the start for the first frame's posterior)."""
 
     z_dim: int
     action_dim: int
+    groups: int = 0
+
+    @property
+    def choices(self) -> int:
+        """Uniforms per step for the discrete choices: Z mixture components, or the RSSM's S variables."""
+        return self.groups or self.z_dim
 
     @property
     def step_uniforms(self) -> int:
-        return 2 * self.z_dim + self.action_dim  # [component u (Z) | ε (Z) | random action (A)]
+        return self.choices + self.z_dim + self.action_dim  # [choice u | ε (Z) | random action (A)]
+
+    @property
+    def start_values(self) -> int:
+        return 1 + self.z_dim + self.groups  # [episode | ε0 (Z) | the RSSM's first posterior u]
 
     @property
     def stride(self) -> int:
         """64-bit words per block; each word gives two 23-bit uniforms."""
-        return (max(self.step_uniforms, 1 + self.z_dim) + 1) // 2
+        return (max(self.step_uniforms, self.start_values) + 1) // 2
 
 
 def block_bits(keys: Tensor, block: int, n: int, layout: NoiseLayout, count: int = 1) -> Tensor:
@@ -102,21 +114,31 @@ def to_normal(bits: Tensor, dtype: torch.dtype) -> Tensor:
 def start_z(keys: Tensor, initial_mu: Tensor, initial_logvar: Tensor, layout: NoiseLayout) -> tuple[Tensor, Tensor]:
     """Dream starts (ref §7 reset): per rollout a uniformly chosen real first frame i and z0 = μ_i + exp(logσ²_i/2)·ε.
     initial_mu/logvar (E, Z) -> (z0 (B, Z), i (B,))."""
-    bits = block_bits(keys, 0, 1 + layout.z_dim, layout)
+    z0, idx, _ = start_draws(keys, initial_mu, initial_logvar, layout)
+    return z0, idx
+
+
+def start_draws(keys: Tensor, initial_mu: Tensor, initial_logvar: Tensor, layout: NoiseLayout
+                ) -> tuple[Tensor, Tensor, Tensor]:
+    """`start_z`'s (z0 (B, Z), i (B,)) and the uniforms (B, groups) of the RSSM's first posterior sample, all from
+    block 0 (read once: a block's values depend on how many are read)."""
+    z = layout.z_dim
+    bits = block_bits(keys, 0, layout.start_values, layout)
     idx = (bits[:, 0] * initial_mu.shape[0]) >> _BITS  # floor(k·E / 2^23): uniform over the E first frames
-    eps = to_normal(bits[:, 1:], initial_mu.dtype)
-    return initial_mu[idx] + torch.exp(0.5 * initial_logvar[idx]) * eps, idx  # as vae.reparameterize
+    eps = to_normal(bits[:, 1 : 1 + z], initial_mu.dtype)
+    z0 = initial_mu[idx] + torch.exp(0.5 * initial_logvar[idx]) * eps  # as vae.reparameterize
+    return z0, idx, to_uniform(bits[:, 1 + z :], initial_mu.dtype)
 
 
 def step_noise(keys: Tensor, t: int, layout: NoiseLayout, dtype: torch.dtype, steps: int = 1
                ) -> tuple[Tensor, Tensor, Tensor]:
-    """The draws of steps t..t+steps-1: component uniforms u (B, [steps,] Z), normals ε (B, [steps,] Z) and the
-    random policy's action bits (B, [steps,] A) (23-bit ints); the step axis only when steps > 1."""
-    z = layout.z_dim
+    """The draws of steps t..t+steps-1: choice uniforms u (B, [steps,] Z or groups), normals ε (B, [steps,] Z) and
+    the random policy's action bits (B, [steps,] A) (23-bit ints); the step axis only when steps > 1."""
+    z, c = layout.z_dim, layout.choices
     bits = block_bits(keys, t + 1, layout.step_uniforms, layout, steps)
-    u = to_uniform(bits[..., :z], dtype)
-    eps = to_normal(bits[..., z : 2 * z], dtype)
-    return u, eps, bits[..., 2 * z :]
+    u = to_uniform(bits[..., :c], dtype)
+    eps = to_normal(bits[..., c : c + z], dtype)
+    return u, eps, bits[..., c + z :]
 
 
 def random_action(bits: Tensor, env: str, dtype: torch.dtype) -> Tensor:

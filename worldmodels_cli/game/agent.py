@@ -8,6 +8,10 @@ Step order (ref §5.1 `model.py:98-118`; §5.2 `doomreal.py:64-115`): encode the
 a_t = C([z_t, (c_t,) h_t]); advance M with (z_t, a_t, restart) before the env steps; then env.step(a_t). M always
 receives the continuous action (CarRacing: the mapped steer/gas/brake; Doom: the tanh output the env thresholds).
 No forced no-op steps at the start (ref §C.8).
+
+With an RSSM for M (`models.dynamics`) the agent filters as Dreamer's does: M sees z_t (with a_{t−1}, or from the
+zero state at an episode's first frame) before C acts, and C acts on [z_t, stoch_t, deter_t] of that posterior
+state; the posterior's class choices draw from the episode's own stream after z's noise.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ import numpy as np
 import torch
 
 from ..models.controller import Controller, build_controller, load_controller
+from ..models.dynamics import memory_widths, name
 from ..models.mdnrnn import MDNRNN, load_mdn
+from ..models.rssm import RSSM
 from ..models.vae import ConvVAE, load_vae, to_input
 from ..runtime.errors import ArtifactError
 from ..store import artifacts as A
@@ -37,19 +43,22 @@ class BatchAgent:
     `start(params, rngs)` begins B episodes; `act(frames, rows)` gives the actions of the episodes `rows` (the
     ones still running) for their frames: one V encode, one C product and one M step for all of them."""
 
-    def __init__(self, vae: ConvVAE, mdn: MDNRNN, controller: Controller) -> None:
+    def __init__(self, vae: ConvVAE, mdn: MDNRNN | RSSM, controller: Controller) -> None:
         if vae.config.z_dim != mdn.cfg.z_dim:
             raise ArtifactError(f"V has z={vae.config.z_dim} but M expects z={mdn.cfg.z_dim}: not a matching pair")
-        if controller.z_dim != mdn.cfg.z_dim or controller.hidden != mdn.cfg.hidden:
+        if controller.dynamics != name(mdn):
+            raise ArtifactError(f"a controller for an {controller.dynamics} M, but M is an {name(mdn)}")
+        h, c = memory_widths(mdn)
+        if controller.z_dim != mdn.cfg.z_dim or controller.hidden != h or controller.cell != c:
             raise ArtifactError(
-                f"the controller expects z={controller.z_dim}, H={controller.hidden}; M has z={mdn.cfg.z_dim}, "
-                f"H={mdn.cfg.hidden}"
+                f"the controller expects z={controller.z_dim}, H={controller.hidden}"
+                + (f", stoch {controller.cell}" if isinstance(mdn, RSSM) else "")
+                + f"; M has z={mdn.cfg.z_dim}, H={h}" + (f", stoch {c}" if isinstance(mdn, RSSM) else "")
             )
         self.vae, self.mdn, self.controller = vae.eval(), mdn.eval(), controller
         self.params = controller.params.unsqueeze(0)  # (B, n)
         self.rngs: list[np.random.Generator] = []
-        self.h, self.c = mdn.initial_state(0)
-        self.restart = torch.ones(0)
+        self.memory = RSSMMemory(mdn) if isinstance(mdn, RSSM) else LSTMMemory(mdn)
 
     def start(self, params: np.ndarray | None, rngs: list[np.random.Generator]) -> None:
         """B = len(rngs) new episodes; params (B, n) (None: every row uses the controller's own parameters)."""
@@ -60,8 +69,7 @@ class BatchAgent:
         else:
             self.params = torch.as_tensor(np.asarray(params)).to(dtype).reshape(b, self.controller.param_count)
         self.rngs = list(rngs)
-        self.h, self.c = self.mdn.initial_state(b)  # ref §5.2: zero state and restart = 1 at reset
-        self.restart = torch.ones(b)
+        self.memory.start(b)
 
     @torch.no_grad()
     def act(self, frames: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -72,13 +80,11 @@ class BatchAgent:
         eps = torch.from_numpy(np.concatenate([self.rngs[i].standard_normal((1, mu.shape[1])) for i in rows])
                                .astype(np.float32))
         z = mu + torch.exp(0.5 * logvar) * eps  # ref §5.1: C sees a sample, not μ
-        h, c = self.h[rows_t], self.c[rows_t]
+        h, c = self.memory.observe(z, rows_t, [self.rngs[i] for i in rows])
         x = self.controller.features(z, h, c).to(self.params.dtype).unsqueeze(1)  # (R, 1, F)
         raw = self.controller.forward_batched(self.params[rows_t], x)[:, 0]  # (R, A): row r with its own C
         action = self.controller.to_action(raw).float()
-        restart = self.restart[rows_t] if self.mdn.cfg.restart_input else None
-        self.h[rows_t], self.c[rows_t] = self.mdn.advance(z, action, restart, (h, c))
-        self.restart[rows_t] = 0.0
+        self.memory.update(z, action, rows_t)
         return action.numpy().astype(np.float32)
 
     def encode(self, frames: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,6 +95,61 @@ class BatchAgent:
             x = torch.cat([x, x.new_zeros((MIN_ENCODE_ROWS - n, *x.shape[1:]))])
         mu, logvar = self.vae.encode(x)
         return mu[:n], logvar[:n]
+
+
+class LSTMMemory:
+    """The MDN-RNN's memory for B episodes: C reads (h, c) as they are, M advances on (z_t, a_t) after C acts."""
+
+    def __init__(self, mdn: MDNRNN) -> None:
+        self.mdn = mdn
+        self.start(0)
+
+    def start(self, b: int) -> None:
+        self.h, self.c = self.mdn.initial_state(b)  # ref §5.2: zero state and restart = 1 at reset
+        self.restart = torch.ones(b)
+        self._hc: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def observe(self, z: torch.Tensor, rows: torch.Tensor, rngs) -> tuple[torch.Tensor, torch.Tensor]:
+        """C's (h, c) (R, H) of the episodes `rows`."""
+        self._hc = (self.h[rows], self.c[rows])
+        return self._hc
+
+    def update(self, z: torch.Tensor, action: torch.Tensor, rows: torch.Tensor) -> None:
+        restart = self.restart[rows] if self.mdn.cfg.restart_input else None
+        self.h[rows], self.c[rows] = self.mdn.advance(z, action, restart, self._hc)
+        self.restart[rows] = 0.0
+
+
+class RSSMMemory:
+    """An RSSM's state for B episodes, filtered by its posterior (Dreamer's agent): `observe` takes z_t with the
+    previous action (the zero state at an episode's first frame) before C acts; `update` keeps a_t for the next.
+    The rows run in a batch of at least MIN_ENCODE_ROWS, so an episode's state is the same whichever episodes
+    share its batch (as V's encode)."""
+
+    def __init__(self, rssm: RSSM) -> None:
+        self.rssm = rssm
+        self.start(0)
+
+    def start(self, b: int) -> None:
+        self.deter, self.stoch = self.rssm.initial_state(b)
+        self.action = torch.zeros(b, self.rssm.cfg.action_dim, dtype=self.deter.dtype)
+        self.first = torch.ones(b, dtype=self.deter.dtype)
+
+    def observe(self, z: torch.Tensor, rows: torch.Tensor, rngs) -> tuple[torch.Tensor, torch.Tensor]:
+        """The posterior states of the episodes `rows` after frame z (R, Z) -> C's (h, c) = (deter, stoch)."""
+        # each episode's class choices from its own stream, after z's noise
+        u = torch.from_numpy(np.concatenate([g.random((1, self.rssm.cfg.stoch)) for g in rngs])).to(z.dtype)
+        args = (self.deter[rows], self.stoch[rows], self.action[rows], z, self.first[rows], u)
+        n = len(rows)
+        if n < MIN_ENCODE_ROWS:  # pad: a smaller matmul may round differently (MIN_ENCODE_ROWS)
+            args = tuple(torch.cat([a, a[:1].expand(MIN_ENCODE_ROWS - n, *a.shape[1:])]) for a in args)
+        deter, stoch, _, _ = self.rssm.obs_step(*args)
+        self.deter[rows], self.stoch[rows] = deter[:n], stoch[:n]
+        self.first[rows] = 0.0
+        return deter[:n], stoch[:n]
+
+    def update(self, z: torch.Tensor, action: torch.Tensor, rows: torch.Tensor) -> None:
+        self.action[rows] = action.to(self.action.dtype)
 
 
 @dataclass(frozen=True)

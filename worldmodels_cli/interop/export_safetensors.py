@@ -4,7 +4,8 @@ Tensors (float32), by prefix:
 
 - `vae.*`: V's state dict as `ConvVAE` names it (`vae.encoder.{0..3}.weight`, `vae.fc_mu.bias`, ...);
 - `mdn.*`: M's (`mdn.weight_ih` (4H, In), `mdn.weight_hh` (4H, H), `mdn.bias` (4H,) the one LSTM bias, gate order
-  i, f, g, o; `mdn.head.weight`, `mdn.head.bias`);
+  i, f, g, o; `mdn.head.weight`, `mdn.head.bias`); an RSSM's state dict as `models/rssm.py` names it, its
+  `mdn.config` with `"dynamics": "rssm"`;
 - `controller.layers.{i}.weight` (out, in) and `.bias` (out,) (when C has biases): C's layers in torch's linear
   layout, unflattened from the CMA vector (`--which best` or `mean`).
 
@@ -83,6 +84,7 @@ def run(
                 "mdn_hidden": mc["hidden"],
                 "action_dim": mc["action_dim"],
                 "params": which,
+                **({"mdn_cell": mc["cell"]} if "cell" in mc else {}),  # an RSSM's M: the stoch width of C's "c"
             }
         else:
             model, meta = (load_vae if role == "vae" else load_mdn)(path, "cpu")
@@ -115,13 +117,9 @@ def _check_matching(configs: dict[str, dict], envs: dict[str, str]) -> str:
         raise ArtifactError(
             "models of different latent sizes: " + ", ".join(f"{r} z={v}" for r, v in z.items())
         )
-    if (
-        "mdn" in configs
-        and "controller" in configs
-        and configs["mdn"]["hidden"] != configs["controller"]["mdn_hidden"]
-    ):
+    m_hidden = configs["mdn"].get("hidden", configs["mdn"].get("deter")) if "mdn" in configs else None  # RSSM: deter
+    if "mdn" in configs and "controller" in configs and m_hidden != configs["controller"]["mdn_hidden"]:
         raise ArtifactError(
-            f"the controller expects M's H={configs['controller']['mdn_hidden']}, "
-            f"M has H={configs['mdn']['hidden']}"
+            f"the controller expects M's H={configs['controller']['mdn_hidden']}, M has H={m_hidden}"
         )
     return next(iter(named.values()), "")

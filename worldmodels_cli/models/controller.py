@@ -30,19 +30,24 @@ from ..config import ControllerConfig
 FEATURE_PARTS = {"z": ("z",), "zh": ("z", "h"), "zch": ("z", "c", "h")}
 
 
-def feature_dim(features: str, z_dim: int, hidden: int) -> int:
-    """Width of the feature vector: Z, Z + H or Z + 2H."""
-    return sum(z_dim if p == "z" else hidden for p in FEATURE_PARTS[features])
+def feature_dim(features: str, z_dim: int, hidden: int, cell: int | None = None) -> int:
+    """Width of the feature vector: Z, Z + H or Z + 2H; with an RSSM, whose "c" (stoch) is `cell` wide and "h"
+    (deter) `hidden` (`models.dynamics`): Z, Z + D or Z + S·K + D."""
+    widths = {"z": z_dim, "h": hidden, "c": hidden if cell is None else cell}
+    return sum(widths[p] for p in FEATURE_PARTS[features])
 
 
 class Controller(nn.Module):
     """C with its parameters held as one flat vector `params` (n,), the vector CMA-ES evolves."""
 
-    def __init__(self, cfg: ControllerConfig, z_dim: int, hidden: int, action_dim: int, env: str) -> None:
+    def __init__(self, cfg: ControllerConfig, z_dim: int, hidden: int, action_dim: int, env: str,
+                 cell: int | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.z_dim, self.hidden, self.action_dim, self.env = z_dim, hidden, action_dim, env
-        self.in_dim = feature_dim(cfg.features, z_dim, hidden)
+        self.cell = hidden if cell is None else cell  # width of "c": M's cell, or an RSSM's stoch
+        self.dynamics = "mdnrnn" if cell is None else "rssm"  # the M it reads: only an RSSM's C records a cell
+        self.in_dim = feature_dim(cfg.features, z_dim, hidden, self.cell)
         widths = (self.in_dim, cfg.hidden, action_dim) if cfg.hidden else (self.in_dim, action_dim)
         self.shapes = tuple(zip(widths[:-1], widths[1:], strict=True))  # ((in, out), ...) per layer
         self.param_count = sum(i * o + (o if cfg.bias else 0) for i, o in self.shapes)
@@ -82,7 +87,8 @@ class Controller(nn.Module):
 
     # ------------------------------------------------------------------------------------------ forward
     def features(self, z: Tensor, h: Tensor, c: Tensor) -> Tensor:
-        """[z], [z, h] or [z, c, h] (B, F) from z (B, Z), the LSTM output h (B, H) and cell c (B, H) (ref §5)."""
+        """[z], [z, h] or [z, c, h] (B, F) from z (B, Z), the LSTM output h (B, H) and cell c (B, H) (ref §5); an
+        RSSM's deter (B, D) and stoch (B, S·K) (`models.dynamics`)."""
         parts = {"z": z, "h": h, "c": c}
         return torch.cat([parts[p] for p in FEATURE_PARTS[self.cfg.features]], dim=-1)
 
@@ -130,10 +136,11 @@ def car_action(raw: Tensor) -> Tensor:
 
 def build_controller(model_config: dict) -> Controller:
     """C from a controller artifact's model_config: {"controller": ControllerConfig dict, "env", "z_dim",
-    "hidden", "action_dim"} (what `evolve.controller_model_config` writes)."""
+    "hidden", "action_dim"[, "cell"]} (what `evolve.controller_model_config` writes; "cell" for an RSSM's M)."""
     cfg = ControllerConfig.from_dict(dict(model_config["controller"]))
+    cell = model_config.get("cell")
     return Controller(cfg, int(model_config["z_dim"]), int(model_config["hidden"]), int(model_config["action_dim"]),
-                      str(model_config["env"]))
+                      str(model_config["env"]), None if cell is None else int(cell))
 
 
 def load_controller(path: str | os.PathLike, which: str = "best") -> tuple[Controller, np.ndarray, object]:

@@ -258,11 +258,12 @@ def count_parameters(model: nn.Module) -> int:
 def load_mdn(path: str | os.PathLike, device: str | torch.device = "cpu", *, allow_incomplete: bool = False
              ) -> tuple[MDNRNN, object]:
     """Rebuild M from an `mdn` artifact's model_config and weights (never from constants) -> (model in eval mode,
-    artifacts.Meta). An unfinished training checkpoint is refused unless `allow_incomplete`."""
+    artifacts.Meta): an MDN-RNN, or an RSSM when the model_config says so (`models.dynamics`). An unfinished
+    training checkpoint is refused unless `allow_incomplete`."""
     from ..store import checkpoint
+    from .dynamics import build
 
-    return checkpoint.load_model(path, "mdn", lambda mc: MDNRNN(MDNConfig.from_dict(mc)), str(device),
-                                 allow_incomplete=allow_incomplete)
+    return checkpoint.load_model(path, "mdn", build, str(device), allow_incomplete=allow_incomplete)
 
 
 def load_initial_z(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:

@@ -36,6 +36,8 @@ def run(cfg, vae_path, mdn_path, out, *, controller_path=None,
     decode every z through V's decoder, and write them side by side as an animated GIF."""
     seed, device = runtime.seed, runtime.device
     from ..models.controller import load_controller
+    from ..models.dynamics import memory_widths
+    from ..models.dynamics import name as dynamics_name
     from ..models.mdnrnn import load_initial_z, load_mdn
     from ..models.vae import load_vae
     from ..runtime import seeding
@@ -61,10 +63,15 @@ def run(cfg, vae_path, mdn_path, out, *, controller_path=None,
         controller, params, c_meta = load_controller(controller_path)
         if c_meta.env != mdn_meta.env:
             raise ArtifactError(f"{controller_path}: a {c_meta.env} controller, but {mdn_path} is a {mdn_meta.env} M")
-        want = (mdn.cfg.z_dim, mdn.cfg.hidden, mdn.cfg.action_dim)
-        if (controller.z_dim, controller.hidden, controller.action_dim) != want:
+        if controller.dynamics != dynamics_name(mdn):
+            raise ArtifactError(f"{controller_path}: a controller for an {controller.dynamics} M, but {mdn_path} is "
+                                f"an {dynamics_name(mdn)}")
+        h, c = memory_widths(mdn)
+        want = (mdn.cfg.z_dim, h, mdn.cfg.action_dim)
+        if (controller.z_dim, controller.hidden, controller.action_dim) != want or controller.cell != c:
             raise ArtifactError(f"{controller_path}: controller sizes (z {controller.z_dim}, h {controller.hidden}, "
-                                f"a {controller.action_dim}) do not match M's {want} ({mdn_path})")
+                                f"c {controller.cell}, a {controller.action_dim}) do not match M's (z {want[0]}, "
+                                f"h {h}, c {c}, a {want[2]}) ({mdn_path})")
         params = params[None, :]
     seeds = np.array([[seeding.derive(seed, "dream", i) for i in range(cfg.episodes)]], dtype=np.int64)
     res = dream_rollouts(mdn, seeds, mu0, lv0, controller=controller, params=params, env=mdn_meta.env or None,

@@ -254,9 +254,24 @@ def optimize(
                         st.history["mean"][-1] if st.history["mean"] else math.nan)
 
 
-def controller_model_config(cfg: ControllerConfig, env: str, z_dim: int, hidden: int, action_dim: int) -> dict:
-    """What load_controller needs to rebuild C: its config plus the sizes read from V and M."""
-    return {"controller": cfg.to_dict(), "env": env, "z_dim": z_dim, "hidden": hidden, "action_dim": action_dim}
+def controller_model_config(cfg: ControllerConfig, env: str, z_dim: int, hidden: int, action_dim: int,
+                            cell: int | None = None) -> dict:
+    """What load_controller needs to rebuild C: its config plus the sizes read from V and M (`cell`: the width of
+    an RSSM's stoch, C's "c"; an MDN-RNN's cell is H wide, and its controllers record no cell)."""
+    mc = {"controller": cfg.to_dict(), "env": env, "z_dim": z_dim, "hidden": hidden, "action_dim": action_dim}
+    return mc if cell is None else {**mc, "cell": cell}
+
+
+def controller_for(cfg: ControllerConfig, env: str, mdn) -> tuple:
+    """C for M `mdn` (either dynamics) -> (Controller, its model_config)."""
+    from ..models.controller import Controller
+    from ..models.dynamics import memory_widths, name
+
+    h, c = memory_widths(mdn)
+    cell = c if name(mdn) == "rssm" else None
+    mc = mdn.cfg
+    return (Controller(cfg, mc.z_dim, h, mc.action_dim, env, cell),
+            controller_model_config(cfg, env, mc.z_dim, h, mc.action_dim, cell))
 
 
 def run(preset: Preset, vae: Path, mdn: Path, out: Path, *, runtime: Runtime = Runtime()) -> EvolveResult:
@@ -265,7 +280,6 @@ def run(preset: Preset, vae: Path, mdn: Path, out: Path, *, runtime: Runtime = R
     from ..dream.program import DreamFitness
     from ..game.agent import AgentSpec
     from ..game.episodes import EpisodeRunner
-    from ..models.controller import Controller
     from ..models.mdnrnn import load_mdn
     from ..models.vae import load_vae
     from ..runtime import device as devices
@@ -280,8 +294,7 @@ def run(preset: Preset, vae: Path, mdn: Path, out: Path, *, runtime: Runtime = R
     mc = mdn_model.cfg
     if mc.z_dim != vae_meta.model_config.get("z_dim", mc.z_dim):
         raise ConfigError(f"{vae} (z={vae_meta.model_config.get('z_dim')}) and {mdn} (z={mc.z_dim}) do not match")
-    controller = Controller(preset.controller, mc.z_dim, mc.hidden, mc.action_dim, preset.env.name)
-    model_config = controller_model_config(preset.controller, preset.env.name, mc.z_dim, mc.hidden, mc.action_dim)
+    controller, model_config = controller_for(preset.controller, preset.env.name, mdn_model)
     spec = AgentSpec(str(vae), str(mdn), model_config)
     real = None
     if cfg.in_dream:

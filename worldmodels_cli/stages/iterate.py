@@ -29,6 +29,9 @@ of the noise); the ladder takes the hottest dream in which C still clearly learn
 the kept controller (docs/results.md). A started round keeps the population and τ it began with, so adding rounds to a run
 continues it; a rerun of the last round replays its ladder from the rungs already evolved.
 
+`dynamics` = "rssm" (`wm iterate --dynamics rssm`) makes every round's M an RSSM (`train_rssm`), warm-started
+from the previous round's like the MDN-RNN; the rest of the procedure is the same.
+
 Every stage resumes or skips itself when its artifact is complete, so rerunning the same command continues where
 it stopped; the stage functions are called in-process (no subprocess per stage).
 """
@@ -135,7 +138,8 @@ def _rounds(preset: Preset, data: Path, it: IterateConfig, writer: MetricsWriter
                    batch_size=p.encode.batch_size, mirror=p.encode.mirror)
             series.append(s)
         rec.vae = str(v)
-        timed(rec.seconds, "train-mdn", train_mdn.run, p, list(series), m, init=prev.get("mdn"), runtime=this)
+        timed(rec.seconds, "train-mdn", train_mdn.run, p, list(series), m, init=prev.get("mdn"),
+              dynamics=it.dynamics, runtime=this)
         last = k == it.rounds - 1
         p = p.replace(evolve=p.evolve.replace(generations=round_generations(p, it, last=last)))
         ladder = last and it.final_temperatures and p.evolve.in_dream  # τ means nothing to real-env fitness

@@ -4,6 +4,9 @@ read, and z is drawn afresh from them for every batch (ref §4.1, §C.3).
 Objective per batch (ref §4.1, §4.3):  loss = z_nll + done_bce (+ reward_weight·reward_loss), Adam with
 lr = (lr0 − lr_min)·decay^step + lr_min, gradients clipped by value to [−c, c].
 
+With `dynamics="rssm"` (`wm train-mdn --dynamics rssm`) M is an RSSM instead (`train_rssm`: its losses), trained
+on the same batches by the same loop, checkpoints and resume, into the same artifact kind.
+
 The output artifact (kind ``mdn``) is rewritten atomically every `checkpoint_steps`; it holds the weights, the
 model config, everything an exact resume needs (optimizer, step, batcher RNG and position, carried LSTM state) and
 the first-frame (μ, logσ²) of every episode (dream starts, ref §7). Rerunning the same command resumes; on CPU a
@@ -26,7 +29,7 @@ import numpy as np
 import torch
 
 from .. import tracking
-from ..config import MDNConfig, MDNTrainConfig, Preset
+from ..config import DYNAMICS, MDNConfig, MDNTrainConfig, Preset, RSSMConfig, RSSMTrainConfig
 from ..models.mdnrnn import MDNRNN, count_parameters, done_bce, load_mdn, mdn_nll, reward_loss
 from ..runtime import Runtime, seeding
 from ..runtime import device as devices
@@ -64,25 +67,39 @@ def lr_at(cfg: MDNTrainConfig, step: int) -> float:
 
 
 def run(preset: Preset, series: Sequence[str | os.PathLike], out: str | os.PathLike,
-        init: str | os.PathLike | None = None, *, on_step: Callable[[int], None] | None = None,
+        init: str | os.PathLike | None = None, *, dynamics: str = "mdnrnn", rssm: RSSMConfig | None = None,
+        rssm_train: RSSMTrainConfig | None = None, on_step: Callable[[int], None] | None = None,
         runtime: Runtime = Runtime()) -> MDNResult:
     """Train (or resume training) M into `out` from `series` (several artifacts of one env are concatenated).
 
     `init` warm-starts the weights from another mdn artifact with the same architecture (iterative training).
+    `dynamics` "rssm" trains an RSSM (`rssm`, `rssm_train`: default the preset scale's, `config.rssm_config`).
     `on_step(step)` is called after each completed step (tests use it to inject interruptions)."""
     seed, out = runtime.seed, Path(out)
+    if dynamics not in DYNAMICS:
+        raise ConfigError(f"dynamics must be one of {', '.join(DYNAMICS)}, got {dynamics!r}")
     files.check_writable(out)  # before any work: a missing folder is a one-line error, not a late failure
     data, mcfg, tcfg = _check_inputs(preset, [Path(p) for p in series])
-    run_config = {"env": preset.env.name, "mdn": mcfg.to_dict(), "mdn_train": tcfg.to_dict(), "scale": preset.scale}
     inputs = A.inputs_record({"series": series, **({"init": init} if init is not None else {})})
     dev = torch.device(devices.resolve(runtime.device))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seeding.derive(seed, STAGE, 0))
-        model = MDNRNN(mcfg)
+    if dynamics == "rssm":
+        from . import train_rssm
+
+        model, model_config, run_config, rssm_train = train_rssm.build(preset, mcfg, rssm, rssm_train, seed)
+    else:
+        run_config = {"env": preset.env.name, "mdn": mcfg.to_dict(), "mdn_train": tcfg.to_dict(),
+                      "scale": preset.scale}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seeding.derive(seed, STAGE, 0))
+            model = MDNRNN(mcfg)
+        model_config = mcfg
     model.to(dev)
     train_eps, val_eps = split_episodes(data.episodes, tcfg.val_episodes, seed)
     batcher = make_batcher(tcfg.batching, data, train_eps, tcfg.batch_size, tcfg.seq_len, seed)
-    trainer = _Trainer(model, torch.optim.Adam(model.parameters(), lr=tcfg.lr), batcher, tcfg, dev)
+    if dynamics == "rssm":
+        trainer = train_rssm.Trainer(model, batcher, tcfg, rssm_train, dev, seed)
+    else:
+        trainer = _Trainer(model, torch.optim.Adam(model.parameters(), lr=tcfg.lr), batcher, tcfg, dev)
     params = count_parameters(model)
 
     # ---- an existing output: resume, already done, or refuse (in _resume)
@@ -98,9 +115,9 @@ def run(preset: Preset, series: Sequence[str | os.PathLike], out: str | os.PathL
         writer.truncate_after("step", start)
         log.info("resuming %s at step %d of %d", out, start, tcfg.steps)
     elif init is not None:
-        _warm_start(model, Path(init), mcfg)
+        _warm_start(model, Path(init), model.cfg)
 
-    ckpt = _Checkpointer(out, trainer, mcfg, run_config, seed, inputs, data, train_eps, val_eps, params)
+    ckpt = _Checkpointer(out, trainer, model_config, run_config, seed, inputs, data, train_eps, val_eps, params)
     ckpt.last_step, trainer.step = start, start
     ckpt.val = previous.get("val_nll") if start else None
     done_fraction = _done_fraction(data, train_eps) if mcfg.done_head else None
@@ -108,7 +125,7 @@ def run(preset: Preset, series: Sequence[str | os.PathLike], out: str | os.PathL
     with tracking.start(writer, out, runtime, stage="train-mdn", config=run_config, step_key="step",
                         first_step=start + 1 if resuming else 0):
         _train(trainer, ckpt, writer, data, val_eps, seed, on_step)
-        _plot(writer, out, trainer.step)
+        _plot(writer, out, trainer.step, trainer.prefix)
     s = ckpt.summary
     return MDNResult(out=out, steps=trainer.step, parameters=params, nll=s.get("nll"), val_nll=s.get("val_nll"),
                      done_bce=s.get("done_bce"), resumed_from=start, summary=s)
@@ -132,7 +149,7 @@ def _train(trainer: _Trainer, ckpt: _Checkpointer, writer: metrics.MetricsWriter
            val_eps: np.ndarray, seed: int, on_step: Callable[[int], None] | None) -> None:
     """The loop: steps to `steps`, a metrics line every `log_steps`, validation and a checkpoint every
     `checkpoint_steps` and at the end; on Ctrl-C a checkpoint of the last whole step, then KeyboardInterrupt."""
-    tcfg, out = trainer.cfg, ckpt.out
+    tcfg, out, p = trainer.cfg, ckpt.out, trainer.prefix
     bar = metrics.progress(tcfg.steps, "train-mdn", unit="step", initial=trainer.step)
     t0, s0 = time.perf_counter(), trainer.step
     consistent = True
@@ -141,10 +158,10 @@ def _train(trainer: _Trainer, ckpt: _Checkpointer, writer: metrics.MetricsWriter
             while trainer.step < tcfg.steps:
                 consistent = False  # from here until the step counter moves, weights and counters disagree
                 losses = trainer.train_step()
-                if not math.isfinite(losses["mdn/loss"]):
+                if not math.isfinite(losses[f"{p}/loss"]):
                     kept = (f"the last good checkpoint (step {ckpt.last_step}) is kept in {out}" if out.exists()
                             else "no checkpoint had been written")
-                    raise TrainingDiverged(f"M loss became {losses['mdn/loss']} at step {trainer.step + 1}; stopped, {kept}")
+                    raise TrainingDiverged(f"M loss became {losses[f'{p}/loss']} at step {trainer.step + 1}; stopped, {kept}")
                 trainer.step += 1
                 consistent = True
                 bar.update(1)
@@ -156,7 +173,7 @@ def _train(trainer: _Trainer, ckpt: _Checkpointer, writer: metrics.MetricsWriter
                 if step % tcfg.checkpoint_steps == 0 and step < tcfg.steps:
                     val = trainer.validate(data, val_eps, seed)
                     if val is not None:
-                        writer.write({"step": step, "mdn/val_nll": val})
+                        writer.write({"step": step, f"{p}/val_nll": val})
                     ckpt.save(losses, val, complete=False)
                 if on_step is not None:
                     on_step(step)
@@ -164,7 +181,7 @@ def _train(trainer: _Trainer, ckpt: _Checkpointer, writer: metrics.MetricsWriter
                     raise KeyboardInterrupt
             val = trainer.validate(data, val_eps, seed)
             if val is not None:
-                writer.write({"step": trainer.step, "mdn/val_nll": val})
+                writer.write({"step": trainer.step, f"{p}/val_nll": val})
             ckpt.save(trainer.last_losses, val, complete=True)
     except KeyboardInterrupt:
         if consistent and trainer.step > ckpt.last_step:
@@ -178,6 +195,8 @@ def _train(trainer: _Trainer, ckpt: _Checkpointer, writer: metrics.MetricsWriter
 
 # -------------------------------------------------------------------------------------------- training
 class _Trainer:
+    prefix = "mdn"  # metric namespace (train_rssm.Trainer: "rssm")
+
     def __init__(self, model: MDNRNN, optimizer, batcher, cfg: MDNTrainConfig, dev: torch.device) -> None:
         self.model, self.optimizer, self.batcher, self.cfg, self.dev = model, optimizer, batcher, cfg, dev
         self.step = 0
@@ -274,7 +293,7 @@ class _Trainer:
 class _Checkpointer:
     """Atomic rewrites of the mdn artifact (weights, model config, train state, summary, initial z)."""
 
-    def __init__(self, out: Path, trainer: _Trainer, mcfg: MDNConfig, run_config: dict, seed: int, inputs: dict,
+    def __init__(self, out: Path, trainer: _Trainer, mcfg: MDNConfig | dict, run_config: dict, seed: int, inputs: dict,
                  data: SeriesData, train_eps: np.ndarray, val_eps: np.ndarray, params: int) -> None:
         self.out, self.trainer, self.mcfg, self.run_config, self.seed, self.inputs = out, trainer, mcfg, run_config, seed, inputs
         self.data, self.train_eps, self.val_eps, self.params = data, train_eps, val_eps, params
@@ -299,17 +318,20 @@ class _Checkpointer:
         self.last_step, self.complete = self.trainer.step, complete
 
     def _summary(self, complete: bool) -> dict[str, Any]:
-        ls = self.losses
+        ls, p = self.losses, self.trainer.prefix
         s: dict[str, Any] = {
             "parameters": self.params, "steps": self.trainer.step,
-            "nll": ls.get("mdn/nll"), "loss": ls.get("mdn/loss"), "lr": ls.get("mdn/lr"),
+            "nll": ls.get(f"{p}/nll"), "loss": ls.get(f"{p}/loss"), "lr": ls.get(f"{p}/lr"),
             "val_nll": self.val, "episodes": int(self.data.episodes), "frames": int(self.data.index.frames),
             "train_episodes": len(self.train_eps), "val_episodes": len(self.val_eps),
         }
-        if "mdn/done_bce" in ls:
-            s["done_bce"] = ls["mdn/done_bce"]
-        if "mdn/reward_loss" in ls:
-            s["reward_loss"] = ls["mdn/reward_loss"]
+        if f"{p}/done_bce" in ls:
+            s["done_bce"] = ls[f"{p}/done_bce"]
+        if f"{p}/reward_loss" in ls:
+            s["reward_loss"] = ls[f"{p}/reward_loss"]
+        s.update({k.split("/", 1)[1]: v for k, v in ls.items() if k.split("/", 1)[1] not in s})  # the RSSM's KL
+        if p != "mdn":
+            s["dynamics"] = p
         s.update(self.extra)
         if complete:  # `wm info` shows these; computed once here rather than on every call
             from ..dream.program import DREAM_SUMMARY, dream_summary
@@ -336,8 +358,8 @@ def _resume(out: Path, trainer: _Trainer, run_config: dict, seed: int, inputs: d
     return trainer.step, meta.summary
 
 
-def _warm_start(model: MDNRNN, init: Path, mcfg: MDNConfig) -> None:
-    """Iterative training (ref §9): start from another M of the same architecture."""
+def _warm_start(model: MDNRNN, init: Path, mcfg: MDNConfig | RSSMConfig) -> None:
+    """Iterative training (ref §9): start from another M of the same architecture (and dynamics)."""
     other, _ = load_mdn(init, "cpu")
     if other.cfg != mcfg:
         raise ConfigError(f"{init}: its M {other.cfg.to_dict()} differs from this run's {mcfg.to_dict()}")
@@ -359,12 +381,13 @@ def _done_fraction(data: SeriesData, train_eps: np.ndarray) -> float:
     return deaths / max(int(lengths.sum()), 1)
 
 
-def _plot(writer: metrics.MetricsWriter, out: Path, step: int) -> None:
+def _plot(writer: metrics.MetricsWriter, out: Path, step: int, p: str = "mdn") -> None:
     """PNG of the loss curves beside the artifact, and to the tracker."""
     from .. import plots
 
-    png = plots.loss_curves(writer.read(), ("mdn/nll", "mdn/val_nll", "mdn/done_bce", "mdn/reward_loss", "mdn/lr"),
-                            checkpoint.beside(out, ".losses.png"), title=f"M: {out.name}")
-    writer.image("mdn/loss_curves", png, step)
+    keys = ("nll", "val_nll", *(("rec_nll", "kl") if p != "mdn" else ()), "done_bce", "reward_loss", "lr")
+    png = plots.loss_curves(writer.read(), tuple(f"{p}/{k}" for k in keys), checkpoint.beside(out, ".losses.png"),
+                            title=f"M: {out.name}")
+    writer.image(f"{p}/loss_curves", png, step)
 
 

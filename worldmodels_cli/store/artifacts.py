@@ -18,7 +18,9 @@ Kinds and their datasets (N frames, E episodes, Z latent, A action width):
   RNG states, counters: what resume needs), attribute ``model_config``; ``summary`` attribute with losses.
   ``mdn`` also holds initial_mu, initial_logvar (E,Z) float32: the first frame of each training episode.
 - ``controller``: mean, best_params (P,) float64; history/* per generation; cma/* (fitness of every evaluated
-  generation, so the optimizer is rebuilt by replay, never unpickled).
+  generation, so the optimizer is rebuilt by replay, never unpickled). One from `wm train-controller` (config
+  ``method``: actor-critic) holds history/* per evaluation and train_state/* (actor, critic, optimisers) instead.
+  An ``mdn`` artifact's model_config says ``"dynamics": "rssm"`` for an RSSM (`models.dynamics`).
 - ``eval``: returns, lengths (E,) float64/int64; episode_seeds (E,) int64.
 """
 
