@@ -514,7 +514,8 @@ DREAM_EVAL_FIELDS = ("temperature", "max_steps", "eval_episodes", "eval_real")  
 @seed_option
 @device_option
 @backend_options
-@as_runtime("seed", "device", "workers", "backend", "ray_address")
+@track_options
+@as_runtime("seed", "device", "workers", "backend", "ray_address", "track", "track_dir")
 def train_controller_cmd(vae: Path, mdn: Path, out: Path, preset: str, method: str, runtime: Runtime,
                          **options) -> None:
     """Train C as a latent actor-critic in M's dream (DreamerV3's, on either dynamics); rerun the same command

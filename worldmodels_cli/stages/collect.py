@@ -344,7 +344,7 @@ def _collect(env_cfg: EnvConfig, col: CollectConfig, seed: int, parts: Path, sta
                     writer.write({"collect/episode": ep.index, "collect/seed": ep.seed, "collect/length": ep.length,
                                   "collect/return": ep.ret, "collect/kept": ep.kept})
                     now = time.monotonic()
-                    rate_ep, rate_fr = ran / max(now - t0, 1e-9), frames / max(now - t0, 1e-9)
+                    rate_fr = frames / max(now - t0, 1e-9)
                     if ep.kept:
                         bar.update(1)
                     bar.set_postfix_str(f"{ran} run, {rate_fr:.0f} frames/s", refresh=False)  # the bar counts kept ones

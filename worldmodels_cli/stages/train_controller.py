@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import tracking
 from ..config import METHODS, ActorCriticConfig, Preset
 from ..models.actor_critic import (
     Actor,
@@ -120,11 +121,13 @@ def run(preset: Preset, ac: ActorCriticConfig, vae: str | Path, mdn: str | Path,
                              backend=runtime.backend, address=runtime.address)
     save = _Saver(out, trainer, st, config, runtime.seed, inputs, model_config, preset.env.name)
     try:
-        _train(trainer, st, save, writer, real, on_step)
+        with tracking.start(writer, out, runtime, stage="train-controller", config=config, step_key="step",
+                            first_step=trainer.step + 1 if trainer.step else 0):
+            _train(trainer, st, save, writer, real, on_step)
+            _plot(writer, out, trainer.step)
     finally:
         if real is not None:
             real.close()
-    _plot(writer, out)
     return _result(out, trainer, st)
 
 
@@ -390,11 +393,12 @@ def _result(out: Path, trainer: _Trainer, st: _State) -> ACResult:
                     {"method": "actor-critic"})
 
 
-def _plot(writer: MetricsWriter, out: Path) -> None:
-    """`<out>.fitness.png`: the evaluations and the training figures per step."""
+def _plot(writer: MetricsWriter, out: Path, step: int) -> None:
+    """`<out>.fitness.png`: the evaluations and the training figures per step; to the tracker too."""
     from ..plots import loss_curves
 
     keys = ["ac/eval_score", "ac/eval_real_score", "ac/return", "ac/value", "ac/actor_loss", "ac/critic_loss",
             "ac/entropy", "ac/std"]
-    loss_curves(writer.read(), keys, Path(out).with_suffix(".fitness.png"), x_key="step",
-                title=f"actor-critic: {Path(out).name}")
+    png = loss_curves(writer.read(), keys, Path(out).with_suffix(".fitness.png"), x_key="step",
+                      title=f"actor-critic: {Path(out).name}")
+    writer.image("ac/fitness", png, step)
