@@ -3,6 +3,8 @@ input checksums are this command's; otherwise it is refused in one line naming w
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from worldmodels_cli.runtime.errors import ArtifactError
@@ -54,3 +56,19 @@ def test_a_work_folder_belongs_to_one_run(tmp_path):
     with pytest.raises(ArtifactError, match="an unfinished encode"):
         runs.work_folder(out, mine, "encode")
     assert (parts / "000-000001.h5").read_text() == "a finished part"  # refused, never cleared
+
+
+def test_a_setting_added_later_takes_its_legacy_value_for_older_artifacts():
+    """An artifact made before `env.doom_screen_flashes` existed was made without flashes: it resumes under a config
+    that says off, and is refused under one that says on."""
+    from worldmodels_cli.config import preset
+
+    now = preset("doom", "small").to_dict()
+    old = json.loads(json.dumps(now))
+    del old["env"]["doom_screen_flashes"]
+    assert now["env"]["doom_screen_flashes"] is False
+    assert runs.differences(runs.identity(old, 0), runs.identity(now, 0)) == []
+    paper = preset("doom", "paper").to_dict()
+    old_paper = json.loads(json.dumps(paper))
+    del old_paper["env"]["doom_screen_flashes"]
+    assert runs.differences(runs.identity(old_paper, 0), runs.identity(paper, 0)) == ["env.doom_screen_flashes False vs True"]

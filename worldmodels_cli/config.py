@@ -84,8 +84,8 @@ class EnvConfig(_Config):
     max_steps: int = f(2100, "episode cap in steps; Doom: a timeout is a truncation, never a death (ref §A)", min=1)
     doom_skill: int = f(4, "Doom difficulty; 4 is the paper's effective skill (ref §B)", min=1)
     doom_resolution: str = f("160x120", "vizdoom screen resolution WxH; 160x120 renders fastest (ref §A)")
-    doom_screen_flashes: bool = f(True, "Doom: draw the engine's damage and pickup flashes (the 2018 engine, ViZDoom "
-                                        "1.0.2, always drew them; small Doom: off, as its measured results)")
+    doom_screen_flashes: bool = f(False, "Doom: draw the engine's damage and pickup flashes (paper: on, as the 2018 "
+                                         "engine, ViZDoom 1.0.2, always drew them; small: off, as its measured results)")
     doom_start_time: int = f(14, "tic at which a Doom episode starts, as ppaquette's env (ref §B)", min=0)
     action_threshold: float = f(1 / 3, "Doom: a < -t -> MOVE_LEFT, a > t -> MOVE_RIGHT, else none (ref §5.2)", min=0)
 
@@ -445,7 +445,7 @@ def _paper(env: str) -> Preset:
             evolve=EvolveConfig(max_steps=1000, seed_start=0, in_dream=False),
         )
     return Preset(
-        env=EnvConfig(name="doom", max_steps=2100),
+        env=EnvConfig(name="doom", max_steps=2100, doom_screen_flashes=True),
         collect=CollectConfig(episodes=10000, min_length=100),
         vae=VAEConfig(z_dim=64),
         vae_train=VAETrainConfig(),

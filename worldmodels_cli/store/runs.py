@@ -24,6 +24,14 @@ from .files import write_text_atomic
 log = logging.getLogger(__name__)
 
 
+# A setting added after artifacts were made: the value those artifacts were made with. An artifact that does not
+# record the setting is compared as if it recorded this value, so a run made before the setting existed still
+# resumes (and one whose command now asks for something else is still refused).
+LEGACY_VALUES = {
+    "env.doom_screen_flashes": False,  # before it was a setting, flashes were always off
+}
+
+
 def identity(config: Mapping[str, Any], seed: int | None, inputs: Mapping[str, Any] | None = None, *,
              free: Iterable[str] = ()) -> dict[str, Any]:
     """The identity of a run: `config` as plain JSON without the dotted paths `free` ("collect.episodes") and the
@@ -32,6 +40,13 @@ def identity(config: Mapping[str, Any], seed: int | None, inputs: Mapping[str, A
     paths do not count; None: the stage records its inputs in `config`)."""
     config = json.loads(json.dumps(config, sort_keys=True))  # tuples -> lists, as read back from an artifact
     config.pop("scale", None)  # the preset's name labels a run; its values are what count
+    for path, value in LEGACY_VALUES.items():
+        *parents, key = path.split(".")
+        node = config
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict) and key not in node:
+            node[key] = value
     for path in free:
         *parents, key = path.split(".")
         node = config
