@@ -51,6 +51,7 @@ def test_without_a_terminal_progress_is_k_of_n_rate_and_eta(wm, monkeypatch, cap
     assert res.code == 0, res.err
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("evaluate:")]
     assert lines and lines[-1].startswith("evaluate: 4 of 4 (100%), ") and "ep/s" in lines[-1]
+    assert sum(line.startswith("evaluate: 4 of 4") for line in lines) == 1  # the end is said once
     assert any("ETA 0:00:" in line for line in lines[:-1])
 
 

@@ -154,12 +154,13 @@ class LogProgress:
         self.t0 = self.last = time.monotonic()
         self.postfix = ""
         self.closed = False
+        self.logged = initial  # the count the last line showed
 
     def update(self, n: int = 1) -> None:
         self.n += n
         now = time.monotonic()
         if now - self.last >= self.every:
-            self.last = now
+            self.last, self.logged = now, self.n
             log.info(self.line())
 
     def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
@@ -177,7 +178,7 @@ class LogProgress:
         return ", ".join(parts)
 
     def close(self) -> None:
-        if not self.closed and self.n > self.start:
+        if not self.closed and self.n > self.start and self.n != self.logged:  # once at the end, not twice
             log.info(self.line())
         self.closed = True
 
