@@ -47,11 +47,11 @@ def test_log_lines_never_share_a_line_with_a_bar(tiny_world, tmp_path):
 def test_without_a_terminal_progress_is_k_of_n_rate_and_eta(wm, monkeypatch, caplog):
     monkeypatch.setenv("WM_PROGRESS_SECONDS", "0")
     caplog.set_level("INFO", logger="worldmodels_cli")
-    res = wm("evaluate", "--policy", "random", "--env", "doom", "--preset", "tiny", "--episodes", "4")
+    res = wm("evaluate", "--policy", "random", "--env", "doom", "--preset", "tiny", "--episodes", "10")
     assert res.code == 0, res.err
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("evaluate:")]
-    assert lines and lines[-1].startswith("evaluate: 4 of 4 (100%), ") and "ep/s" in lines[-1]
-    assert sum(line.startswith("evaluate: 4 of 4") for line in lines) == 1  # the end is said once
+    assert lines and lines[-1].startswith("evaluate: 10 of 10 (100%), ") and "ep/s" in lines[-1]
+    assert sum(line.startswith("evaluate: 10 of 10") for line in lines) == 1  # the end is said once
     assert any("ETA 0:00:" in line for line in lines[:-1])
 
 
