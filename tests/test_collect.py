@@ -42,6 +42,13 @@ def _assert_same(a, b):
         assert np.array_equal(da[k], db[k]), k
 
 
+def _chunks(path) -> list[bytes]:
+    """The frames dataset's chunks as stored (compressed) bytes."""
+    with h5py.File(path, "r") as fh:
+        ds = fh[A.FRAMES]
+        return [A.read_frames_chunk(ds, first) for first in range(0, ds.shape[0], ds.chunks[0])]
+
+
 def test_collect_writes_a_valid_rollouts_artifact(tmp_path):
     out = tmp_path / "doom.h5"
     res = collect.run(_cfg(episodes=5), out, runtime=Runtime(seed=3))
@@ -98,6 +105,7 @@ def test_same_seed_same_data_with_1_and_2_workers(tmp_path):
     r1 = collect.run(cfg, tmp_path / "w1.h5", runtime=Runtime(seed=5, workers=1))
     r2 = collect.run(cfg, tmp_path / "w2.h5", runtime=Runtime(seed=5, workers=2))
     _assert_same(tmp_path / "w1.h5", tmp_path / "w2.h5")
+    assert _chunks(tmp_path / "w1.h5") == _chunks(tmp_path / "w2.h5")  # the same bytes, not only the same frames
     ids = _data(tmp_path / "w1.h5")[A.EPISODE_IDS]
     assert r1.ran > 8 and len(ids) == 8 and ids[-1] > 7  # some were discarded
     assert np.all(_data(tmp_path / "w1.h5")[A.EPISODE_LENGTHS] > 40)
@@ -143,7 +151,8 @@ def test_kill_9_then_rerun_loses_and_duplicates_nothing(tmp_path):
     script = (
         "import sys; from worldmodels_cli.stages import collect; from worldmodels_cli.config import preset\n"
         "p = preset('doom', 'tiny'); p = p.replace(collect=p.collect.replace(episodes=150))\n"
-        f"collect.run(p, {str(out)!r}, seed=2)\n"
+        "from worldmodels_cli.runtime import Runtime\n"
+        f"collect.run(p, {str(out)!r}, runtime=Runtime(seed=2))\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script])
     parts = runs.parts_dir(out)
@@ -173,6 +182,7 @@ def test_append_equals_a_fresh_larger_run(tmp_path):
     assert res.appended_to == 4 and res.episodes == 7
     collect.run(_cfg(episodes=7, min_length=30), tmp_path / "fresh.h5", runtime=Runtime(seed=4))
     _assert_same(tmp_path / "fresh.h5", out)
+    assert _chunks(tmp_path / "fresh.h5") == _chunks(out)  # old chunks copied, the tail re-encoded: same bytes
     after = _data(out)
     n = first[A.FRAMES].shape[0]
     assert np.array_equal(after[A.FRAMES][:n], first[A.FRAMES])
@@ -271,15 +281,57 @@ def test_cli_read_only_folder(tmp_path, capsys):
     assert code == 2 and "not writable" in err and err.count("\n") == 1
 
 
-def test_encoded_chunks_are_what_h5py_writes(tmp_path):
-    """The merge encodes frames chunks itself (in threads); the bytes must equal h5py's own FRAME_COMPRESSION."""
-    rng = np.random.default_rng(0)
-    frames = (rng.integers(0, 4, (100, 64, 64, 3)) * 60).astype(np.uint8)
-    with h5py.File(tmp_path / "x.h5", "w") as fh:
-        ref = A.create_frames_dataset(fh, 32)
-        A.append(ref, frames)
-        for first in (0, 32, 96):  # 96: the short, zero-padded last chunk
-            assert A.encode_frames_chunk(frames[first:first + 32], 32) == A.read_frames_chunk(ref, first)
+def test_frames_are_compressed_once(tmp_path, monkeypatch):
+    """The worker compresses each frame of a kept episode once (a short one's never) and its shard holds them so;
+    the merge compresses nothing again but the first frame of a chunk that was compressed against the frame
+    before it (and the zero padding of the last chunk)."""
+    from worldmodels_cli.store import frame_codec
+
+    added, deflated = [], []
+    real_add, real_deflate = frame_codec.StreamEncoder.add, frame_codec.deflate_frame
+    monkeypatch.setattr(frame_codec.StreamEncoder, "add", lambda self, k, f: added.append(k) or real_add(self, k, f))
+    monkeypatch.setattr(frame_codec, "deflate_frame", lambda *a: deflated.append(1) or real_deflate(*a))
+    frame_codec._padding.cache_clear()
+    cfg, out = _cfg(episodes=6, min_length=30), tmp_path / "c.h5"
+    res = collect.run(cfg, out, runtime=Runtime(seed=3, workers=1))  # one worker runs inline: spies see it
+    assert res.ran > res.episodes  # some episodes were short
+    assert len(added) == res.frames
+    chunks = -(-res.frames // cfg.collect.chunk_frames)
+    assert res.frames < len(deflated) <= res.frames + chunks + 1
+    data = _data(out)
+    starts = data[A.EPISODE_STARTS]
+    assert len(data[A.FRAMES]) == res.frames and np.all(data[A.FRAMES][starts].reshape(len(starts), -1).any(1))
+
+
+def test_a_shard_of_the_previous_format_is_merged(tmp_path, monkeypatch):
+    """A collection interrupted by a previous version (shards of raw frames, gzip-1) resumes into the same
+    artifact, byte for byte, as a fresh one."""
+    cfg, out = _cfg(episodes=4), tmp_path / "o.h5"
+    real, calls = collect._run_chunk, []
+
+    def dies_after_3(state, chunk):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.extend(chunk)
+        return real(state, chunk)
+
+    monkeypatch.setattr(collect, "_run_chunk", dies_after_3)
+    with pytest.raises(KeyboardInterrupt):
+        collect.run(cfg, out, runtime=Runtime(seed=0))
+    monkeypatch.undo()
+    shard = collect.shard_path(runs.parts_dir(out), 1)
+    old = A.read_episode_shard(shard)
+    raw = np.stack([np.frombuffer(old.frames.raw(k), np.uint8).reshape(64, 64, 3) for k in range(len(old.frames))])
+    with h5py.File(shard, "w") as fh:  # what the previous version wrote
+        fh.create_dataset(A.FRAMES, data=raw, chunks=(min(len(raw), 64), 64, 64, 3), compression="gzip", compression_opts=1)
+        for key, arr in old.steps.items():
+            fh.create_dataset(key, data=arr)
+        fh.attrs[A.SHARD_EPISODE_ID], fh.attrs[A.SHARD_EPISODE_SEED] = old.episode_id, old.seed
+    res = collect.run(cfg, out, runtime=Runtime(seed=0))
+    assert res.reused == 3 and res.ran == 1
+    collect.run(cfg, tmp_path / "ref.h5", runtime=Runtime(seed=0))
+    _assert_same(tmp_path / "ref.h5", out)
+    assert _chunks(tmp_path / "ref.h5") == _chunks(out)
 
 
 def test_a_damaged_shard_is_removed_and_recollected(tmp_path, monkeypatch):
@@ -305,6 +357,21 @@ def test_a_damaged_shard_is_removed_and_recollected(tmp_path, monkeypatch):
     assert res.reused == 3 and res.ran == 1  # only the damaged episode is run again
     collect.run(cfg, tmp_path / "ref.h5", runtime=Runtime(seed=0))
     _assert_same(tmp_path / "ref.h5", out)
+
+
+def test_a_shard_whose_compressed_frames_changed_is_refused(tmp_path):
+    """The merge copies a shard's compressed frames without inflating them: a CRC-32 catches a changed byte."""
+    from worldmodels_cli.store import frame_codec
+
+    frames = np.random.default_rng(0).integers(0, 255, (5, 64, 64, 3), dtype=np.uint8)
+    steps = {A.REWARDS: np.zeros(5, np.float32)}
+    path = tmp_path / "episode-000000.h5"
+    A.write_episode_shard(path, steps, frame_codec.encode(frames), episode_id=0, seed=7)
+    assert A.read_episode_shard(path).frames.raw(4) == frames[4].tobytes()
+    with h5py.File(path, "r+") as fh:
+        fh[A.SHARD_SEGMENTS][100] ^= 1
+    with pytest.raises(ArtifactError, match="episode-000000.h5: unreadable.*CRC-32"):
+        A.read_episode_shard(path)
 
 
 @pytest.mark.slow

@@ -176,6 +176,85 @@ def test_sequence_split_is_consistent_with_chunked_calls():
     torch.testing.assert_close(torch.cat([first.mu, second.mu], 1), whole.mu, rtol=0, atol=1e-12)
 
 
+# ------------------------------------------------------------------------ M as torch's nn.LSTM, two paths
+def _as_nn_lstm(m: MDNRNN) -> torch.nn.LSTM:
+    """torch's nn.LSTM holding M's weights: bias_ih = M's one bias, bias_hh = 0 (ref §4.1)."""
+    lstm = torch.nn.LSTM(m.input_dim, m.cfg.hidden, batch_first=True).to(m.bias.dtype)
+    with torch.no_grad():
+        lstm.weight_ih_l0.copy_(m.weight_ih)
+        lstm.weight_hh_l0.copy_(m.weight_hh)
+        lstm.bias_ih_l0.copy_(m.bias)
+        lstm.bias_hh_l0.zero_()
+    return lstm
+
+
+@pytest.mark.parametrize("path", ["split", "packed"])
+def test_m_is_nn_lstm_with_a_zero_hidden_bias(path):
+    """The one-bias LSTM is nn.LSTM with bias_hh = 0: M's weights as they are, the same function; with restarts
+    it is nn.LSTM run on each piece between them (a PackedSequence of the pieces)."""
+    m = MDNRNN(DOOM_TINY).double()
+    m.restart_path = path
+    lstm = _as_nn_lstm(m)
+    z, a = _inputs(DOOM_TINY, 3, 9)
+    x = lambda r: torch.cat([z, a, r.unsqueeze(-1)], -1)  # noqa: E731
+    no_restart = torch.zeros(3, 9, dtype=torch.float64)
+    out, (h, c) = m(z, a, no_restart)
+    hs, (hn, cn) = lstm(x(no_restart))
+    torch.testing.assert_close(out.mu, m.head_outputs(hs).mu, rtol=0, atol=1e-12)
+    torch.testing.assert_close((h, c), (hn[0], cn[0]), rtol=0, atol=1e-12)
+
+    r = _restarts(3, 9)
+    out, (h, c) = m(z, a, r)
+    pieces, where = [], []
+    for b in range(3):
+        cuts = [0] + [t for t in range(1, 9) if r[b, t]] + [9]
+        for t0, t1 in zip(cuts[:-1], cuts[1:], strict=True):
+            pieces.append(x(r)[b, t0:t1])
+            where.append((b, t0, t1))
+    packed = torch.nn.utils.rnn.pack_sequence(pieces, enforce_sorted=False)
+    hs_packed, (hn, cn) = lstm(packed)
+    hs_pieces, _ = torch.nn.utils.rnn.pad_packed_sequence(hs_packed, batch_first=True)
+    ref = torch.zeros(3, 9, DOOM_TINY.hidden, dtype=torch.float64)
+    for i, (b, t0, t1) in enumerate(where):
+        ref[b, t0:t1] = hs_pieces[i, : t1 - t0]
+    last = [max(i for i, w in enumerate(where) if w[0] == b) for b in range(3)]
+    torch.testing.assert_close(out.mu, m.head_outputs(ref).mu, rtol=0, atol=1e-12)
+    torch.testing.assert_close((h, c), (hn[0, last], cn[0, last]), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_packed_and_split_paths_give_the_same_outputs_and_gradients(dtype):
+    """Restarts at t = 0, mid-sequence, on consecutive steps and on the last step, from a carried state."""
+    m = MDNRNN(DOOM_TINY).to(dtype)
+    b, t = 4, 13
+    z, a = _inputs(DOOM_TINY, b, t, dtype)
+    r = torch.zeros(b, t, dtype=dtype)
+    r[0, 0] = r[0, 3] = r[0, 7] = r[1, 5] = r[2, 1] = r[2, 2] = r[3, 12] = 1
+    init = tuple(torch.randn(b, DOOM_TINY.hidden, dtype=dtype) for _ in range(2))
+    results = {}
+    for path in ("split", "packed"):
+        m.restart_path = path
+        m.zero_grad()
+        state = tuple(s.clone().requires_grad_(True) for s in init)
+        out, (h, c) = m(z, a, r, state)
+        loss = mdn_nll(z.roll(-1, 1), out) + out.done_logit.square().mean() + out.reward.mean() + h.sum() + 2 * c.sum()
+        loss.backward()
+        results[path] = ([out.logpi, out.mu, out.logsigma, out.done_logit, out.reward, h, c],
+                         [p.grad.clone() for p in m.parameters()] + [s.grad for s in state])
+    tol = dict(rtol=0, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    for kind in (0, 1):
+        for x, y in zip(results["split"][kind], results["packed"][kind], strict=True):
+            torch.testing.assert_close(x, y, **tol)
+
+
+def test_the_path_is_chosen_by_device():
+    from worldmodels_cli.models.mdnrnn import auto_restart_path
+
+    assert auto_restart_path(torch.device("cuda")) == "packed"  # one cuDNN call a batch
+    assert auto_restart_path(torch.device("cpu")) == "split"  # oneDNN's fused kernel (benchmarks/mdn.py)
+    assert "restart_path" not in dict(MDNRNN(DOOM_TINY).state_dict())  # not a weight: artifacts unchanged
+
+
 # ------------------------------------------------------------------------------------------- losses
 def test_nll_equals_torch_mixture_same_family():
     g = torch.Generator().manual_seed(1)

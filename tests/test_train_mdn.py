@@ -316,6 +316,35 @@ def test_resume_ends_with_the_same_weights(tmp_path, env, fixture, how, request)
     assert res.nll == ref.nll
 
 
+def test_training_resumes_across_restart_paths(tmp_path, doom_series, monkeypatch):
+    """A run checkpointed on the split path (the CPU's) resumes on the packed one (one cuDNN call a batch on
+    CUDA) and ends where the uninterrupted run does, within float error; the artifact is the same either way."""
+    from worldmodels_cli.models import mdnrnn
+
+    p = preset("doom", "tiny")
+    p = p.replace(mdn_train=p.mdn_train.replace(steps=12))
+    monkeypatch.setattr(mdnrnn, "auto_restart_path", lambda device: "split")
+    train_mdn.run(p, [doom_series], tmp_path / "ref.h5", runtime=Runtime(device="cpu"))
+    out = tmp_path / "m.h5"
+
+    def stop(step):
+        if step == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_mdn.run(p, [doom_series], out, runtime=Runtime(device="cpu"), on_step=stop)
+    packed_calls = []
+    real = MDNRNN._run_packed
+    monkeypatch.setattr(mdnrnn, "auto_restart_path", lambda device: "packed")
+    monkeypatch.setattr(MDNRNN, "_run_packed", lambda self, *a: packed_calls.append(1) or real(self, *a))
+    res = train_mdn.run(p, [doom_series], out, runtime=Runtime(device="cpu"))
+    assert res.resumed_from == 7 and res.steps == 12 and len(packed_calls) >= 5  # restarts inside every batch
+    a, b = _weights(tmp_path / "ref.h5"), _weights(out)
+    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-5, err_msg=k)
+
+
 def test_rerun_of_a_finished_run_is_a_no_op_and_more_steps_continue(tmp_path, car_series):
     p = preset("carracing", "tiny")
     out = tmp_path / "m.h5"

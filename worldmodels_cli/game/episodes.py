@@ -95,14 +95,17 @@ def _init(p: _Payload) -> _Worker:
 
 def lockstep(envs: list[Env], actor: Actor, seeds: list[int], max_steps: int, *, params: np.ndarray | None = None,
              labels: list[str] | None = None, record: bool = False, ignore_done: bool = False, stall_steps: int = 0,
-             on_end: Callable[[int, dict[str, np.ndarray]], None] | None = None) -> list[dict[str, np.ndarray]]:
+             on_end: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+             on_frame: Callable[[int, int, np.ndarray], None] | None = None) -> list[dict[str, np.ndarray]]:
     """Episode i from seeds[i] on envs[i], all stepped together, `actor` acting for the running ones at once.
 
     Per episode, the per-step arrays keyed by the artifact's dataset names (record=True: frames, actions, rewards,
     terminated, truncated, and Doom's env_actions; else rewards only). frames[t] is the frame before actions[t]
     (ref §2.1); the frame after the last action is not kept. An episode ends at its env's termination (unless
     `ignore_done`: CarRacing runs on to the cap as the original's full_episode did, ref §2.1; vizdoom cannot step
-    after a death), its truncation or `max_steps`; `on_end(i, arrays)` is called then. Each episode draws only from
+    after a death), its truncation or `max_steps`; `on_end(i, arrays)` is called then. With record, `on_frame(i, t,
+    frame)` is called as frame t of episode i is recorded (`frame` is the row of its array: never written again, and
+    frames[t] in `on_end`'s arrays). Each episode draws only from
     its own stream `seeding.generator(seed, "policy")`. An env that raises fails the call with `labels[i]`.
 
     `stall_steps` > 0 (real-env fitness only) also ends an episode after that many steps in a row without a positive
@@ -133,6 +136,8 @@ def lockstep(envs: list[Env], actor: Actor, seeds: list[int], max_steps: int, *,
             k = t[i]
             if record:
                 frames[i][k], actions[i][k], env_actions[i][k] = obs[i], action, step.env_action
+                if on_frame is not None:
+                    on_frame(i, k, frames[i][k])
             rewards[i][k], flags[i][k] = step.reward, (step.terminated, step.truncated)
             t[i], obs[i] = k + 1, step.obs
             since[i] = 0 if step.reward > 0 else since[i] + 1

@@ -8,6 +8,11 @@ The LSTM is the reference's `LayerNormBasicLSTMCell(layer_norm=False)` (ref §4.
 bias of 4H (torch's nn.LSTM would have two), no peepholes. Parameters are stored in torch's layout (gate order
 i, f, g, o; `weight_ih` (4H, In), `weight_hh` (4H, H), `bias` (4H)) so the fused ATen LSTM kernel (cuDNN on CUDA)
 runs them; the reference's constant forget_bias = 1.0 is folded into `bias` (initialised to 1 on the f block).
+It is torch's nn.LSTM with bias_ih = `bias` and bias_hh = 0, the same function (tests/test_mdnrnn.py).
+A restart inside a sequence cannot be given to that kernel; `restart_path` says how a batch with restarts runs:
+'split' (one call per restart time) or 'packed' (each stream cut at its restarts, all pieces one variable-length
+call: one cuDNN call per batch); 'auto' takes the faster on the device (`auto_restart_path`). Same weights, same
+function, either way.
 Parameter count = 4H·(In + H + 1) + H·O + O, with In = Z + A (+1 restart), O = Z·K·3 (+1 done) (+1 reward):
 422,368 for CarRacing (Z 32, A 3, H 256) and 1,678,785 for Doom (Z 64, A 1, H 512, restart, done) (ref §4.2/§4.3).
 
@@ -58,6 +63,8 @@ class MDNRNN(nn.Module):
         self.head = nn.Linear(h, self.out_dim)
         # torch's kernel wants a second (hidden) bias; ours is fixed at zero, so not a parameter (ref §4.1: one bias)
         self.register_buffer("_zero_bias", torch.zeros(4 * h), persistent=False)
+        # how a sequence with restarts inside runs (not a parameter: the weights are the same either way)
+        self.restart_path = "auto"
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -154,7 +161,16 @@ class MDNRNN(nn.Module):
         return hs, (hn[0], cn[0])
 
     def _run_with_restarts(self, x: Tensor, r: Tensor, state: tuple[Tensor, Tensor]):
-        """Split the sequence where any stream restarts; zero the restarting streams' state at each split."""
+        """The LSTM over x (B, T, In) with the state zeroed before every step where r (B, T) is 1, by the path
+        `restart_path` names ('auto': `auto_restart_path` for x's device). Both give the same function."""
+        path = self.restart_path if self.restart_path != "auto" else auto_restart_path(x.device)
+        if path == "packed" and x.shape[1] > 1 and bool(r[:, 1:].ne(0).any()):
+            return self._run_packed(x, r, state)
+        return self._run_split(x, r, state)
+
+    def _run_split(self, x: Tensor, r: Tensor, state: tuple[Tensor, Tensor]):
+        """Split the sequence where any stream restarts; zero the restarting streams' state at each split: one
+        kernel call per split, so as many calls as there are distinct restart times in the batch."""
         t = x.shape[1]
         cuts = [0]
         if t > 1:
@@ -167,6 +183,78 @@ class MDNRNN(nn.Module):
             hs, (h, c) = self._lstm(x[:, t0:t1], (h * keep, c * keep))
             outs.append(hs)
         return torch.cat(outs, dim=1), (h, c)
+
+    def _run_packed(self, x: Tensor, r: Tensor, state: tuple[Tensor, Tensor]):
+        """Every stream cut at its own restarts, and all the pieces run as the rows of ONE packed (variable-length)
+        sequence: one kernel call whatever the restarts (cuDNN's variable-length LSTM on CUDA). A piece that
+        starts a stream starts from that stream's state (zeroed if r[:, 0] is 1), every other piece from zeros
+        (it starts an episode); the outputs are put back in (B, T) order and each stream's final state is its last
+        piece's."""
+        b, t, _ = x.shape
+        layout = _pieces(r)
+        h0, c0 = state
+        keep = (1.0 - r[:, 0]).unsqueeze(-1)  # (B, 1)
+        first = layout.first.to(x.device)  # (S,) the stream a piece starts, or -1 (an episode's start: zeros)
+        rows = first.clamp_min(0)
+
+        def initial(s0: Tensor) -> Tensor:  # (S, H): the stream's (kept) state for its first piece, else zeros
+            return torch.where((first >= 0).unsqueeze(-1), (s0 * keep)[rows], torch.zeros_like(s0[rows]))
+
+        data = x.reshape(b * t, -1)[layout.gather.to(x.device)]  # (N, In) in packed order
+        params = [self.weight_ih, self.weight_hh, self.bias, self._zero_bias]
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous")
+            out, hn, cn = torch.lstm(data, layout.batch_sizes, (initial(h0).unsqueeze(0), initial(c0).unsqueeze(0)),
+                                     params, True, 1, 0.0, self.training, False)
+        hs = out[layout.scatter.to(x.device)].reshape(b, t, -1)  # (B, T, H) back in stream order
+        last = layout.last.to(x.device)  # (B,) each stream's last piece
+        return hs, (hn[0][last], cn[0][last])
+
+
+RESTART_PATHS = ("auto", "split", "packed")
+
+
+def auto_restart_path(device: torch.device) -> str:
+    """The faster path for a batch with restarts inside. CUDA: 'packed', one cuDNN call per batch, where 'split'
+    makes one call per restart time (≈ 200 for a paper-size Doom batch of 100 streams × 499 steps). CPU: 'split',
+    whose calls run oneDNN's fused LSTM and its backward kernel, while a packed sequence runs step by step under
+    autograd: ≈ 9× slower at paper size on the CPU (benchmarks/mdn.py `restart_paths` measures both)."""
+    return "packed" if torch.device(device).type == "cuda" else "split"
+
+
+@dataclass(frozen=True)
+class _Pieces:
+    """Where the pieces between restarts lie, as index tensors (module `_pieces`). S pieces, N = B·T steps."""
+
+    batch_sizes: Tensor  # (L,) int64 on the CPU: pieces still running at each step (PackedSequence's)
+    gather: Tensor  # (N,) the flat (B·T) position of each packed row
+    scatter: Tensor  # (N,) the packed row of each flat position (gather's inverse)
+    first: Tensor  # (S,) in packed order: the stream whose first piece this is, else -1
+    last: Tensor  # (B,) the packed index of each stream's last piece
+
+
+def _pieces(r: Tensor) -> _Pieces:
+    """Cut each stream of r (B, T) before every step whose restart flag is set; pieces sorted longest first, as
+    a packed sequence wants them."""
+    b, t = r.shape
+    starts = r.detach().ne(0).cpu()
+    starts[:, 0] = True  # every stream's first step starts a piece
+    begin = torch.nonzero(starts.reshape(-1)).flatten()  # (S,) flat positions, in stream then time order
+    end = torch.cat([begin[1:], torch.tensor([b * t])])
+    length = end - begin  # a piece never crosses a stream: each stream's first step starts one
+    order = torch.argsort(length, descending=True, stable=True)  # (S,) packed index -> piece
+    length_s, begin_s = length[order], begin[order]
+    steps = torch.arange(int(length_s[0]))
+    valid = steps[:, None] < length_s[None, :]  # (L, S): piece j still runs at step i (a prefix of each row)
+    gather = (begin_s[None, :] + steps[:, None])[valid]  # (N,) time-major over the sorted pieces
+    scatter = torch.empty_like(gather)
+    scatter[gather] = torch.arange(len(gather))
+    stream = begin_s // t
+    first = torch.where(begin_s % t == 0, stream, torch.full_like(stream, -1))
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order))  # piece -> packed index
+    last_piece = torch.searchsorted(begin, torch.arange(1, b + 1) * t) - 1  # each stream's last piece
+    return _Pieces(batch_sizes=valid.sum(1), gather=gather, scatter=scatter, first=first, last=rank[last_piece])
 
 
 # ------------------------------------------------------------------------------------------------ losses

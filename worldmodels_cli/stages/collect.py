@@ -10,15 +10,18 @@ work folder beside the output::
     <out>.parts/lock                   held while a collection runs
 
 The kept episodes are the first ``episodes`` indices, in index order, whose length exceeds ``min_length``
-(Doom: 100, ref §2.2), so the kept set never depends on the workers either. When they all exist they are merged
-in index order into ``<out>`` (one atomic write, streamed episode by episode so memory stays flat), and the work
-folder is deleted. With ``ignore_done`` (CarRacing) the steps after the env's own end are recorded as the env
+(Doom: 100, ref §2.2), so the kept set never depends on the workers either. They are merged in index order into
+``<out>``'s temp file while the collection runs (a thread takes each one as soon as every index before it is
+finished; memory stays flat), which is renamed into place when all are in; then the work folder is deleted. Frames are compressed once (store/frame_codec.py): a worker deflates each frame of a kept
+episode on a thread beside the game as it comes, and its shard holds them as the artifact will; the merge makes
+each gzip chunk from them as they are (on ``workers`` threads), recompressing only a chunk's first frame when it
+was compressed against the frame before. With ``ignore_done`` (CarRacing) the steps after the env's own end are recorded as the env
 reports them (off the playfield: −100 and terminated every step); the summary's mean return stops at that end.
 
 A kill at any point costs at most the episodes in flight: rerunning the same command finds the finished shards
 and runs only the missing episodes; a larger ``--episodes`` on a complete artifact collects only the extra
 episodes (ids continue) and rewrites the artifact with the old episodes first (their frames chunks are copied
-as stored, not re-encoded). The merge encodes the frames chunks on ``workers`` threads.
+as stored, not re-encoded).
 
 With ``--backend ray`` on several machines the work folder must be on a file system all of them share.
 """
@@ -32,9 +35,11 @@ import fcntl
 import logging
 import math
 import os
+import queue
 import shutil
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,14 +49,14 @@ import numpy as np
 
 from .. import tracking
 from ..config import CollectConfig, EnvConfig, Preset
-from ..game.envs import FRAME_SHAPE, Env, check_env_config
+from ..game.envs import Env, check_env_config
 from ..game.episodes import ENVS_PER_WORKER, EnvSet, EpisodeError, lockstep
 from ..game.policies import Actor, Policy, PolicyBatch, make_actor
 from ..runtime import Runtime, seeding
 from ..runtime.errors import ArtifactError, ConfigError
 from ..runtime.executor import make_executor
 from ..store import artifacts as A
-from ..store import files, metrics, runs
+from ..store import files, frame_codec, metrics, runs
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +126,11 @@ class _Worker:
         self.p = p
         self.envs = EnvSet(p.env)
         self.actor: Actor = make_actor(p.env, p.collect, p.controller)
+        self.encoder = frame_codec.StreamEncoder()  # frames compressed once, beside the game (frame_codec)
 
     def close(self) -> None:
         self.envs.close()
+        self.encoder.close()
 
 
 def _init_worker(payload: _Payload) -> _Worker:
@@ -144,26 +151,45 @@ def chunk_size(col: CollectConfig, env: EnvConfig) -> int:
 
 def _run_chunk(state: _Worker, indices: list[int]) -> list[EpisodeMeta]:
     """Episodes `indices` in lockstep; each is written to its shard as soon as it ends (a kill loses only the
-    episodes still running)."""
-    p, parts = state.p, Path(state.p.parts)
+    episodes still running). Frames are compressed as they come, on the encoder's thread, once an episode is
+    long enough to be kept: the shard holds them as the artifact will (frame_codec)."""
+    p, parts, encoder = state.p, Path(state.p.parts), state.encoder
     seeds = [episode_seed(p.seed, i) for i in indices]
     metas: list[EpisodeMeta] = []
+    keep_from = p.collect.min_length  # frame t = min_length exists: the episode is longer than min_length
+    held: dict[int, list[np.ndarray]] = {j: [] for j in range(len(indices))}  # frames of a maybe-short episode
+    for index in indices:
+        encoder.drop(index)  # what a failed try of this chunk left
+
+    def frame(j: int, t: int, row: np.ndarray) -> None:
+        if t < keep_from:
+            held[j].append(row)
+            return
+        for r in held.pop(j, ()):
+            encoder.add(indices[j], r)
+        encoder.add(indices[j], row)
 
     def write(j: int, steps: dict[str, np.ndarray]) -> None:
         index, length = indices[j], len(steps[A.FRAMES])
         kept = length > p.collect.min_length
         if kept:
-            A.write_episode_shard(shard_path(parts, index), steps, episode_id=index, seed=seeds[j])
+            A.write_episode_shard(shard_path(parts, index), steps, encoder.finish(index), episode_id=index,
+                                  seed=seeds[j])
         else:  # only the name matters: this index was run and is discarded (ref §2.2)
+            held.pop(j, None)
             shard_path(parts, index, SHORT_SUFFIX).write_text(f"{length}\n")
         metas.append(EpisodeMeta(index, seeds[j], length, float(steps[A.REWARDS].sum(dtype=np.float64)), kept))
 
     try:
         lockstep(state.envs.take(len(indices)), state.actor, seeds, p.env.max_steps, record=True,
-                 ignore_done=p.collect.ignore_done, labels=[_describe_one(p.seed, i) for i in indices], on_end=write)
+                 ignore_done=p.collect.ignore_done, labels=[_describe_one(p.seed, i) for i in indices], on_end=write,
+                 on_frame=frame)
     except EpisodeError:
         state.envs.close()
         raise
+    finally:
+        for index in indices:
+            encoder.drop(index)  # nothing, unless an episode failed halfway
     return sorted(metas, key=lambda m: m.index)
 
 
@@ -294,12 +320,15 @@ def run(cfg: Preset, out: str | os.PathLike, controller: str | os.PathLike | Non
         writer = metrics.MetricsWriter(metrics.metrics_path(out), truncate=fresh)
         with tracking.start(writer, out, runtime, stage="collect", config=record, step_key="collect/episode",
                             first_step=start, purge=fresh):
-            ran = _collect(env_cfg, col, seed, parts, start, needed, done, workers, backend, address, controller,
-                           writer)
-            chosen, _ = _selected(done, start, needed)
-            assert len(chosen) == needed, (len(chosen), needed)
-            reused = sum(i in found for i in chosen)
-            stats = _merge(out, old, parts, chosen, record, seed, env_cfg, col, threads=workers)
+            with _Merger(out, old, parts, start, needed, record, seed, env_cfg, col, threads=workers) as merger:
+                for index in sorted(done):
+                    merger.offer(index, done[index])
+                ran = _collect(env_cfg, col, seed, parts, start, needed, done, workers, backend, address,
+                               controller, writer, merger.offer)
+                chosen, _ = _selected(done, start, needed)
+                assert len(chosen) == needed, (len(chosen), needed)
+                reused = sum(i in found for i in chosen)
+                stats = merger.finish()
             seconds = time.monotonic() - t0
             result = CollectResult(out, stats["episodes"], stats["frames"], stats["mean_length"],
                                    stats["mean_return"], ran=ran, reused=reused,
@@ -313,8 +342,9 @@ def run(cfg: Preset, out: str | os.PathLike, controller: str | os.PathLike | Non
 
 def _collect(env_cfg: EnvConfig, col: CollectConfig, seed: int, parts: Path, start: int, needed: int,
              done: dict[int, bool], workers: int, backend: str, address: str | None, controller: str | None,
-             writer: metrics.MetricsWriter) -> int:
-    """Run episodes until the first `needed` kept indices from `start` are all finished; returns how many ran."""
+             writer: metrics.MetricsWriter, on_episode: Callable[[int, bool], None]) -> int:
+    """Run episodes until the first `needed` kept indices from `start` are all finished; returns how many ran.
+    `on_episode(index, kept)` is called as each one finishes."""
     if len(_selected(done, start, needed)[0]) == needed:
         return 0
     payload = _Payload(env_cfg, col, seed, str(parts), controller)
@@ -339,6 +369,7 @@ def _collect(env_cfg: EnvConfig, col: CollectConfig, seed: int, parts: Path, sta
                 chunks = [batch[i:i + size] for i in range(0, len(batch), size)]
                 for _, ep in ((k, m) for k, metas in ex.run(_run_chunk, chunks, describe=describe) for m in metas):
                     done[ep.index] = ep.kept
+                    on_episode(ep.index, ep.kept)
                     ran += 1
                     frames += ep.length
                     writer.write({"collect/episode": ep.index, "collect/seed": ep.seed, "collect/length": ep.length,
@@ -362,30 +393,32 @@ def _return(steps: dict[str, np.ndarray]) -> float:
 
 
 class _FrameWriter:
-    """Appends frames to the artifact's chunked frames dataset, encoding full chunks on `threads` threads (zlib
-    runs without the GIL) while the main thread alone touches HDF5. At most a few chunks are in flight, so memory
-    stays flat."""
+    """Appends frames to the artifact's chunked frames dataset: each chunk is made from its frames compressed once
+    (frame_codec.build_chunk) on `threads` threads, while the main thread alone touches HDF5. At most a few
+    chunks are in flight, so memory stays flat."""
 
     def __init__(self, ds: h5py.Dataset, chunk: int, threads: int) -> None:
         self.ds, self.chunk = ds, chunk
-        self.buf = np.empty((chunk, *FRAME_SHAPE), dtype=np.uint8)
+        self.pieces: list[tuple[frame_codec.EncodedFrames, int, int]] = []  # the chunk being filled
         self.fill = 0
-        self.size = 0  # frames handed to the encoder so far
-        self.pool = cf.ThreadPoolExecutor(max(1, threads), thread_name_prefix="encode")
+        self.size = 0  # frames handed to the chunk builders so far
+        self.pool = cf.ThreadPoolExecutor(max(1, threads), thread_name_prefix="chunks")
         self.pending: collections.deque[tuple[int, cf.Future]] = collections.deque()
         self.max_pending = 4 * max(1, threads)
 
-    def add(self, frames: np.ndarray) -> None:
-        i = 0
-        while i < len(frames):
-            take = min(self.chunk - self.fill, len(frames) - i)
-            self.buf[self.fill:self.fill + take] = frames[i:i + take]
-            self.fill, i = self.fill + take, i + take
+    def add(self, frames: frame_codec.EncodedFrames) -> None:
+        """Append an episode's compressed frames (or a stretch of one)."""
+        k = 0
+        while k < len(frames):
+            take = min(self.chunk - self.fill, len(frames) - k)
+            self.pieces.append((frames, k, k + take))
+            self.fill, k = self.fill + take, k + take
             if self.fill == self.chunk:
                 self._submit()
 
-    def copy_from(self, src: h5py.Dataset, n: int) -> None:
-        """Append src[:n]; whole chunks are copied as stored bytes when the layouts match (no re-encoding)."""
+    def copy_from(self, src: h5py.Dataset, n: int, starts: np.ndarray) -> None:
+        """Append src[:n], whose episodes start at `starts`: whole chunks are copied as stored bytes when the layouts
+        match; the rest is compressed here as each episode's frames, so the bytes are a fresh collection's."""
         assert self.size == 0 and self.fill == 0
         whole = n // self.chunk if A.same_frames_layout(src, self.ds) else 0
         if whole:
@@ -393,15 +426,20 @@ class _FrameWriter:
             for k in range(whole):
                 A.write_frames_chunk(self.ds, k * self.chunk, A.read_frames_chunk(src, k * self.chunk))
             self.size = whole * self.chunk
-        for lo in range(whole * self.chunk, n, self.chunk):
-            self.add(src[lo:min(lo + self.chunk, n)])
+        bounds = np.unique(np.concatenate([np.asarray(starts, dtype=np.int64), [n]]))
+        lo = whole * self.chunk
+        while lo < n:
+            first = int(bounds[bounds <= lo].max(initial=0))  # the start of the episode holding frame lo
+            hi = min(int(bounds[bounds > lo].min()), (lo // self.chunk + 1) * self.chunk)  # within one chunk
+            self.add(frame_codec.encode(src[lo:hi], first=lo - first))
+            lo = hi
 
     def _submit(self) -> None:
-        first, block = self.size, self.buf[:self.fill].copy()
+        first, pieces = self.size, self.pieces
         self.size += self.fill
-        self.fill = 0
+        self.pieces, self.fill = [], 0
         self.ds.resize(self.size, axis=0)
-        self.pending.append((first, self.pool.submit(A.encode_frames_chunk, block, self.chunk)))
+        self.pending.append((first, self.pool.submit(frame_codec.build_chunk, pieces, self.chunk)))
         while len(self.pending) > self.max_pending:
             self._store_one()
 
@@ -420,61 +458,132 @@ class _FrameWriter:
         self.pool.shutdown(cancel_futures=True)
 
 
-def _merge(out: Path, old: A.EpisodeIndex | None, parts: Path, chosen: list[int], record: dict, seed: int,
-           env_cfg: EnvConfig, col: CollectConfig, threads: int) -> dict[str, Any]:
-    """Stream the old artifact's episodes (if appending) and then the chosen shards, in index order, into `out`."""
-    starts, lengths, seeds, ids, returns = [], [], [], [], []
-    inputs = {"controller": record["controller"]} if "controller" in record else {}
-    with A.atomic_write(out, "rollouts", config=record, seed=seed, env=env_cfg.name, inputs=inputs) as fh:
-        frames = _FrameWriter(A.create_frames_dataset(fh, col.chunk_frames), col.chunk_frames, threads)
-        A.create_step_datasets(fh, env_cfg.action_dim, env_actions=env_cfg.name == "doom")
-        step_ds = {key: fh[key] for key in (*A.STEP_DATA, A.ENV_ACTIONS) if key in fh}
-        n = 0
+_FINISH, _ABORT = object(), object()
 
-        def add_steps(steps: dict[str, np.ndarray], episode_id: int, episode_seed_: int) -> None:
-            nonlocal n
-            for key, ds in step_ds.items():
-                if key not in steps:
-                    raise ArtifactError(f"episode {episode_id} lacks {key}; delete {parts} and rerun")
-                A.append(ds, steps[key])
-            length = len(steps[A.REWARDS])
-            starts.append(n)
-            lengths.append(length)
-            seeds.append(episode_seed_)
-            ids.append(episode_id)
-            returns.append(_return(steps))
-            n += length
 
+class _Merger:
+    """Streams the kept episodes into `out` while they are still being collected: a thread merges each shard in
+    index order as soon as every index before it is finished (after the old artifact's episodes when appending),
+    into `out`'s temp file (`A.atomic_write`), renamed into place when all are in. The shards stay until then, so
+    a kill loses only the episodes in flight; memory stays flat (a few chunks in flight)."""
+
+    def __init__(self, out: Path, old: A.EpisodeIndex | None, parts: Path, start: int, needed: int, record: dict,
+                 seed: int, env_cfg: EnvConfig, col: CollectConfig, threads: int) -> None:
+        self.out, self.old, self.parts, self.start, self.needed = out, old, parts, start, needed
+        self.record, self.seed, self.env_cfg, self.col, self.threads = record, seed, env_cfg, col, threads
+        self.starts: list[int] = []
+        self.lengths: list[int] = []
+        self.seeds: list[int] = []
+        self.ids: list[int] = []
+        self.returns: list[float] = []
+        self.n = 0
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="merge", daemon=True)
+
+    def __enter__(self) -> _Merger:
+        inputs = {"controller": self.record["controller"]} if "controller" in self.record else {}
+        with contextlib.ExitStack() as stack:
+            fh = stack.enter_context(A.atomic_write(self.out, "rollouts", config=self.record, seed=self.seed,
+                                                    env=self.env_cfg.name, inputs=inputs))
+            self.fh = fh
+            self.frames = _FrameWriter(A.create_frames_dataset(fh, self.col.chunk_frames), self.col.chunk_frames,
+                                       self.threads)
+            A.create_step_datasets(fh, self.env_cfg.action_dim, env_actions=self.env_cfg.name == "doom")
+            self.step_ds = {key: fh[key] for key in (*A.STEP_DATA, A.ENV_ACTIONS) if key in fh}
+            self._thread.start()
+            self._stack = stack.pop_all()  # from here __exit__ closes it
+        return self
+
+    def offer(self, index: int, kept: bool) -> None:
+        """Episode `index` is finished (kept: its shard is written). Raises what the merge met, if anything."""
+        self._check()
+        self._queue.put((index, kept))
+
+    def finish(self) -> dict[str, Any]:
+        """Wait for the merge of all `needed` episodes; write the episode index and summary; the stats."""
+        self._queue.put(_FINISH)
+        self._thread.join()
+        self._check()
+        self.frames.finish()
+        assert self.frames.size == self.n and len(self.ids) == self.needed + (self.old.episodes if self.old else 0)
+        A.write_episode_index(self.fh, A.EpisodeIndex(*(np.asarray(x, dtype=np.int64)
+                                                        for x in (self.starts, self.lengths, self.seeds, self.ids))))
+        stats = {"episodes": len(self.ids), "frames": self.n, "mean_length": float(np.mean(self.lengths)),
+                 "mean_return": float(np.mean(self.returns)), "std_return": float(np.std(self.returns)),
+                 "policy": self.col.policy, "fake_env": self.env_cfg.fake}
+        A.set_summary(self.fh, stats)
+        return stats
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        if self._thread.is_alive():  # the collection failed or was interrupted: stop merging
+            self._queue.put(_ABORT)
+            self._thread.join()
+        if exc[0] is not None or self._error is not None:
+            self.frames.abort()
+        return self._stack.__exit__(*exc)  # renames the temp file into place, or removes it
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
         try:
-            if old is not None and old.episodes:
-                with A.open_artifact(out, "rollouts") as src:
-                    frames.copy_from(src[A.FRAMES], old.frames)
-                    for e in range(old.episodes):
-                        lo, hi = int(old.starts[e]), int(old.starts[e] + old.lengths[e])
-                        steps = {key: src[key][lo:hi] for key in step_ds}
-                        if not all(np.isfinite(steps[k]).all() for k in (A.ACTIONS, A.REWARDS)):
-                            raise ArtifactError(f"{out}: episode {old.ids[e]} holds NaN or inf (damaged); "
-                                                "refusing to extend it (use another --out)")
-                        add_steps(steps, int(old.ids[e]), int(old.seeds[e]))
-            for index in chosen:
-                path = shard_path(parts, index)
-                try:
-                    steps, episode_id, episode_seed_ = A.read_episode_shard(path)
-                except ArtifactError as exc:  # only an OS crash or a disk fault damages a renamed shard
-                    path.unlink()
-                    raise ArtifactError(f"{exc}; removed it: rerun the same command to collect that episode again") from None
-                if len(steps[A.FRAMES]) != len(steps[A.REWARDS]):
-                    raise ArtifactError(f"{path}: frames and rewards differ in length; delete it and rerun")
-                frames.add(steps[A.FRAMES])
-                add_steps(steps, episode_id, episode_seed_)
-            frames.finish()
-        except BaseException:
-            frames.abort()
-            raise
-        assert frames.size == n, (frames.size, n)
-        A.write_episode_index(fh, A.EpisodeIndex(*(np.asarray(x, dtype=np.int64) for x in (starts, lengths, seeds, ids))))
-        stats = {"episodes": len(ids), "frames": n, "mean_length": float(np.mean(lengths)),
-                 "mean_return": float(np.mean(returns)), "std_return": float(np.std(returns)),
-                 "policy": col.policy, "fake_env": env_cfg.fake}
-        A.set_summary(fh, stats)
-    return stats
+            self._copy_old()
+            done: dict[int, bool] = {}
+            frontier, merged = self.start, 0
+            while True:
+                item = self._queue.get()
+                if item is _ABORT:
+                    return
+                if item is _FINISH:
+                    if merged != self.needed:
+                        raise RuntimeError(f"merged {merged} of {self.needed} episodes")
+                    return
+                done[item[0]] = item[1]
+                while frontier in done and merged < self.needed:
+                    if done.pop(frontier):
+                        self._add_shard(frontier)
+                        merged += 1
+                    frontier += 1
+        except BaseException as exc:  # handed to the main thread by offer() / finish()
+            self._error = exc
+
+    def _add_steps(self, steps: dict[str, np.ndarray], episode_id: int, episode_seed_: int) -> None:
+        for key, ds in self.step_ds.items():
+            if key not in steps:
+                raise ArtifactError(f"episode {episode_id} lacks {key}; delete {self.parts} and rerun")
+            A.append(ds, steps[key])
+        length = len(steps[A.REWARDS])
+        self.starts.append(self.n)
+        self.lengths.append(length)
+        self.seeds.append(episode_seed_)
+        self.ids.append(episode_id)
+        self.returns.append(_return(steps))
+        self.n += length
+
+    def _copy_old(self) -> None:
+        old, out = self.old, self.out
+        if old is None or not old.episodes:
+            return
+        with A.open_artifact(out, "rollouts") as src:
+            self.frames.copy_from(src[A.FRAMES], old.frames, old.starts)
+            for e in range(old.episodes):
+                lo, hi = int(old.starts[e]), int(old.starts[e] + old.lengths[e])
+                steps = {key: src[key][lo:hi] for key in self.step_ds}
+                if not all(np.isfinite(steps[k]).all() for k in (A.ACTIONS, A.REWARDS)):
+                    raise ArtifactError(f"{out}: episode {old.ids[e]} holds NaN or inf (damaged); "
+                                        "refusing to extend it (use another --out)")
+                self._add_steps(steps, int(old.ids[e]), int(old.seeds[e]))
+
+    def _add_shard(self, index: int) -> None:
+        path = shard_path(self.parts, index)
+        try:
+            shard = A.read_episode_shard(path)
+        except ArtifactError as exc:  # only an OS crash or a disk fault damages a renamed shard
+            path.unlink()
+            raise ArtifactError(f"{exc}; removed it: rerun the same command to collect that episode again") from None
+        if len(shard.frames) != len(shard.steps.get(A.REWARDS, ())):
+            raise ArtifactError(f"{path}: frames and rewards differ in length; delete it and rerun")
+        self.frames.add(shard.frames)
+        self._add_steps(shard.steps, shard.episode_id, shard.seed)

@@ -30,7 +30,15 @@ import torch
 
 from .. import tracking
 from ..config import DYNAMICS, MDNConfig, MDNTrainConfig, Preset, RSSMConfig, RSSMTrainConfig
-from ..models.mdnrnn import MDNRNN, count_parameters, done_bce, load_mdn, mdn_nll, reward_loss
+from ..models.mdnrnn import (
+    MDNRNN,
+    auto_restart_path,
+    count_parameters,
+    done_bce,
+    load_mdn,
+    mdn_nll,
+    reward_loss,
+)
 from ..runtime import Runtime, seeding
 from ..runtime import device as devices
 from ..runtime.errors import ArtifactError, ConfigError, TrainingDiverged
@@ -94,6 +102,8 @@ def run(preset: Preset, series: Sequence[str | os.PathLike], out: str | os.PathL
             model = MDNRNN(mcfg)
         model_config = mcfg
     model.to(dev)
+    if mcfg.restart_input:
+        log.info("M on %s: batches with restarts inside run on the %s path", dev, auto_restart_path(dev))
     train_eps, val_eps = split_episodes(data.episodes, tcfg.val_episodes, seed)
     batcher = make_batcher(tcfg.batching, data, train_eps, tcfg.batch_size, tcfg.seq_len, seed)
     if dynamics == "rssm":

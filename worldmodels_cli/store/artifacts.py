@@ -42,7 +42,7 @@ import h5py
 import numpy as np
 
 from ..runtime.errors import ArtifactError
-from . import lineage
+from . import frame_codec, lineage
 from .files import (
     check_writable,
     close_quietly,
@@ -194,7 +194,7 @@ RANKS = {FRAMES: 4, ACTIONS: 2, MU: 2, LOGVAR: 2, REWARDS: 1, TERMINATED: 1, TRU
          EPISODE_LENGTHS: 1, EPISODE_SEEDS: 1, EPISODE_IDS: 1, MEAN: 1, BEST_PARAMS: 1, RETURNS: 1, LENGTHS: 1}
 
 
-FRAME_COMPRESSION = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+FRAME_COMPRESSION = {"compression": "gzip", "compression_opts": frame_codec.LEVEL, "shuffle": True}
 
 
 # ------------------------------------------------------------------------------------------- provenance
@@ -634,22 +634,11 @@ def append(ds: h5py.Dataset, data: np.ndarray) -> None:
     ds[n:] = data
 
 
-# Frames chunks encoded outside HDF5: zlib releases the GIL, so threads encode chunks in parallel and the main
-# thread stores the bytes as they are (H5Dwrite_chunk). Byte-identical to what h5py writes with
-# FRAME_COMPRESSION: the shuffle filter is a no-op on 1-byte elements (tests/test_collect.py checks this).
-def encode_frames_chunk(block: np.ndarray, chunk_frames: int) -> bytes:
-    """The stored bytes of one frames chunk; a short last block is zero-padded to the full chunk, as HDF5 does."""
-    if FRAME_COMPRESSION.get("compression") != "gzip":
-        raise NotImplementedError("encode_frames_chunk knows gzip only")
-    if len(block) < chunk_frames:
-        padded = np.zeros((chunk_frames, *block.shape[1:]), dtype=np.uint8)
-        padded[: len(block)] = block
-        block = padded
-    return zlib.compress(np.ascontiguousarray(block, dtype=np.uint8).tobytes(), FRAME_COMPRESSION["compression_opts"])
-
-
+# Frames chunks made outside HDF5 (`frame_codec`: from frames compressed once, in the collect workers) and stored
+# as they are (H5Dwrite_chunk): a zlib stream per chunk, what HDF5's gzip filter reads; the shuffle filter is a
+# no-op on 1-byte elements (tests/test_collect.py reads them back through h5py).
 def write_frames_chunk(ds: h5py.Dataset, first: int, data: bytes) -> None:
-    """Store one encoded chunk (from encode_frames_chunk or read_frames_chunk) at frame `first` (a chunk start)."""
+    """Store one encoded chunk (frame_codec.build_chunk, or read_frames_chunk's) at frame `first` (a chunk start)."""
     ds.id.write_direct_chunk((first, 0, 0, 0), data, 0)
 
 
@@ -670,21 +659,44 @@ def same_frames_layout(a: h5py.Dataset, b: h5py.Dataset) -> bool:
 # ------------------------------------------------------------------------------------- episode shards
 # `wm collect` writes each finished episode to a small file of its own under a temp name and renames it, so a
 # kill leaves either a whole shard or a temp file, never a damaged one; the shards are then merged into the
-# rollouts artifact. Shards are temporary: a cheaper gzip level (≈5 % larger, ≈2x faster than level 4).
+# rollouts artifact. A shard holds its frames compressed once, as the artifact's chunks will hold them
+# (frame_codec): the segments back to back, their sizes and each frame's Adler-32, and a CRC-32 of them (the merge
+# copies segments without inflating them, so a damaged one must be caught on reading the shard).
 SHARD_EPISODE_ID = "episode_id"
 
 
 SHARD_EPISODE_SEED = "episode_seed"
 
 
-SHARD_DATA = (FRAMES, ENV_ACTIONS, *STEP_DATA)
+SHARD_DATA = (ENV_ACTIONS, *STEP_DATA)
 
 
-SHARD_COMPRESSION = {"compression": "gzip", "compression_opts": 1}
+SHARD_SEGMENTS, SHARD_SEGMENT_SIZES, SHARD_ADLER = "frames_segments", "frames_segment_sizes", "frames_adler32"
 
 
-def write_episode_shard(path: str | os.PathLike, steps: Mapping[str, np.ndarray], *, episode_id: int, seed: int) -> None:
-    """One episode's per-step arrays (keys from SHARD_DATA) to `path`, atomically (temp name, then rename)."""
+SHARD_KEYFRAME_EVERY, SHARD_CRC = "frames_keyframe_every", "frames_crc32"
+
+
+def _frames_crc(frames: frame_codec.EncodedFrames) -> int:
+    """CRC-32 of the segments, their sizes and checksums (0.6 ms for 500 Doom frames; HDF5's Fletcher-32 took 4)."""
+    crc = zlib.crc32(frames.data)
+    return zlib.crc32(frames.adler.astype("<u4").tobytes(), zlib.crc32(frames.sizes.astype("<i8").tobytes(), crc))
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One episode from its shard: per-step arrays (SHARD_DATA), its frames compressed, id and seed."""
+
+    steps: dict[str, np.ndarray]
+    frames: frame_codec.EncodedFrames
+    episode_id: int
+    seed: int
+
+
+def write_episode_shard(path: str | os.PathLike, steps: Mapping[str, np.ndarray], frames: frame_codec.EncodedFrames,
+                        *, episode_id: int, seed: int) -> None:
+    """One episode's per-step arrays (keys from SHARD_DATA; `frames` left out) and its compressed frames to
+    `path`, atomically (temp name, then rename)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     fh, failed = None, []
@@ -692,12 +704,16 @@ def write_episode_shard(path: str | os.PathLike, steps: Mapping[str, np.ndarray]
         with dealloc_errors(failed):
             fh = create_h5(tmp)
             for key, arr in steps.items():
+                if key == FRAMES:
+                    continue
                 if key not in SHARD_DATA:
                     raise ValueError(f"not a per-step dataset: {key!r}")
-                if key == FRAMES:
-                    fh.create_dataset(key, data=arr, chunks=(min(len(arr), 64), *arr.shape[1:]), **SHARD_COMPRESSION)
-                else:
-                    fh.create_dataset(key, data=arr)
+                fh.create_dataset(key, data=arr)
+            for key, arr in ((SHARD_SEGMENTS, frames.data), (SHARD_SEGMENT_SIZES, frames.sizes),
+                             (SHARD_ADLER, frames.adler)):
+                fh.create_dataset(key, data=arr)
+            fh.attrs[SHARD_CRC] = _frames_crc(frames)
+            fh.attrs[SHARD_KEYFRAME_EVERY] = int(frames.keyframe_every)
             fh.attrs[SHARD_EPISODE_ID] = int(episode_id)
             fh.attrs[SHARD_EPISODE_SEED] = int(seed)
             fh.close()
@@ -712,11 +728,19 @@ def write_episode_shard(path: str | os.PathLike, steps: Mapping[str, np.ndarray]
         raise
 
 
-def read_episode_shard(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], int, int]:
-    """(per-step arrays, episode id, episode seed) of a shard; ArtifactError naming it if it cannot be read."""
+def read_episode_shard(path: str | os.PathLike) -> Shard:
+    """A shard's episode; ArtifactError naming it if it cannot be read. A shard of an older version (raw `frames`,
+    gzip-1) is compressed here, so its collection resumes."""
     try:
         with h5py.File(path, "r") as fh:
             steps = {key: fh[key][()] for key in SHARD_DATA if key in fh}
-            return steps, int(fh.attrs[SHARD_EPISODE_ID]), int(fh.attrs[SHARD_EPISODE_SEED])
-    except (OSError, KeyError) as exc:
+            if FRAMES in fh:
+                frames = frame_codec.encode(fh[FRAMES][()])
+            else:
+                frames = frame_codec.EncodedFrames(fh[SHARD_SEGMENTS][()], fh[SHARD_SEGMENT_SIZES][()].astype(np.int64),
+                                                   fh[SHARD_ADLER][()], int(fh.attrs[SHARD_KEYFRAME_EVERY]))
+                if _frames_crc(frames) != int(fh.attrs[SHARD_CRC]):
+                    raise ValueError("its frames do not match their CRC-32")
+            return Shard(steps, frames, int(fh.attrs[SHARD_EPISODE_ID]), int(fh.attrs[SHARD_EPISODE_SEED]))
+    except (OSError, KeyError, ValueError) as exc:
         raise ArtifactError(f"{path}: unreadable episode shard ({_first_line(exc)})") from None
