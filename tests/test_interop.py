@@ -406,17 +406,3 @@ def test_float16_export_halves_the_weights(tiny_world, tmp_path, wm):
     assert wm("evaluate", "--controller", tmp_path / "a16/controller.h5", "--episodes", "2").code == 0
     res = wm("export", "agent", "--controller", c, "--out", tmp_path / "a16")
     assert res.code == 2 and "not empty" in res.err and res.err.count("\n") == 1
-
-
-def test_the_shipped_agents_load():
-    """pretrained/ (README): every shipped agent's C finds its V and M beside it and all three load."""
-    from worldmodels_cli.game.agent import agent_spec
-
-    root = Path(__file__).resolve().parents[1] / "pretrained"
-    shipped = sorted(root.glob("*/controller.h5"))
-    assert shipped, "pretrained/ ships no agent"
-    for controller in shipped:
-        spec, params, meta = agent_spec(controller)
-        assert Path(spec.vae).parent == controller.parent and Path(spec.mdn).parent == controller.parent
-        agent = spec.build_batch()
-        assert params.shape == (agent.controller.param_count,) and meta.preset == "small"

@@ -47,9 +47,7 @@ def reference_rollout(
     z, _ = start_z(keys, mu0, lv0, layout)  # (1, Z)
     h, c = mdn.initial_state(1, device)  # zero state
     restart = torch.ones(1, dtype=dtype, device=device)  # restart flag at the first step
-    if controller is not None:
-        controller = copy.deepcopy(controller).to(device=device, dtype=dtype)
-        controller.set_params(torch.as_tensor(np.asarray(params) if not isinstance(params, Tensor) else params))
+    controller = _member(controller, params, device, dtype)
     total, steps = 0.0, 0
     zs = [z[0].clone()] if record_z else None
     for t in range(max_steps):
@@ -87,9 +85,7 @@ def _rssm_rollout(rssm: RSSM, seed: int, initial_mu, initial_logvar, *, controll
     first = torch.ones(1, dtype=dtype, device=device)
     deter, stoch, _, _ = rssm.obs_step(deter, stoch, torch.zeros(1, cfg.action_dim, dtype=dtype, device=device), z,
                                        first, u0)
-    if controller is not None:
-        controller = copy.deepcopy(controller).to(device=device, dtype=dtype)
-        controller.set_params(torch.as_tensor(np.asarray(params) if not isinstance(params, Tensor) else params))
+    controller = _member(controller, params, device, dtype)
     total, steps = 0.0, 0
     zs = [z[0].clone()] if record_z else None
     for t in range(max_steps):
@@ -108,3 +104,12 @@ def _rssm_rollout(rssm: RSSM, seed: int, initial_mu, initial_logvar, *, controll
         if zs is not None:
             zs.append(z[0].clone())
     return total, steps, None if zs is None else torch.stack(zs).cpu().numpy()
+
+
+def _member(controller: Controller | None, params, device, dtype) -> Controller | None:
+    """A copy of `controller` holding one member's `params`, on M's device and dtype (None: the random policy)."""
+    if controller is None:
+        return None
+    member = copy.deepcopy(controller).to(device=device, dtype=dtype)
+    member.set_params(torch.as_tensor(np.asarray(params) if not isinstance(params, Tensor) else params))
+    return member

@@ -4,7 +4,7 @@ The folder holds three artifacts: V and M with their weights only (no optimizer 
 training checkpoint; float16 with `--float16`, loaded back as float32) and the controller, re-pointed at the V and
 M beside it by checksum and relative path, so `wm evaluate --controller DIR/controller.h5` rebuilds the agent on
 any machine. What it was made from stays recorded (each artifact's config, preset, seed and inputs, and the
-source files' checksums under `exported_from` in the summary). `pretrained/` ships two such folders.
+source files' checksums under `exported_from` in the summary).
 """
 
 from __future__ import annotations
