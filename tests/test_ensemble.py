@@ -276,6 +276,17 @@ def test_penalty_costs_lambda_per_unknown_step():
         program.dream_rollouts(ens.members[0], seeds, mu0, lv0, max_steps=5, pessimism="halt")
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_ensemble_dream_matches_cpu():
+    mu0, lv0 = _starts(DOOM.z_dim)
+    ens = _ensemble(DOOM, mu0, lv0, "doom")
+    seeds = np.arange(48).reshape(4, 12)
+    cpu = program.dream_rollouts(ens, seeds, mu0, lv0, max_steps=60, pessimism="halt")
+    gpu = program.dream_rollouts(Ensemble([m.cuda() for m in ens.members], ens.calibration), seeds, mu0, lv0,
+                                 max_steps=60, pessimism="halt")
+    assert np.array_equal(cpu.lengths, gpu.lengths) and np.array_equal(cpu.unknown, gpu.unknown)
+
+
 # ------------------------------------------------------------------------------------------ commands
 def test_train_evolve_evaluate_dream_info_through_the_cli(wm, tiny_world, tmp_path):
     w, d = tiny_world, tmp_path
@@ -324,3 +335,20 @@ def test_bad_input_is_one_line(wm, tiny_world, tmp_path):
     r = wm("iterate", "--env", "doom", "--preset", "tiny", "--pessimism", "halt", "--data", d / "it")
     assert r.code == 2 and "needs an ensemble of Ms" in r.err
     assert not (d / "c.h5").exists() and not (d / "m.h5").exists()
+
+
+def test_iterate_makes_every_round_an_ensemble_and_its_dreams_pessimistic(tmp_path):
+    from worldmodels_cli.stages import iterate
+
+    it = iterate_config("tiny", rounds=2, controller_episodes=4, controller_frames=0, eval_episodes=3,
+                        ensemble=2, pessimism="halt", final_temperatures=(1.3, 0.8), final_dream_ratio=1e9)
+    recs = iterate.run(preset("doom", "tiny"), tmp_path, it, runtime=Runtime(seed=0, workers=1, device="cpu"))
+    assert len(recs) == 2 and len(recs[1].ladder) == 2  # no rung reaches the ratio: both tried
+    for k in range(2):
+        assert len(load_ensemble(tmp_path / f"round{k}/mdn.h5")) == 2
+        c = A.validate(tmp_path / f"round{k}/controller.h5", "controller")
+        assert c.config["evolve"]["pessimism"] == "halt"
+    # round 1's member k warm-started from round 0's member k
+    member = A.validate(train_ensemble.member_path(tmp_path / "round1/mdn.h5", 1), "mdn")
+    assert member.inputs["init"]["sha256"] == A.sha256(tmp_path / "round0/mdn.h5")
+    assert all(np.isfinite(r["random_dream"]) for r in recs[1].ladder)
