@@ -34,12 +34,7 @@ CAR = MDNConfig(z_dim=5, action_dim=3, hidden=10, mixtures=2, done_head=True, re
 LENGTHS = [40, 55, 60, 33, 50, 47, 60, 41, 52, 38]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: a second thread only adds contention
 
 
 @pytest.fixture
