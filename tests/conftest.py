@@ -11,6 +11,18 @@ from worldmodels_cli.cli import main
 from worldmodels_cli.runtime import Runtime
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models stepped a row or a batch at a time: a second OpenMP thread only adds contention (seconds on a
+    busy machine). A module uses it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @dataclass
 class WmResult:
     code: int

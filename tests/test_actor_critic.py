@@ -29,13 +29,7 @@ from worldmodels_cli.runtime import Runtime
 from worldmodels_cli.stages import train_controller, train_mdn
 from worldmodels_cli.store import artifacts as A
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: a second thread only adds contention
 
 
 # ------------------------------------------------------------------------------------------ returns

@@ -30,13 +30,7 @@ CAR_SIGN = MDNConfig(z_dim=5, action_dim=3, hidden=10, mixtures=2, done_head=Tru
 CAR_NO_DONE = MDNConfig(z_dim=4, action_dim=3, hidden=8, mixtures=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Batch-1 loops on tiny models: a second OpenMP thread only adds contention (seconds on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: a second thread only adds contention
 
 
 def _mdn(cfg: MDNConfig, seed: int = 0, done_bias: float = -1.0, done_scale: float = 6.0) -> MDNRNN:

@@ -36,13 +36,7 @@ CAR_NO_DONE = RSSMConfig(z_dim=4, action_dim=3, deter=6, stoch=2, classes=3, uni
                          reward_head="regression")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models stepped one row at a time: a second thread only adds contention on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: a second thread only adds contention
 
 
 def _rssm(cfg: RSSMConfig, seed: int = 0, done_bias: float = -1.0, done_scale: float = 6.0) -> RSSM:

@@ -438,6 +438,8 @@ def train_mdn_cmd(series: tuple[Path, ...], out: Path, preset: str, init: Path |
     from .store import artifacts
     from .store.lineage import inherited_preset
 
+    if options.get("ensemble") == 1:
+        raise click.UsageError("--ensemble K trains K >= 2 Ms (without it, one M is trained)")
     env = artifacts.validate(series[0], "series").env
     if not env:
         raise ConfigError(f"{series[0]}: the series artifact does not record its env")
@@ -457,6 +459,10 @@ def train_mdn_cmd(series: tuple[Path, ...], out: Path, preset: str, init: Path |
     nll = "n/a" if res.nll is None else f"{res.nll:.4f}"
     done = "" if res.done_bce is None else f", done_bce {res.done_bce:.4f}"
     what = "M (RSSM)" if dynamics == "rssm" else "M"
+    ens = res.summary.get("ensemble")
+    if isinstance(ens, dict):
+        what = f"an ensemble of {ens['members']} Ms (disagreement threshold {ens['threshold']:.4g}), each"
+        nll, val = f"{nll} (mean)", f"{val} (mean)"
     click.echo(f"{out}: {what} {res.parameters:,} parameters, {res.steps} steps, nll {nll}, val_nll {val}{done}")
 
 
@@ -486,10 +492,19 @@ def evolve(vae: Path, mdn: Path, out: Path, preset: str, runtime: Runtime, **opt
     cfg = get_preset(env, inherited_preset(preset, [vae, mdn]))
     cfg = cfg.replace(evolve=cfg.evolve.replace(**config_values(EvolveConfig, options)),
                       controller=cfg.controller.replace(**config_values(ControllerConfig, options)))
+    _check_penalty(cfg.evolve)
     res = evolve_stage.run(cfg, vae, mdn, out, runtime=runtime)
     where = f"dream tau={cfg.evolve.temperature}" if cfg.evolve.in_dream else "real env"
+    if cfg.evolve.pessimism != "off":
+        where += f", pessimism {cfg.evolve.pessimism}"
     click.echo(f"{out}: {res.generations} generations ({where}), best evaluation {res.best_score:.1f} "
                f"at generation {res.best_generation + 1}, last population mean {res.last_mean_fitness:.1f}")
+
+
+def _check_penalty(cfg) -> None:
+    """--pessimism-penalty means something only with --pessimism penalty (EvolveConfig, DreamConfig)."""
+    if cfg.pessimism_penalty != 1.0 and cfg.pessimism != "penalty":
+        raise click.UsageError(f"--pessimism-penalty applies to --pessimism penalty (this is {cfg.pessimism})")
 
 
 # ------------------------------------------------------------------------------------------ train-controller
@@ -592,6 +607,7 @@ def dream(vae: Path, mdn: Path, controller: Path | None, out: Path, runtime: Run
     from .stages import dream as dream_stage
 
     cfg = DreamConfig().replace(**config_values(DreamConfig, options))
+    _check_penalty(cfg)
     res = dream_stage.run(cfg, vae, mdn, out, controller_path=controller, runtime=runtime)
     click.echo(res.line())
 

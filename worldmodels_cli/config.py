@@ -182,6 +182,16 @@ class MDNTrainConfig(_Config):
     val_episodes: float = f(0.05, "fraction of episodes held out for validation", min=0)
     checkpoint_steps: int = f(200, "checkpoint every this many steps", min=1)
     log_steps: int = f(50, "log a metrics line every this many steps", min=1)
+    ensemble: int = f(1, "Ms trained side by side as an ensemble, each with its own seed on its own bootstrap "
+                         "resample of the training episodes (K >= 2: the dream's pessimism, docs/pessimism.md); "
+                         "1: one M, the paper's", min=1)
+    unknown_quantile: float = f(0.99, "ensemble: the disagreement threshold is this quantile of the members' "
+                                      "disagreement over the held-out real steps (over it a dream state is "
+                                      "unknown)", min=0)
+
+    def validate(self) -> None:
+        if self.unknown_quantile > 1:
+            raise ConfigError(f"MDNTrainConfig.unknown_quantile must be <= 1, got {self.unknown_quantile!r}")
 
 
 # ------------------------------------------------------------------------------------------- M: the RSSM
@@ -255,6 +265,14 @@ class ControllerConfig(_Config):
 
 
 # ---------------------------------------------------------------------------------------------- dream
+PESSIMISM = ("off", "halt", "penalty")  # what the dream does where an ensemble of Ms disagrees (docs/pessimism.md)
+PESSIMISM_DOC = ("with an ensemble M (wm train-mdn --ensemble K): off (the first member's dream, as one M), halt (a "
+                 "dream ends as a death at its first unknown step: MOReL's HALT) or penalty (its return loses "
+                 "pessimism_penalty per unknown step); an unknown step is one where the members disagree beyond "
+                 "their held-out threshold")
+PESSIMISM_PENALTY_DOC = "pessimism penalty: what each unknown dream step costs the return (a Doom step earns 1)"
+
+
 @dataclass(frozen=True)
 class DreamConfig(_Config):
     """`wm dream` (an animation of M's dream; evolve's dream fitness takes tau and the cap from EvolveConfig)."""
@@ -264,6 +282,8 @@ class DreamConfig(_Config):
     max_steps: int = f(300, "longest episode in the animation, in steps (frames)", min=1)
     fps: float = f(25.0, "animation frames per second", min=1)
     scale: int = f(3, "enlarge each 64x64 picture this many times (nearest neighbour; 1: as V decodes it)", min=1)
+    pessimism: str = f("off", PESSIMISM_DOC, choices=PESSIMISM)
+    pessimism_penalty: float = f(1.0, PESSIMISM_PENALTY_DOC, min=0)
 
 
 # --------------------------------------------------------------------------------------------- iterate
@@ -274,6 +294,11 @@ class IterateConfig(_Config):
     rounds: int = f(5, "rounds: the first on random data, each later one on its controller's data too", min=1)
     dynamics: str = f("mdnrnn", "M of every round: mdnrnn (the paper's) or rssm (wm train-mdn --dynamics)",
                       choices=DYNAMICS)
+    ensemble: int = f(1, "Ms of every round's ensemble (wm train-mdn --ensemble; each member warm-starts from the "
+                         "previous round's same member); 1: one M", min=1)
+    pessimism: str = f("off", "what every round's dream does where the ensemble disagrees (wm evolve --pessimism): "
+                              "off, halt or penalty", choices=PESSIMISM)
+    pessimism_penalty: float = f(1.0, PESSIMISM_PENALTY_DOC, min=0)
     controller_episodes: int = f(300, "episodes collected with the controller in each later round", min=1)
     controller_frames: int = f(90000, "frame budget of each later round's collection: episodes = this / the "
                                       "previous controller's mean real episode length, at most controller_episodes; "
@@ -299,6 +324,9 @@ class IterateConfig(_Config):
                                  min=0)
 
     def validate(self) -> None:
+        if self.pessimism != "off" and self.ensemble < 2:
+            raise ConfigError(f"IterateConfig.pessimism {self.pessimism!r} needs an ensemble of Ms (ensemble >= 2), "
+                              f"got ensemble {self.ensemble}")
         if any(not isinstance(t, (int, float)) or not t > 0 for t in self.final_temperatures):
             raise ConfigError(f"IterateConfig.final_temperatures must be positive numbers, got "
                               f"{self.final_temperatures!r}")
@@ -340,6 +368,8 @@ class EvolveConfig(_Config):
                             "reward, its return going on at that stretch's mean reward to the cap (a CarRacing car "
                             "that gains no tile; a training shortcut, not the paper's; never in wm evaluate); 0: off",
                          min=0)
+    pessimism: str = f("off", PESSIMISM_DOC, choices=PESSIMISM)
+    pessimism_penalty: float = f(1.0, PESSIMISM_PENALTY_DOC, min=0)
 
 
 # ------------------------------------------------------------------------------------------- actor-critic

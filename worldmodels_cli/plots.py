@@ -70,6 +70,31 @@ def loss_curves(metrics_records: Sequence[dict[str, Any]], keys: Sequence[str], 
         plt.close(fig)
 
 
+def disagreement_plot(d: np.ndarray, threshold: float, out_png: str | os.PathLike, *, title: str | None = None) -> Path:
+    """An ensemble's disagreement along each dream episode (d (N, T), NaN after an episode's end) against the
+    threshold over which a step is unknown (docs/pessimism.md)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for i, row in enumerate(d):
+        ax.plot(np.arange(1, len(row) + 1), row, linewidth=1, label=f"episode {i}")
+    ax.axhline(threshold, color="red", linestyle="--", linewidth=1, label="threshold")
+    ax.set_xlabel("dream step")
+    ax.set_ylabel("disagreement")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    try:
+        return _save_atomically(Path(out_png), lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
+    finally:
+        plt.close(fig)
+
+
 def _save_atomically(out_png: Path, save) -> Path:
     """`save(tmp)` then rename onto `out_png`, as every artifact is written: a killed writer's temp file is removed
     by the next write, a failed one at once."""

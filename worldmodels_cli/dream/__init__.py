@@ -1,8 +1,10 @@
 """The dream: M as the environment (ref §7), batched over a whole CMA-ES generation.
 
 Modules: `streams` (the counter-based random streams), `fused` (M's weights laid out for the batched step),
-`fused_rssm` (an RSSM behind the same interface: either M runs through the one program), `program` (the batched
-program, its fitness and diagnostics), `reference` (the plain one-rollout loop, for either M). The `wm dream`
+`fused_rssm` (an RSSM behind the same interface: either M runs through the one program), `fused_ensemble` (an
+ensemble of MDN-RNNs side by side, their disagreement every step: the pessimistic dream of docs/pessimism.md),
+`program` (the batched program, its fitness and diagnostics), `reference` (the plain one-rollout loop, for either
+M, and an ensemble's). The `wm dream`
 animation is `stages/dream.py`. What follows describes the MDN-RNN's dream; an RSSM's (models/rssm.py) starts from
 a first frame's posterior, draws its categorical classes (one uniform per variable per step, from the same
 streams) where the MDN-RNN draws mixture components, and samples z' from its z head at τ.

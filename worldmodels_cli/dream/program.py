@@ -14,9 +14,11 @@ import torch
 from torch import Tensor
 
 from ..models.controller import Controller, apply_layers
+from ..models.ensemble import Ensemble
 from ..models.mdnrnn import MDNRNN, is_done, sample_next
 from ..models.rssm import RSSM
 from .fused import FusedM
+from .fused_ensemble import FusedEnsemble
 from .fused_rssm import FusedRSSM
 from .streams import random_action, rollout_keys, step_noise
 
@@ -46,20 +48,39 @@ class DreamResult:
     seconds: float
     row_steps: int  # rows stepped in total (what was computed, finished-but-not-yet-compacted rows included)
     z: np.ndarray | None = field(default=None, repr=False)  # (P, R, max_steps+1, Z) with NaN after the end
+    # an ensemble's dream (docs/pessimism.md): per rollout its unknown steps (over the threshold) and whether it
+    # ended at one (halt); with record_disagreement the disagreement of every step (P, R, max_steps), NaN after the end
+    unknown: np.ndarray | None = None
+    halted: np.ndarray | None = None
+    disagreement: np.ndarray | None = field(default=None, repr=False)
+    threshold: float | None = None  # the ensemble's: over it a step is unknown
 
     @property
     def rollout_steps(self) -> int:
         return int(self.lengths.sum())
 
 
-def first_parameter(mdn: MDNRNN | RSSM) -> Tensor:
+def first_parameter(mdn: MDNRNN | RSSM | Ensemble) -> Tensor:
     """A parameter of M: its device and dtype are M's."""
     return next(mdn.parameters())
 
 
-def fused_model(mdn: MDNRNN | RSSM, dtype: torch.dtype, device, tau: float) -> FusedM | FusedRSSM:
-    """M laid out for the batched program: either dynamics (`models.dynamics`) behind one interface."""
+def fused_model(mdn: MDNRNN | RSSM | Ensemble, dtype: torch.dtype, device, tau: float
+                ) -> FusedM | FusedRSSM | FusedEnsemble:
+    """M laid out for the batched program: either dynamics (`models.dynamics`), or an ensemble of MDN-RNNs, behind
+    one interface."""
+    if isinstance(mdn, Ensemble):
+        return FusedEnsemble(mdn, dtype, device, tau)
     return FusedRSSM(mdn, dtype, device, tau) if isinstance(mdn, RSSM) else FusedM(mdn, dtype, device, tau)
+
+
+def followed_members(P: int, R: int, members: int, pessimism: str) -> np.ndarray:
+    """The member each of P × R rollouts follows (docs/pessimism.md): trial r follows member r mod K when the dream
+    is pessimistic (PETS's TS∞, stratified: every candidate meets every member equally often); with pessimism off,
+    member 0, as the dream of one M (the others only measure the disagreement)."""
+    if pessimism == "off":
+        return np.zeros((P, R), dtype=np.int64)
+    return np.broadcast_to(np.arange(R) % members, (P, R)).copy()
 
 
 def policy_env(controller: Controller | None, mdn: MDNRNN, env: str | None) -> str:
@@ -88,18 +109,30 @@ def dream_rollouts(
     compact_every: int = 8,
     record_z: bool = False,
     constant_action: float | None = None,
+    pessimism: str = "off",
+    penalty: float = 1.0,
+    record_disagreement: bool = False,
 ) -> DreamResult:
-    """P members × R trials of the dream at once -> DreamResult with (P, R) returns and lengths; M an MDN-RNN or
-    an RSSM (`models.dynamics`).
+    """P members × R trials of the dream at once -> DreamResult with (P, R) returns and lengths; M an MDN-RNN, an
+    RSSM (`models.dynamics`) or an ensemble of MDN-RNNs (`models.ensemble`).
 
     seeds (P, R) ints, one stream per rollout; controller + params (P, n) give member p's weights to its R rows
     (without a controller: the random policy of `random_action` for `env`). initial_mu/logvar (E, Z): the first
     frames of real episodes. `compact` gathers the unfinished rows every `compact_every` steps; record_z keeps every
     z (tests, `wm dream`); constant_action holds that action in every row (a diagnostic, instead of a policy).
-    Runs on `device` (default M's) in `dtype` (default M's)."""
+    Runs on `device` (default M's) in `dtype` (default M's).
+
+    An ensemble's rows follow `followed_members`; every step its members' disagreement is measured against the
+    calibrated threshold, and `pessimism` acts on the unknown steps: "halt" ends the rollout at its first one, as a
+    death (the step counts, as a step the done head ends), "penalty" takes `penalty` off the return per unknown step
+    (docs/pessimism.md). record_disagreement keeps the disagreement of every step."""
     seeds = np.asarray(seeds, dtype=np.int64)
     if seeds.ndim != 2:
         raise ValueError(f"seeds must be (P, R), got shape {seeds.shape}")
+    if pessimism not in ("off", "halt", "penalty"):
+        raise ValueError(f"pessimism must be off, halt or penalty, got {pessimism!r}")
+    if (pessimism != "off" or record_disagreement) and not isinstance(mdn, Ensemble):
+        raise ValueError("pessimism and the disagreement need an ensemble of Ms")
     P, R = seeds.shape
     n_rows = P * R
     device = torch.device(device) if device is not None else first_parameter(mdn).device
@@ -113,6 +146,16 @@ def dream_rollouts(
     mu0 = torch.as_tensor(np.asarray(initial_mu), device=device).to(dtype)
     lv0 = torch.as_tensor(np.asarray(initial_logvar), device=device).to(dtype)
     S = fm.start(keys, mu0, lv0)  # MDN-RNN: zero state, restart flag set (ref §7); RSSM: the first posterior
+    ens = isinstance(fm, FusedEnsemble)
+    if ens:
+        follow = followed_members(P, R, fm.members, pessimism).reshape(-1)
+        fm.set_follow(S, torch.as_tensor(follow, device=device))
+        unknown = torch.zeros(n_rows, dtype=torch.int64, device=device)
+        halted = torch.zeros(n_rows, dtype=torch.bool, device=device)
+        out_unknown, out_halted = unknown.clone(), halted.clone()
+    dis = None
+    if record_disagreement:
+        dis = torch.full((max_steps, n_rows), math.nan, dtype=dtype, device=device)
     feats = layers = None
     if controller is not None:
         p = torch.as_tensor(np.asarray(params) if not isinstance(params, Tensor) else params, device=device)
@@ -155,11 +198,19 @@ def dream_rollouts(
             Y = fm.step(S, buf, U[:, j])
             if t == 0 and fm.restart:
                 S[:, fm.r_col] = 0.0
+            if ens:
+                over = (fm.disagreement > fm.threshold) & alive  # an unknown step of a rollout still running
+                unknown.add_(over)
+                if dis is not None:
+                    dis[t, rows[alive]] = fm.disagreement[alive]
             if per_step_reward:
                 ret.add_(reward_of(fm.reward_head, Y[:, 1 if fm.done_head else 0], ret).to(torch.float64) * alive)
             length.add_(alive)
             if fm.done_head:
                 alive &= ~(Y[:, 0] > 0)  # done when the done logit > 0; τ plays no part (ref §7)
+            if pessimism == "halt":
+                halted |= over  # MOReL's HALT: the unknown step ends the rollout, as a death
+                alive &= ~over
             fm.sample(Y, U[:, j], EPS[:, j], S[:, fm.z_], buf)
             if zs is not None:
                 zs[t + 1, rows[alive]] = S[alive][:, fm.z_]
@@ -172,6 +223,9 @@ def dream_rollouts(
                     out_ret[rows[done_rows]] = ret[done_rows]
                     out_len[rows[done_rows]] = length[done_rows]
                     keep = alive.nonzero().squeeze(1)
+                    if ens:
+                        out_unknown[rows[done_rows]], out_halted[rows[done_rows]] = unknown[done_rows], halted[done_rows]
+                        unknown, halted = unknown[keep], halted[keep]
                     S, keys, rows, ret, length = S[keep], keys[keep], rows[keep], ret[keep], length[keep]
                     alive = alive[keep]
                     if layers is not None:
@@ -182,6 +236,10 @@ def dream_rollouts(
     out_len[rows] = length
     if not per_step_reward:
         out_ret = out_len.to(torch.float64)
+    if ens:
+        out_unknown[rows], out_halted[rows] = unknown, halted
+        if pessimism == "penalty":  # after the sum, as the per-member loop: the same float operations
+            out_ret = out_ret - penalty * out_unknown.to(torch.float64)
     seconds = time.perf_counter() - t_start
     log.debug("dream: %d rollouts, %d rollout-steps (%d rows stepped) in %.2f s", n_rows, int(out_len.sum()),
               row_steps, seconds)
@@ -191,6 +249,10 @@ def dream_rollouts(
         seconds=seconds,
         row_steps=row_steps,
         z=None if zs is None else zs.permute(1, 0, 2).reshape(P, R, max_steps + 1, fm.z_dim).cpu().numpy(),
+        unknown=out_unknown.cpu().numpy().reshape(P, R) if ens else None,
+        halted=out_halted.cpu().numpy().reshape(P, R) if ens else None,
+        disagreement=None if dis is None else dis.T.reshape(P, R, max_steps).cpu().numpy(),
+        threshold=fm.threshold if ens else None,
     )
 
 
@@ -203,50 +265,82 @@ def dream_fitness(mdn: MDNRNN, controller: Controller, params, seeds, initial_mu
 
 
 class DreamFitness:
-    """`evolve.Fitness` in the dream: (params (P, n), seeds (P, R)) -> returns (P, R), one batched program per call."""
+    """`evolve.Fitness` in the dream: (params (P, n), seeds (P, R)) -> returns (P, R), one batched program per call.
+    With an ensemble and `pessimism` halt or penalty, the pessimistic dream (docs/pessimism.md)."""
 
-    def __init__(self, mdn: MDNRNN, controller: Controller, initial_mu, initial_logvar, *, tau: float,
-                 max_steps: int, device=None) -> None:
+    def __init__(self, mdn: MDNRNN | Ensemble, controller: Controller, initial_mu, initial_logvar, *, tau: float,
+                 max_steps: int, device=None, pessimism: str = "off", penalty: float = 1.0) -> None:
         self.mdn, self.controller = mdn, controller
         self.initial_mu, self.initial_logvar = initial_mu, initial_logvar
         self.tau, self.max_steps, self.device = tau, max_steps, device
+        self.pessimism, self.penalty = pessimism, penalty
         self.last: DreamResult | None = None
 
     @classmethod
     def from_artifact(cls, mdn_path: str | os.PathLike, controller: Controller, *, tau: float, max_steps: int,
-                      device: str = "cpu") -> DreamFitness:
+                      device: str = "cpu", pessimism: str = "off", penalty: float = 1.0) -> DreamFitness:
+        """The dream of an mdn artifact: its one M (an ensemble's first member) with pessimism off, else every
+        member of its ensemble."""
+        from ..models.ensemble import load_ensemble
         from ..models.mdnrnn import load_initial_z, load_mdn
 
-        mdn, _ = load_mdn(mdn_path, device)
+        mdn = load_mdn(mdn_path, device)[0] if pessimism == "off" else load_ensemble(mdn_path, device)
         mu, logvar = load_initial_z(mdn_path)
-        return cls(mdn, controller, mu, logvar, tau=tau, max_steps=max_steps, device=device)
+        return cls(mdn, controller, mu, logvar, tau=tau, max_steps=max_steps, device=device, pessimism=pessimism,
+                   penalty=penalty)
 
     def __call__(self, params: np.ndarray, seeds: np.ndarray) -> np.ndarray:
         self.last = dream_rollouts(self.mdn, seeds, self.initial_mu, self.initial_logvar, controller=self.controller,
                                    params=np.asarray(params), tau=self.tau, max_steps=self.max_steps,
-                                   device=self.device)
+                                   device=self.device, pessimism=self.pessimism, penalty=self.penalty)
         return self.last.returns
+
+    def metrics(self) -> dict[str, float]:
+        """What the last call's pessimism did: unknown steps per dream step, the fraction of rollouts halted."""
+        return unknown_figures(self.last, "evolve/") if self.last is not None else {}
 
     def close(self) -> None:
         pass
 
 
+def unknown_figures(res: DreamResult, prefix: str = "") -> dict[str, float]:
+    """An ensemble dream's pessimism figures: unknown steps per dream step, the fraction of rollouts halted at one,
+    and, where the disagreement was recorded, its mean and the mean first unknown step (of rollouts that had one,
+    counting from 1). {} for one M's dream."""
+    if res.unknown is None:
+        return {}
+    out = {f"{prefix}unknown_per_step": float(res.unknown.sum() / max(int(res.lengths.sum()), 1)),
+           f"{prefix}halted_fraction": float(res.halted.mean())}
+    if res.disagreement is not None:
+        d = res.disagreement.reshape(-1, res.disagreement.shape[-1])
+        out[f"{prefix}mean_disagreement"] = float(np.nanmean(d))
+        over = d > res.threshold  # NaN after a rollout's end is never over
+        first = over.argmax(1)[over.any(1)] + 1
+        out[f"{prefix}first_unknown_step"] = float(first.mean()) if len(first) else math.nan
+    return out
+
+
 # ------------------------------------------------------------------------------------------ diagnostics
-def random_policy_done_rate(mdn: MDNRNN, initial_mu, initial_logvar, *, env: str | None = None, episodes: int = 64,
-                            tau: float = 1.0, max_steps: int = 2100, seed: int = 0) -> dict:
+def random_policy_done_rate(mdn: MDNRNN | Ensemble, initial_mu, initial_logvar, *, env: str | None = None,
+                            episodes: int = 64, tau: float = 1.0, max_steps: int = 2100, seed: int = 0,
+                            pessimism: str = "off", penalty: float = 1.0) -> dict:
     """How the dream ends under the random policy: mean ± std length, the fraction of episodes M ends by its
     done head before the cap, and done events per step. A dream that never ends (rate 0) or ends at once is a
-    broken M. Shown by `wm info` on an mdn artifact."""
+    broken M. Shown by `wm info` on an mdn artifact. An ensemble's dream (with `pessimism`) adds how often its
+    members disagree (`unknown_figures`)."""
     from ..runtime import seeding
 
     seeds = np.array([[seeding.derive(seed, "done-rate", i) for i in range(episodes)]], dtype=np.int64)
-    res = dream_rollouts(mdn, seeds, initial_mu, initial_logvar, env=env, tau=tau, max_steps=max_steps)
+    ens = isinstance(mdn, Ensemble)
+    res = dream_rollouts(mdn, seeds, initial_mu, initial_logvar, env=env, tau=tau, max_steps=max_steps,
+                         pessimism=pessimism, penalty=penalty, record_disagreement=ens)
     lengths = res.lengths.reshape(-1).astype(np.float64)
     ended = (lengths < max_steps) if mdn.cfg.done_head else np.zeros_like(lengths, dtype=bool)
     return {"episodes": episodes, "temperature": tau, "max_steps": max_steps,
             "mean_length": float(lengths.mean()), "std_length": float(lengths.std()),
             "mean_return": float(res.returns.mean()),
-            "done_fraction": float(ended.mean()), "done_per_step": float(ended.sum() / lengths.sum())}
+            "done_fraction": float(ended.mean()), "done_per_step": float(ended.sum() / lengths.sum()),
+            **unknown_figures(res)}
 
 
 @torch.no_grad()
@@ -311,11 +405,14 @@ def mdn_dream_summary(path: str | os.PathLike, meta) -> dict | str:
 DREAM_SUMMARY = "dream_random_policy"  # the mdn summary's key of `dream_summary`
 
 
-def dream_summary(mdn: MDNRNN, mu0, lv0, *, env: str | None, tau: float = 1.15, max_steps: int = 2100) -> dict:
-    """How M's dream goes under the random policy (and, for Doom, under held actions), rounded for display."""
+def dream_summary(mdn: MDNRNN | Ensemble, mu0, lv0, *, env: str | None, tau: float = 1.15,
+                  max_steps: int = 2100) -> dict:
+    """How M's dream goes under the random policy (and, for Doom, under held actions), rounded for display. An
+    ensemble's: its first member's dream, with how often the members disagree along it."""
     r = random_policy_done_rate(mdn, mu0, lv0, env=env, tau=tau, max_steps=max_steps)
     r = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
-    if env == "doom" and mdn.cfg.done_head:
-        r["held_action_length"] = constant_action_lengths(mdn, mu0, lv0, {"left": -1.0, "none": 0.0, "right": 1.0},
+    one = mdn.members[0] if isinstance(mdn, Ensemble) else mdn
+    if env == "doom" and one.cfg.done_head:
+        r["held_action_length"] = constant_action_lengths(one, mu0, lv0, {"left": -1.0, "none": 0.0, "right": 1.0},
                                                           episodes=32, tau=tau, max_steps=max_steps)
     return r

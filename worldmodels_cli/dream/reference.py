@@ -1,15 +1,18 @@
 """The plain loop: one dream rollout at a time through `MDNRNN.step`, `sample_next` and `Controller.act`, as the
-original evaluated a member; the batched program must equal it (tests/test_dream.py)."""
+original evaluated a member; the batched program must equal it (tests/test_dream.py; an ensemble's,
+tests/test_ensemble.py)."""
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..models.controller import Controller
+from ..models.ensemble import Ensemble, disagreement, mixture_mean
 from ..models.mdnrnn import MDNRNN, sample_next
 from ..models.rssm import RSSM, sample_z
 from .program import policy_env, reward_of
@@ -37,17 +40,11 @@ def reference_rollout(
     if isinstance(mdn, RSSM):
         return _rssm_rollout(mdn, seed, initial_mu, initial_logvar, controller=controller, params=params, env=env,
                              tau=tau, max_steps=max_steps, record_z=record_z)
-    cfg = mdn.cfg
-    dtype, device = mdn.bias.dtype, mdn.bias.device
-    layout = NoiseLayout(cfg.z_dim, cfg.action_dim)
+    cfg, dtype = mdn.cfg, mdn.bias.dtype
+    layout, keys, z, restart = _start(mdn, seed, initial_mu, initial_logvar)
     env_name = policy_env(controller, mdn, env)
-    keys = rollout_keys([seed], device)
-    mu0 = torch.as_tensor(np.asarray(initial_mu), device=device).to(dtype)
-    lv0 = torch.as_tensor(np.asarray(initial_logvar), device=device).to(dtype)
-    z, _ = start_z(keys, mu0, lv0, layout)  # (1, Z)
-    h, c = mdn.initial_state(1, device)  # zero state
-    restart = torch.ones(1, dtype=dtype, device=device)  # restart flag at the first step
-    controller = _member(controller, params, device, dtype)
+    h, c = mdn.initial_state(1)  # zero state
+    controller = _member(controller, params, mdn.bias.device, dtype)
     total, steps = 0.0, 0
     zs = [z[0].clone()] if record_z else None
     for t in range(max_steps):
@@ -66,6 +63,88 @@ def reference_rollout(
         if zs is not None:
             zs.append(z[0].clone())
     return total, steps, None if zs is None else torch.stack(zs).cpu().numpy()
+
+
+def _start(mdn: MDNRNN, seed: int, initial_mu, initial_logvar) -> tuple[NoiseLayout, Tensor, Tensor, Tensor]:
+    """An MDN-RNN rollout's noise layout, stream key, z0 (1, Z) from a random real first frame and the restart flag
+    (1,) set for the first step (ref §7), on M's device and dtype."""
+    cfg, dtype, device = mdn.cfg, mdn.bias.dtype, mdn.bias.device
+    layout = NoiseLayout(cfg.z_dim, cfg.action_dim)
+    keys = rollout_keys([seed], device)
+    mu0 = torch.as_tensor(np.asarray(initial_mu), device=device).to(dtype)
+    lv0 = torch.as_tensor(np.asarray(initial_logvar), device=device).to(dtype)
+    z, _ = start_z(keys, mu0, lv0, layout)
+    return layout, keys, z, torch.ones(1, dtype=dtype, device=device)
+
+
+@dataclass
+class EnsembleRollout:
+    """`ensemble_rollout`'s result: the return and length, z as `reference_rollout` records it, the disagreement of
+    every step, the unknown steps and whether the rollout ended at one."""
+
+    ret: float
+    length: int
+    z: np.ndarray | None
+    disagreement: list[float]
+    unknown: int
+    halted: bool
+
+
+@torch.no_grad()
+def ensemble_rollout(
+    ensemble: Ensemble,
+    seed: int,
+    initial_mu,
+    initial_logvar,
+    *,
+    follow: int = 0,
+    pessimism: str = "off",
+    penalty: float = 1.0,
+    controller: Controller | None = None,
+    params=None,
+    env: str | None = None,
+    tau: float = 1.15,
+    max_steps: int = 2100,
+    record_z: bool = False,
+) -> EnsembleRollout:
+    """One dream rollout of an ensemble, batch 1 (docs/pessimism.md): every member steps on the same (z, a, restart)
+    from its own state; C acts on member 0's memory; the disagreement of the members' predicted means is measured;
+    reward, done and z' come from member `follow`; at an unknown step (disagreement over the threshold) "halt" ends
+    the rollout as a death and "penalty" costs `penalty`, taken off the return at the end."""
+    members = ensemble.members
+    layout, keys, z, restart = _start(members[0], seed, initial_mu, initial_logvar)
+    env_name = policy_env(controller, members[0], env)
+    states = [m.initial_state(1) for m in members]
+    controller = _member(controller, params, members[0].bias.device, members[0].bias.dtype)
+    total, steps, unknown, halted = 0.0, 0, 0, False
+    zs = [z[0].clone()] if record_z else None
+    ds: list[float] = []
+    for t in range(max_steps):
+        u, eps, abits = step_noise(keys, t, layout, z.dtype)
+        if controller is None:
+            a = random_action(abits, env_name, z.dtype)
+        else:
+            a = controller.act(controller.features(z, *states[0]))
+        outs = []
+        for k, m in enumerate(members):
+            out, states[k] = m.step(z, a, restart, states[k])
+            outs.append(out)
+        restart = torch.zeros_like(restart)
+        ds.append(float(disagreement([mixture_mean(o.logpi, o.mu) for o in outs])[0]))
+        out = outs[follow]
+        total += float(reward_of(members[0].cfg.reward_head, out.reward, restart)[0])
+        steps += 1
+        over = ds[-1] > ensemble.threshold
+        unknown += over
+        halted = over and pessimism == "halt"
+        if halted or (out.done_logit is not None and bool(out.done_logit[0] > 0)):
+            break
+        z = sample_next(out, tau, eps=eps, u=u)
+        if zs is not None:
+            zs.append(z[0].clone())
+    if pessimism == "penalty":
+        total -= penalty * unknown
+    return EnsembleRollout(total, steps, None if zs is None else torch.stack(zs).cpu().numpy(), ds, unknown, halted)
 
 
 @torch.no_grad()

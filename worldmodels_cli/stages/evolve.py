@@ -211,6 +211,7 @@ def optimize(
                 solutions = es.ask()
             params = np.asarray(solutions, dtype=np.float64)  # (P, n)
             returns = np.asarray(fitness(params, generation_seeds(cfg, seed, gen)), dtype=np.float64)  # (P, R)
+            extra = fitness.metrics() if hasattr(fitness, "metrics") else {}  # a pessimistic dream's unknown steps
             mean_returns = returns.mean(axis=1)
             told = -mean_returns  # CMA minimises; no weight-decay term (ref §6: the code's had the wrong sign)
             with one_blas_thread():
@@ -238,7 +239,7 @@ def optimize(
             eta = (cfg.generations - gen - 1) * (time.time() - t_run) / (gen + 1 - start_gen)
             # "pop_": the population's returns this generation; "eval": the CMA mean's on the fixed evaluation seeds
             named = {f"evolve/{METRIC_NAMES.get(k, k)}": v for k, v in row.items()}
-            metrics.write({"generation": gen + 1, **named, "evolve/rollouts_per_s": rollouts})
+            metrics.write({"generation": gen + 1, **named, "evolve/rollouts_per_s": rollouts, **extra})
             line = kv(gen=f"{gen + 1}/{cfg.generations}", pop_best=row["best"], pop_mean=row["mean"], sigma=row["sigma"],
                       rollouts_per_s=rollouts, eta_s=round(eta))
             if is_eval:
@@ -297,11 +298,13 @@ def run(preset: Preset, vae: Path, mdn: Path, out: Path, *, runtime: Runtime = R
     controller, model_config = controller_for(preset.controller, preset.env.name, mdn_model)
     spec = AgentSpec(str(vae), str(mdn), model_config)
     real = None
+    check_pessimism(cfg.pessimism, mdn, in_dream=cfg.in_dream)
     if cfg.in_dream:
         if not mc.done_head and mc.reward_head == "none":
             raise ConfigError(f"{mdn}: --in-dream needs an M with a done or reward head (this one predicts only z)")
         fitness = DreamFitness.from_artifact(mdn, controller, tau=cfg.temperature, max_steps=cfg.max_steps,
-                                             device=devices.resolve(device))
+                                             device=devices.resolve(device), pessimism=cfg.pessimism,
+                                             penalty=cfg.pessimism_penalty)
         if cfg.eval_real:
             real = EpisodeRunner(preset.env, agent=spec, workers=workers, backend=backend, address=address)
     else:
@@ -316,6 +319,19 @@ def run(preset: Preset, vae: Path, mdn: Path, out: Path, *, runtime: Runtime = R
         if real is not None:
             real.close()
     return result
+
+
+def check_pessimism(pessimism: str, mdn: Path, *, in_dream: bool = True) -> None:
+    """A pessimistic dream needs the dream and an ensemble of Ms (docs/pessimism.md): one line otherwise."""
+    from ..models.ensemble import is_ensemble
+
+    if pessimism == "off":
+        return
+    if not in_dream:
+        raise ConfigError(f"--pessimism {pessimism} acts in M's dream: add --in-dream")
+    if not is_ensemble(mdn):
+        raise ConfigError(f"{mdn}: --pessimism {pessimism} needs an ensemble of Ms (wm train-mdn --ensemble K); "
+                          "this artifact holds one M")
 
 
 def plot_history(out: Path) -> Path | None:

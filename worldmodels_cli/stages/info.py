@@ -43,6 +43,8 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
         from ..dream.program import DREAM_SUMMARY, mdn_dream_summary
 
         report[DREAM_SUMMARY] = mdn_dream_summary(path, meta)  # the dream's length and done rate
+        if isinstance(meta.summary.get("ensemble"), dict):  # K, the held-out quantiles, the threshold
+            report["ensemble"] = meta.summary["ensemble"]
     report.update({k: v for k, v in meta.summary.items()
                    if k not in report and (not isinstance(v, (list, dict)) or k == "scores")})
     report["inputs"] = {role: (v["path"] if isinstance(v, dict) else [q["path"] for q in v]) for role, v in meta.inputs.items()}

@@ -32,6 +32,10 @@ continues it; a rerun of the last round replays its ladder from the rungs alread
 `dynamics` = "rssm" (`wm iterate --dynamics rssm`) makes every round's M an RSSM (`train_rssm`), warm-started
 from the previous round's like the MDN-RNN; the rest of the procedure is the same.
 
+`ensemble` K >= 2 (`wm iterate --ensemble K`) makes every round's M an ensemble of K MDN-RNNs (`train_ensemble`;
+member k warm-starts from the previous round's member k), and `pessimism` halt or penalty makes every round's
+dream pessimistic where they disagree, the τ ladder's random-policy baseline included (docs/pessimism.md).
+
 Every stage resumes or skips itself when its artifact is complete, so rerunning the same command continues where
 it stopped; the stage functions are called in-process (no subprocess per stage).
 """
@@ -105,6 +109,9 @@ def _rounds(preset: Preset, data: Path, it: IterateConfig, writer: MetricsWriter
 
     record_path = data / RECORD
     records = _load_records(record_path)
+    preset = preset.replace(mdn_train=preset.mdn_train.replace(ensemble=it.ensemble),
+                            evolve=preset.evolve.replace(pessimism=it.pessimism,
+                                                         pessimism_penalty=it.pessimism_penalty))
     rollouts: list[Path] = []
     series: list[Path] = []
     prev: dict[str, Path] = {}
@@ -217,7 +224,8 @@ def _climb_down(rec: RoundRecord, p: Preset, it: IterateConfig, v: Path, m: Path
         out = _rung(c, tau)
         q = p.replace(evolve=p.evolve.replace(pop=pop, temperature=tau))
         ev = timed(rec.seconds, "evolve", evolve.run, q, v, m, out, runtime=runtime)
-        random_score = random_dream_score(m, tau, q.evolve.max_steps, seed=runtime.seed, device=runtime.device)
+        random_score = random_dream_score(m, tau, q.evolve.max_steps, seed=runtime.seed, device=runtime.device,
+                                          pessimism=q.evolve.pessimism, penalty=q.evolve.pessimism_penalty)
         rungs.append({"tau": tau, "dream_score": ev.best_score, "random_dream": random_score,
                       "ratio": ev.best_score / random_score, "path": str(out)})
         log.info("final τ %g: dream score %.1f, %.2f× the random policy's %.1f", tau, ev.best_score,
@@ -239,17 +247,19 @@ def _rung(c: Path, tau: float) -> Path:
 
 
 def random_dream_score(mdn_path: Path, tau: float, max_steps: int, *, seed: int, device: str = "auto",
-                       episodes: int = 256) -> float:
+                       episodes: int = 256, pessimism: str = "off", penalty: float = 1.0) -> float:
     """The uniform random policy's mean return in M's dream at τ, the baseline a rung is measured by (in Doom's
-    dream the return is the length survived)."""
+    dream the return is the length survived); in the same pessimistic dream as C's."""
     from ..dream.program import random_policy_done_rate
+    from ..models.ensemble import load_ensemble
     from ..models.mdnrnn import load_initial_z, load_mdn
     from ..runtime import device as devices
 
-    mdn, _ = load_mdn(mdn_path, devices.resolve(device))
+    dev = devices.resolve(device)
+    mdn = load_mdn(mdn_path, dev)[0] if pessimism == "off" else load_ensemble(mdn_path, dev)
     mu, logvar = load_initial_z(mdn_path)
-    return random_policy_done_rate(mdn, mu, logvar, episodes=episodes, tau=tau, max_steps=max_steps,
-                                   seed=seed)["mean_return"]
+    return random_policy_done_rate(mdn, mu, logvar, episodes=episodes, tau=tau, max_steps=max_steps, seed=seed,
+                                   pessimism=pessimism, penalty=penalty)["mean_return"]
 
 
 def complete_eval(path: Path, episodes: int, controller: Path) -> bool:

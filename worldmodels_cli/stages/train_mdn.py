@@ -12,6 +12,9 @@ model config, everything an exact resume needs (optimizer, step, batcher RNG and
 the first-frame (μ, logσ²) of every episode (dream starts, ref §7). Rerunning the same command resumes; on CPU a
 resumed run ends with the same weights as an uninterrupted one. A NaN/inf loss stops the run and keeps the last
 good checkpoint; Ctrl-C checkpoints at the next step boundary and re-raises KeyboardInterrupt.
+
+With `mdn_train.ensemble` K >= 2, `run` trains an ensemble of K MDN-RNNs instead (`train_ensemble`), each member
+by this same loop (`member`: its own seed and bootstrap resample; docs/pessimism.md).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from ..store import checkpoint, files, metrics, runs
 from ..store.series_data import (
     Batch,
     SeriesData,
+    bootstrap_episodes,
     load_series,
     make_batcher,
     split_episodes,
@@ -77,13 +81,22 @@ def lr_at(cfg: MDNTrainConfig, step: int) -> float:
 def run(preset: Preset, series: Sequence[str | os.PathLike], out: str | os.PathLike,
         init: str | os.PathLike | None = None, *, dynamics: str = "mdnrnn", rssm: RSSMConfig | None = None,
         rssm_train: RSSMTrainConfig | None = None, on_step: Callable[[int], None] | None = None,
-        runtime: Runtime = Runtime()) -> MDNResult:
+        runtime: Runtime = Runtime(), member: int | None = None) -> MDNResult:
     """Train (or resume training) M into `out` from `series` (several artifacts of one env are concatenated).
 
-    `init` warm-starts the weights from another mdn artifact with the same architecture (iterative training).
+    `init` warm-starts the weights from another mdn artifact with the same architecture (iterative training; an
+    ensemble member from the same member of an ensemble `init`).
     `dynamics` "rssm" trains an RSSM (`rssm`, `rssm_train`: default the preset scale's, `config.rssm_config`).
-    `on_step(step)` is called after each completed step (tests use it to inject interruptions)."""
+    `on_step(step)` is called after each completed step (tests use it to inject interruptions).
+    With `mdn_train.ensemble` >= 2: an ensemble (`train_ensemble`), whose member k this trains when `member` = k:
+    weights and batches from `member_seed`, on a bootstrap resample of the training episodes; the held-out
+    episodes and their validation noise are the run's, shared by every member."""
+    if member is None and preset.mdn_train.ensemble > 1:
+        from . import train_ensemble
+
+        return train_ensemble.run(preset, series, out, init, dynamics=dynamics, on_step=on_step, runtime=runtime)
     seed, out = runtime.seed, Path(out)
+    own_seed = seed if member is None else member_seed(seed, member)  # weights and batches
     if dynamics not in DYNAMICS:
         raise ConfigError(f"dynamics must be one of {', '.join(DYNAMICS)}, got {dynamics!r}")
     files.check_writable(out)  # before any work: a missing folder is a one-line error, not a late failure
@@ -93,21 +106,25 @@ def run(preset: Preset, series: Sequence[str | os.PathLike], out: str | os.PathL
     if dynamics == "rssm":
         from . import train_rssm
 
-        model, model_config, run_config, rssm_train = train_rssm.build(preset, mcfg, rssm, rssm_train, seed)
+        model, model_config, run_config, rssm_train = train_rssm.build(preset, mcfg, rssm, rssm_train, own_seed)
     else:
         run_config = {"env": preset.env.name, "mdn": mcfg.to_dict(), "mdn_train": tcfg.to_dict(),
                       "scale": preset.scale}
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seeding.derive(seed, STAGE, 0))
+            torch.manual_seed(seeding.derive(own_seed, STAGE, 0))
             model = MDNRNN(mcfg)
         model_config = mcfg
+    if member is not None:
+        run_config["ensemble_member"] = member
     model.to(dev)
     if mcfg.restart_input:
         log.info("M on %s: batches with restarts inside run on the %s path", dev, auto_restart_path(dev))
     train_eps, val_eps = split_episodes(data.episodes, tcfg.val_episodes, seed)
-    batcher = make_batcher(tcfg.batching, data, train_eps, tcfg.batch_size, tcfg.seq_len, seed)
+    if member is not None:
+        train_eps = bootstrap_episodes(train_eps, own_seed)
+    batcher = make_batcher(tcfg.batching, data, train_eps, tcfg.batch_size, tcfg.seq_len, own_seed)
     if dynamics == "rssm":
-        trainer = train_rssm.Trainer(model, batcher, tcfg, rssm_train, dev, seed)
+        trainer = train_rssm.Trainer(model, batcher, tcfg, rssm_train, dev, own_seed)
     else:
         trainer = _Trainer(model, torch.optim.Adam(model.parameters(), lr=tcfg.lr), batcher, tcfg, dev)
     params = count_parameters(model)
@@ -125,7 +142,7 @@ def run(preset: Preset, series: Sequence[str | os.PathLike], out: str | os.PathL
         writer.truncate_after("step", start)
         log.info("resuming %s at step %d of %d", out, start, tcfg.steps)
     elif init is not None:
-        _warm_start(model, Path(init), model.cfg)
+        _warm_start(model, Path(init), model.cfg, member)
 
     ckpt = _Checkpointer(out, trainer, model_config, run_config, seed, inputs, data, train_eps, val_eps, params)
     ckpt.last_step, trainer.step = start, start
@@ -354,10 +371,17 @@ class _Checkpointer:
         return s
 
 
+def member_seed(seed: int, member: int) -> int:
+    """Ensemble member k's seed: its initial weights, its bootstrap resample and its batches."""
+    return seeding.derive(seed, "ensemble-member", member)
+
+
 def _resume(out: Path, trainer: _Trainer, run_config: dict, seed: int, inputs: dict) -> tuple[int, dict]:
     """Restore the train state from an existing `out`, refusing one made by a different run; (step, summary)."""
     meta = A.validate(out, "mdn")
     free = ("mdn_train.steps",)  # more steps continue the same run
+    if "ensemble_member" in run_config:  # a member is the same whatever the ensemble's size and calibration
+        free += ("mdn_train.ensemble", "mdn_train.unknown_quantile")
     runs.check_same_run(str(out), runs.identity(meta.config, meta.seed, meta.inputs, free=free),
                         runs.identity(run_config, seed, inputs, free=free))
     ckpt = checkpoint.load(out, "mdn")
@@ -368,9 +392,16 @@ def _resume(out: Path, trainer: _Trainer, run_config: dict, seed: int, inputs: d
     return trainer.step, meta.summary
 
 
-def _warm_start(model: MDNRNN, init: Path, mcfg: MDNConfig | RSSMConfig) -> None:
-    """Iterative training (ref §9): start from another M of the same architecture (and dynamics)."""
-    other, _ = load_mdn(init, "cpu")
+def _warm_start(model: MDNRNN, init: Path, mcfg: MDNConfig | RSSMConfig, member: int | None = None) -> None:
+    """Iterative training (ref §9): start from another M of the same architecture (and dynamics); ensemble member
+    k from member k of an ensemble `init` (k mod its size), or from a single M."""
+    from ..models.ensemble import is_ensemble, load_ensemble
+
+    if member is not None and is_ensemble(init):
+        members = load_ensemble(init, "cpu").members
+        other = members[member % len(members)]
+    else:
+        other, _ = load_mdn(init, "cpu")
     if other.cfg != mcfg:
         raise ConfigError(f"{init}: its M {other.cfg.to_dict()} differs from this run's {mcfg.to_dict()}")
     model.load_state_dict(other.state_dict())

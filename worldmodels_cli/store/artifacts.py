@@ -17,6 +17,10 @@ Kinds and their datasets (N frames, E episodes, Z latent, A action width):
 - ``vae`` / ``mdn``: group ``weights`` (one dataset per state-dict entry), group ``train_state`` (optimizer,
   RNG states, counters: what resume needs), attribute ``model_config``; ``summary`` attribute with losses.
   ``mdn`` also holds initial_mu, initial_logvar (E,Z) float32: the first frame of each training episode.
+  An ``mdn`` ensemble (`wm train-mdn --ensemble K`, schema version 2, which older versions refuse as newer):
+  ``weights`` are member 0's (the M a controller runs in the real game), group ``ensemble`` holds members 1..K-1
+  (subgroups ``1``..``K-1``, one dataset per state-dict entry), its attribute ``members`` K and ``calibration``
+  (JSON: the members' disagreement quantiles on held-out real steps and the threshold; docs/pessimism.md).
 - ``controller``: mean, best_params (P,) float64; history/* per generation; cma/* (fitness of every evaluated
   generation, so the optimizer is rebuilt by replay, never unpickled). One from `wm train-controller` (config
   ``method``: actor-critic) holds history/* per evaluation and train_state/* (actor, critic, optimisers) instead.
@@ -54,7 +58,10 @@ from .files import (
     remove_stale_temps,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # written on every artifact but an ensemble of Ms
+
+
+ENSEMBLE_SCHEMA_VERSION = 2  # an mdn artifact holding an ensemble: a version that reads only 1 refuses it as newer
 
 
 # ---- root attributes
@@ -240,11 +247,12 @@ def atomic_write(
     inputs: Mapping[str, Any] | None = None,
     env: str | None = None,
     preset: str | None = None,
+    schema: int = SCHEMA_VERSION,
 ) -> Iterator[h5py.File]:
     """Yield an h5py.File on a temp name beside `path`; on success stamp the root attributes and rename it into
     place. On any exception the temp file is removed and `path` is untouched. `preset`: the name of the preset
     the artifact was made with (default: the config's `scale`, a Preset's or a config dict's); the `wm` command that is
-    running is stamped too (`lineage`)."""
+    running is stamped too (`lineage`). `schema`: the version stamped (ENSEMBLE_SCHEMA_VERSION for an ensemble)."""
     if kind not in REQUIRED:
         raise ValueError(f"unknown artifact kind {kind!r}")
     path = Path(path)
@@ -257,7 +265,7 @@ def atomic_write(
             fh = create_h5(tmp)
             yield fh
             fh.attrs[KIND] = kind
-            fh.attrs[SCHEMA] = SCHEMA_VERSION
+            fh.attrs[SCHEMA] = schema
             fh.attrs[CONFIG] = _to_json(config)
             fh.attrs[SEED] = -1 if seed is None else int(seed)
             fh.attrs[CREATED] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
@@ -374,7 +382,7 @@ def validate(path: str | os.PathLike, kind: str | tuple[str, ...] | None = None)
             if want and got not in want:
                 raise ArtifactError(f"{p}: is a {got} artifact, expected {what}")
             version = int(attrs.get(SCHEMA, -1))
-            if version > SCHEMA_VERSION:
+            if version > SCHEMA_VERSION and not (version == ENSEMBLE_SCHEMA_VERSION and got == "mdn" and ENSEMBLE in fh):
                 raise ArtifactError(
                     f"{p}: schema version {version} is newer than this worldmodels_cli reads ({SCHEMA_VERSION}); upgrade"
                 )
@@ -573,6 +581,41 @@ def read_initial_z(fh: h5py.File) -> tuple[np.ndarray, np.ndarray]:
     if INITIAL_MU not in fh or INITIAL_LOGVAR not in fh:
         raise ArtifactError(f"{fh.filename}: mdn artifact lacks {INITIAL_MU}/{INITIAL_LOGVAR} (made by an older version?)")
     return fh[INITIAL_MU][()], fh[INITIAL_LOGVAR][()]
+
+
+# ------------------------------------------------------------------------------------- ensemble of Ms
+ENSEMBLE = "ensemble"
+
+
+ENSEMBLE_MEMBERS = "members"
+
+
+CALIBRATION = "calibration"
+
+
+def write_ensemble(fh: h5py.File, others: list[Mapping[str, Any]], calibration: Mapping[str, Any]) -> None:
+    """mdn ensemble: the state dicts of members 1..K-1 (member 0's are `weights`) and the calibration."""
+    group = fh.create_group(ENSEMBLE)
+    for k, state_dict in enumerate(others, start=1):
+        write_state_dict(group.create_group(str(k)), state_dict)
+    group.attrs[ENSEMBLE_MEMBERS] = len(others) + 1
+    group.attrs[CALIBRATION] = json.dumps(_jsonable(dict(calibration)))
+
+
+def read_ensemble(fh: h5py.File) -> tuple[list[dict[str, np.ndarray]], dict] | None:
+    """(state dicts of members 1..K-1, calibration) of an mdn ensemble; None for one M."""
+    if ENSEMBLE not in fh:
+        return None
+    group = fh[ENSEMBLE]
+    try:
+        k = int(group.attrs[ENSEMBLE_MEMBERS])
+        others = [read_state_dict(group[str(i)]) for i in range(1, k)]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{fh.filename}: its ensemble of Ms is damaged ({_first_line(exc)})") from None
+    calibration = _loads(group.attrs.get(CALIBRATION))
+    if k < 2 or not isinstance(calibration, dict) or not isinstance(calibration.get("threshold"), (int, float)):
+        raise ArtifactError(f"{fh.filename}: its ensemble of Ms has {k} members or no calibrated threshold (damaged)")
+    return others, calibration
 
 
 # ------------------------------------------------------------------------------------- episode index

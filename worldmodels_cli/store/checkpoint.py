@@ -56,10 +56,12 @@ def save(
     env: str,
     extra: Callable[[h5py.File], None] | None = None,
     preset: str | None = None,
+    schema: int = A.SCHEMA_VERSION,
 ) -> None:
     """(Re)write the model artifact `out` atomically. `extra(fh)` may add stage-specific datasets; `preset`
-    names the preset when `config` does not (artifacts.atomic_write)."""
-    with A.atomic_write(out, kind, config=config, seed=seed, inputs=inputs, env=env, preset=preset) as fh:
+    names the preset when `config` does not, `schema` the version stamped (artifacts.atomic_write)."""
+    with A.atomic_write(out, kind, config=config, seed=seed, inputs=inputs, env=env, preset=preset,
+                        schema=schema) as fh:
         A.write_state_dict(fh.create_group(A.WEIGHTS), state_dict)
         A.write_tree(fh.create_group(A.TRAIN_STATE), dict(train_state or {}))
         A.set_model_config(fh, model_config)

@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 # resumes (and one whose command now asks for something else is still refused).
 LEGACY_VALUES = {
     "env.doom_screen_flashes": False,  # before it was a setting, flashes were always off
+    "mdn_train.ensemble": 1,  # before ensembles (docs/pessimism.md), every M was one M
+    "mdn_train.unknown_quantile": 0.99,
+    "evolve.pessimism": "off",
+    "evolve.pessimism_penalty": 1.0,
 }
 
 

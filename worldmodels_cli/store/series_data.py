@@ -135,6 +135,12 @@ def split_episodes(episodes: int, fraction: float, seed: int) -> tuple[np.ndarra
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+def bootstrap_episodes(train: np.ndarray, seed: int) -> np.ndarray:
+    """A bootstrap resample of the training episodes: as many, drawn with replacement, sorted (an ensemble member's
+    data; docs/pessimism.md). Only `train`'s episodes are drawn, so the held-out ones stay out of every member."""
+    return np.sort(seeding.generator(seed, "mdn-bootstrap").choice(np.asarray(train), size=len(train), replace=True))
+
+
 @dataclass
 class Batch:
     """T+1 frames per row: inputs are [:, :-1], targets [:, 1:]."""
