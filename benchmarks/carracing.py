@@ -10,7 +10,8 @@
   one env per worker, gymnasium's renderer, the agent at batch 1 (V encode of one frame, M's full step with its
   mixture head, as game/agent.py did) (target >= 5).
 - agent_overhead: the agent's time per env step ÷ the bare env step (the same runner with the random policy),
-  for CarRacing and for Doom (target <= 0.5).
+  for CarRacing and for Doom (target <= 0.5); the two runners take turns chunk by chunk (a worker's batch of
+  episodes, the same seeds), so a busy machine's load falls on both alike.
 
 One torch thread, one process. `python benchmarks/carracing.py [--episodes N] [--steps T] [--render-only]`; last line
 JSON.
@@ -128,14 +129,22 @@ def rollout_figures(env_name: str, episodes: int, steps: int, legacy: bool) -> d
         vae, mdn, mc = random_world(Path(d), env_name)
         spec = AgentSpec(str(vae), str(mdn), mc)
         params = np.random.default_rng(0).normal(0, 0.1, (1, build_controller(mc).param_count))
-        for policy in ("agent", "random"):
-            with EpisodeRunner(cfg, policy=policy, agent=spec, envs_per_worker=ENVS_PER_WORKER[env_name]) as runner:
-                p = params if policy == "agent" else None
-                runner.episodes(p, seeds[:, :1] + 10_000)  # warm up: envs built, kernels chosen
-                t0 = time.perf_counter()
-                _, lengths = runner.episodes(p, seeds)
-                out[f"{policy}_ms_per_step"] = 1e3 * (time.perf_counter() - t0) / lengths.sum()
-                out[f"{policy}_steps"] = int(lengths.sum())
+        size = ENVS_PER_WORKER[env_name]
+        policies = {"agent": params, "random": None}
+        seconds, steps = dict.fromkeys(policies, 0.0), dict.fromkeys(policies, 0)
+        with EpisodeRunner(cfg, policy="agent", agent=spec, envs_per_worker=size) as with_agent, \
+                EpisodeRunner(cfg, policy="random", envs_per_worker=size) as bare:
+            runners = {"agent": with_agent, "random": bare}
+            for name, runner in runners.items():
+                runner.episodes(policies[name], seeds[:, :1] + 10_000)  # warm up: envs built, kernels chosen
+            for lo in range(0, episodes, size):  # chunk by chunk, each policy in turn: the load falls on both alike
+                for name, runner in runners.items():
+                    t0 = time.perf_counter()
+                    _, lengths = runner.episodes(policies[name], seeds[:, lo:lo + size])
+                    seconds[name] += time.perf_counter() - t0
+                    steps[name] += int(lengths.sum())
+        for name in policies:
+            out[f"{name}_ms_per_step"], out[f"{name}_steps"] = 1e3 * seconds[name] / steps[name], steps[name]
         if legacy:  # the path before: one env, stock renderer, batch-1 agent
             agent, env = LegacyAgent(spec), CarRacingEnv(cfg, renderer="gym") if env_name == "carracing" else make_env(cfg)
             agent.set_params(params[0])

@@ -9,11 +9,13 @@ import torch
 
 from worldmodels_cli.config import preset
 from worldmodels_cli.game import episodes
-from worldmodels_cli.game.agent import MIN_ENCODE_ROWS, AgentSpec
+from worldmodels_cli.game.agent import AgentSpec
+from worldmodels_cli.game.encoder import MIN_ROWS, FrameEncoder
 from worldmodels_cli.game.envs import make_env
 from worldmodels_cli.game.episodes import EpisodeRunner
 from worldmodels_cli.models.controller import build_controller
-from worldmodels_cli.models.mdnrnn import MDNRNN
+from worldmodels_cli.models.vae import ConvVAE, to_input
+from worldmodels_cli.runtime.device import few_rows_one_thread
 from worldmodels_cli.runtime.errors import WorkerError
 from worldmodels_cli.stages.collect import rollout
 from worldmodels_cli.stages.evolve import controller_model_config
@@ -63,30 +65,50 @@ def test_fixed_policies_run_in_lockstep_too(tiny_world):
         np.testing.assert_array_equal(one.episodes(None, seeds)[1], six.episodes(None, seeds)[1])
 
 
-def test_encode_is_independent_of_the_batch(tiny_car_world):
-    """Padding to MIN_ENCODE_ROWS makes a frame's z the same alone or among others."""
-    spec, _ = _spec(tiny_car_world, "carracing")
-    agent = spec.build_batch()
-    frames = np.random.default_rng(0).integers(0, 256, (9, 64, 64, 3), dtype=np.uint8)
-    mu_all, lv_all = agent.encode(frames)
-    for i in range(9):
-        mu, lv = agent.encode(frames[i:i + 1])
-        assert torch.equal(mu[0], mu_all[i]) and torch.equal(lv[0], lv_all[i])
-    assert mu_all.shape == (9, 8) and MIN_ENCODE_ROWS >= 2
-
-
-@pytest.mark.parametrize("restart", [False, True])
-def test_mdn_advance_is_step_without_the_head(restart):
-    cfg = preset("doom", "tiny").mdn.replace(restart_input=restart)
+@pytest.mark.parametrize("scale", ["tiny", "small"])
+def test_encode_is_independent_of_the_batch(scale):
+    """On one thread (the agent's), padding to MIN_ROWS makes a frame's z the same alone or among others; and
+    it is V's encode within float tolerance."""
     torch.manual_seed(0)
-    m = MDNRNN(cfg).eval()
-    z, a = torch.randn(5, cfg.z_dim), torch.randn(5, cfg.action_dim)
-    state = (torch.randn(5, cfg.hidden), torch.randn(5, cfg.hidden))
-    r = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0])
+    vae = ConvVAE(preset("carracing", scale).vae).eval()
+    encode = FrameEncoder(vae)
+    frames = np.random.default_rng(0).integers(0, 256, (9, 64, 64, 3), dtype=np.uint8)
+    with few_rows_one_thread(1, "cpu"):
+        mu_all, lv_all = encode(frames)
+        for i in range(9):
+            mu, lv = encode(frames[i:i + 1])
+            assert torch.equal(mu[0], mu_all[i]) and torch.equal(lv[0], lv_all[i])
     with torch.no_grad():
-        _, want = m.step(z, a, r, state)
-        got = m.advance(z, a, r, state)
-    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        want = vae.encode(to_input(torch.from_numpy(frames)))
+    torch.testing.assert_close((mu_all, lv_all), want, rtol=1e-4, atol=1e-5)
+    assert mu_all.shape == (9, vae.config.z_dim) and MIN_ROWS >= 2
+
+
+@pytest.mark.parametrize("env", ["doom", "carracing"])
+def test_the_agent_acts_as_v_m_and_c_step_by_step(env, tiny_world, tiny_car_world):
+    """The agent's fast path (game/encoder.py, M in the dream's fused layout, C reading M's buffer) against the
+    plain modules: V's encode, MDNRNN.step from the zero state with restart = 1 at the first step, C.act."""
+    from worldmodels_cli.runtime import seeding
+
+    spec, n = _spec(tiny_world if env == "doom" else tiny_car_world, env)
+    agent, e = spec.build_batch(), make_env(preset(env, "tiny").env)
+    agent.controller.set_params(_params(n, 1, seed=3)[0])
+    try:
+        steps = rollout(e, agent, 5, 40)
+    finally:
+        e.close()
+    rng, m = seeding.generator(5, "policy"), agent.mdn
+    state, want = m.initial_state(1), []
+    with torch.no_grad():
+        for t, frame in enumerate(steps[A.FRAMES]):
+            mu, logvar = agent.vae.encode(to_input(torch.from_numpy(frame[None])))
+            z = mu + torch.exp(0.5 * logvar) * torch.from_numpy(rng.standard_normal(mu.shape).astype(np.float32))
+            action = agent.controller.act(agent.controller.features(z, *state))
+            restart = torch.tensor([1.0 if t == 0 else 0.0]) if m.cfg.restart_input else None
+            state = m.step(z, action, restart, state)[1]
+            want.append(action[0].numpy())
+    assert len(want) > 10
+    np.testing.assert_allclose(steps[A.ACTIONS], np.stack(want), atol=1e-5, rtol=0)
 
 
 class _CrashingEnv:

@@ -103,8 +103,16 @@ class FusedM:
     def step(self, S: Tensor, buf: dict[str, Tensor], u: Tensor | None = None) -> Tensor:
         """Advance every row of S in place: LSTM on (z, a, restart) from (h, c); returns the head Y (B, O). (`u`:
         the RSSM's step takes its choice uniforms here; the mixture's are `sample`'s.)"""
+        self.advance(S, buf)
+        Y = buf["Y"][: S.shape[0]]
+        torch.mm(S[:, self.one_col :], self.Wo, out=Y)  # (B, O)
+        return Y
+
+    def advance(self, S: Tensor, buf: dict[str, Tensor]) -> None:
+        """`step`'s LSTM alone: the new (c, h) of every row of S in place, no head (the real-env agent needs only
+        the memory, `game.agent`)."""
         b, h = S.shape[0], self.hidden
-        G, T, Y = buf["G"][:b], buf["T"][:b], buf["Y"][:b]
+        G, T = buf["G"][:b], buf["T"][:b]
         torch.mm(S[:, h:], self.W, out=G)  # (B, 4H): the one big matmul
         G.sigmoid_()
         i, f, o, sg = G[:, :h], G[:, h : 2 * h], G[:, 2 * h : 3 * h], G[:, 3 * h :]
@@ -112,8 +120,6 @@ class FusedM:
         c.mul_(f).addcmul_(i, sg, value=2.0).sub_(i)  # c' = σ(f)·c + σ(i)·tanh(g), tanh(g) = 2σ(2g) − 1
         torch.mul(c, 2.0, out=T).sigmoid_().mul_(2.0).sub_(1.0)  # tanh(c')
         torch.mul(T, o, out=S[:, self.h_])  # h' = σ(o)·tanh(c')
-        torch.mm(S[:, self.one_col :], self.Wo, out=Y)  # (B, O)
-        return Y
 
     def sample(self, Y: Tensor, u: Tensor, eps: Tensor, out: Tensor, buf: dict[str, Tensor]) -> None:
         """z' (B, Z) into `out` from the head Y: per dimension, component by inverse CDF of softmax(logits/τ) at u,

@@ -23,18 +23,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..models.controller import Controller, build_controller, load_controller
+from ..dream.fused import FusedM
+from ..models.controller import Controller, apply_layers, build_controller, load_controller
 from ..models.dynamics import memory_widths, name
 from ..models.mdnrnn import MDNRNN, load_mdn
 from ..models.rssm import RSSM
-from ..models.vae import ConvVAE, load_vae, to_input
+from ..models.vae import ConvVAE, load_vae
+from ..runtime.device import few_rows_one_thread
 from ..runtime.errors import ArtifactError
 from ..store import artifacts as A
-
-# A V encode of fewer rows takes another kernel path (the linear layers' matrix-vector case) whose z differs in the
-# last bit; padding every batch to this many rows makes an episode's z, hence its actions, the same whichever
-# episodes share its batch (tests/test_episodes.py checks it on the running machine).
-MIN_ENCODE_ROWS = 4
+from .encoder import MIN_ROWS, FrameEncoder
 
 
 class BatchAgent:
@@ -56,84 +54,101 @@ class BatchAgent:
                 + f"; M has z={mdn.cfg.z_dim}, H={h}" + (f", stoch {c}" if isinstance(mdn, RSSM) else "")
             )
         self.vae, self.mdn, self.controller = vae.eval(), mdn.eval(), controller
-        self.params = controller.params.unsqueeze(0)  # (B, n)
+        self.encode = FrameEncoder(self.vae)  # V's (μ, log σ²) (R, Z) of frames (R, 64, 64, 3)
         self.rngs: list[np.random.Generator] = []
-        self.memory = RSSMMemory(mdn) if isinstance(mdn, RSSM) else LSTMMemory(mdn)
+        self.memory = RSSMMemory(mdn, controller) if isinstance(mdn, RSSM) else LSTMMemory(mdn, controller)
 
     def start(self, params: np.ndarray | None, rngs: list[np.random.Generator]) -> None:
         """B = len(rngs) new episodes; params (B, n) (None: every row uses the controller's own parameters)."""
         b = len(rngs)
-        dtype = self.controller.params.dtype
+        own = self.controller.params
         if params is None:
-            self.params = self.controller.params.unsqueeze(0).expand(b, -1)
+            p = own.unsqueeze(0).expand(b, -1)
         else:
-            self.params = torch.as_tensor(np.asarray(params)).to(dtype).reshape(b, self.controller.param_count)
+            p = torch.as_tensor(np.asarray(params)).to(own.dtype).reshape(b, self.controller.param_count)
         self.rngs = list(rngs)
-        self.memory.start(b)
+        self.memory.start(p)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def act(self, frames: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """frames (R, 64, 64, 3) uint8 of the episodes `rows` (R,) -> their actions (R, A) float32."""
-        rows_t = torch.as_tensor(np.asarray(rows, dtype=np.int64))
+        """frames (R, 64, 64, 3) uint8 of the episodes `rows` (R,) -> their actions (R, A) float32.
+
+        On one torch thread, as in the workers: the rows' matmuls then round alike whichever rows share them."""
+        with few_rows_one_thread(len(rows), "cpu"):
+            return self._act(frames, np.asarray(rows, dtype=np.int64))
+
+    def _act(self, frames: np.ndarray, rows: np.ndarray) -> np.ndarray:
         mu, logvar = self.encode(frames)  # (R, Z)
         # each episode draws from its own stream, as one episode alone would: (1, Z) per step
         eps = torch.from_numpy(np.concatenate([self.rngs[i].standard_normal((1, mu.shape[1])) for i in rows])
                                .astype(np.float32))
         z = mu + torch.exp(0.5 * logvar) * eps  # ref §5.1: C sees a sample, not μ
-        h, c = self.memory.observe(z, rows_t, [self.rngs[i] for i in rows])
-        x = self.controller.features(z, h, c).to(self.params.dtype).unsqueeze(1)  # (R, 1, F)
-        raw = self.controller.forward_batched(self.params[rows_t], x)[:, 0]  # (R, A): row r with its own C
-        action = self.controller.to_action(raw).float()
-        self.memory.update(z, action, rows_t)
-        return action.numpy().astype(np.float32)
-
-    def encode(self, frames: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """V's (μ, log σ²) (R, Z) of frames (R, 64, 64, 3), in a batch of at least MIN_ENCODE_ROWS rows."""
-        x = to_input(torch.from_numpy(np.ascontiguousarray(frames)))  # a copy: env frames are read-only
-        n = x.shape[0]
-        if n < MIN_ENCODE_ROWS:
-            x = torch.cat([x, x.new_zeros((MIN_ENCODE_ROWS - n, *x.shape[1:]))])
-        mu, logvar = self.vae.encode(x)
-        return mu[:n], logvar[:n]
+        action = self.memory.act(z, rows, [self.rngs[i] for i in rows])
+        return action.float().numpy()
 
 
 class LSTMMemory:
-    """The MDN-RNN's memory for B episodes: C reads (h, c) as they are, M advances on (z_t, a_t) after C acts."""
+    """The MDN-RNN's memory for B episodes, and C acting on it: C reads (h, c) as they are, M advances on
+    (z_t, a_t) after C acts.
 
-    def __init__(self, mdn: MDNRNN) -> None:
-        self.mdn = mdn
-        self.start(0)
+    The state lives in the dream's layout (`dream.fused.FusedM`: a row [c | z | a | restart | 1 | h] per episode,
+    one matmul per step, no mixture head: the real env needs only the memory), and C reads its features straight
+    from it. Every row steps every time, at least MIN_ROWS of them (a matmul of fewer rows rounds differently):
+    one shape, no gathers; a finished episode's row goes on with stale inputs and is never read again."""
 
-    def start(self, b: int) -> None:
-        self.h, self.c = self.mdn.initial_state(b)  # ref §5.2: zero state and restart = 1 at reset
-        self.restart = torch.ones(b)
-        self._hc: tuple[torch.Tensor, torch.Tensor] | None = None
+    def __init__(self, mdn: MDNRNN, controller: Controller) -> None:
+        self.m, self.controller = FusedM(mdn, torch.float32, "cpu"), controller
 
-    def observe(self, z: torch.Tensor, rows: torch.Tensor, rngs) -> tuple[torch.Tensor, torch.Tensor]:
-        """C's (h, c) (R, H) of the episodes `rows`."""
-        self._hc = (self.h[rows], self.c[rows])
-        return self._hc
+    def start(self, params: torch.Tensor) -> None:
+        """New episodes with C's params (B, n): zero state and restart = 1 (ref §5.2)."""
+        b, m = params.shape[0], self.m
+        n = max(b, MIN_ROWS)
+        self.S = m.new_state(torch.zeros(n, m.z_dim))  # (N, width)
+        self.buf = m.buffers(n)
+        wide = torch.cat([params, params.new_zeros(n - b, params.shape[1])]).to(self.S.dtype)
+        self.layers, self.cols = m.row_layers(self.controller, wide)  # C's weights (N, F', A) on S[:, cols]
+        self.b = b
 
-    def update(self, z: torch.Tensor, action: torch.Tensor, rows: torch.Tensor) -> None:
-        restart = self.restart[rows] if self.mdn.cfg.restart_input else None
-        self.h[rows], self.c[rows] = self.mdn.advance(z, action, restart, self._hc)
-        self.restart[rows] = 0.0
+    def act(self, z: torch.Tensor, rows: np.ndarray, rngs) -> torch.Tensor:
+        """z (R, Z) of the running episodes `rows` -> their actions (R, A); M advanced."""
+        m, S = self.m, self.S
+        idx = slice(0, self.b) if len(rows) == self.b else torch.from_numpy(rows)  # all running: a view
+        S[idx, m.z_] = z
+        raw = apply_layers(self.layers, S[:, self.cols].unsqueeze(1))[:, 0]  # (N, A): row r with its own C
+        action = self.controller.to_action(raw)
+        S[:, m.a_] = action
+        m.advance(S, self.buf)
+        if m.restart:
+            S[:, m.r_col] = 0.0
+        return action[idx]
 
 
 class RSSMMemory:
-    """An RSSM's state for B episodes, filtered by its posterior (Dreamer's agent): `observe` takes z_t with the
-    previous action (the zero state at an episode's first frame) before C acts; `update` keeps a_t for the next.
-    The rows run in a batch of at least MIN_ENCODE_ROWS, so an episode's state is the same whichever episodes
+    """An RSSM's state for B episodes, filtered by its posterior (Dreamer's agent), and C acting on it: `observe`
+    takes z_t with the previous action (the zero state at an episode's first frame) before C acts; a_t is kept for
+    the next. The rows run in a batch of at least MIN_ROWS, so an episode's state is the same whichever episodes
     share its batch (as V's encode)."""
 
-    def __init__(self, rssm: RSSM) -> None:
-        self.rssm = rssm
-        self.start(0)
+    def __init__(self, rssm: RSSM, controller: Controller) -> None:
+        self.rssm, self.controller = rssm, controller
 
-    def start(self, b: int) -> None:
+    def start(self, params: torch.Tensor) -> None:
+        """New episodes with C's params (B, n) from the zero state."""
+        b = params.shape[0]
+        self.params = params
         self.deter, self.stoch = self.rssm.initial_state(b)
         self.action = torch.zeros(b, self.rssm.cfg.action_dim, dtype=self.deter.dtype)
         self.first = torch.ones(b, dtype=self.deter.dtype)
+
+    def act(self, z: torch.Tensor, rows: np.ndarray, rngs) -> torch.Tensor:
+        """z (R, Z) of the running episodes `rows` -> their actions (R, A)."""
+        rows_t = torch.from_numpy(rows)
+        h, c = self.observe(z, rows_t, rngs)
+        x = self.controller.features(z, h, c).to(self.params.dtype).unsqueeze(1)  # (R, 1, F)
+        raw = self.controller.forward_batched(self.params[rows_t], x)[:, 0]  # (R, A): row r with its own C
+        action = self.controller.to_action(raw)
+        self.action[rows_t] = action.to(self.action.dtype)
+        return action
 
     def observe(self, z: torch.Tensor, rows: torch.Tensor, rngs) -> tuple[torch.Tensor, torch.Tensor]:
         """The posterior states of the episodes `rows` after frame z (R, Z) -> C's (h, c) = (deter, stoch)."""
@@ -141,15 +156,12 @@ class RSSMMemory:
         u = torch.from_numpy(np.concatenate([g.random((1, self.rssm.cfg.stoch)) for g in rngs])).to(z.dtype)
         args = (self.deter[rows], self.stoch[rows], self.action[rows], z, self.first[rows], u)
         n = len(rows)
-        if n < MIN_ENCODE_ROWS:  # pad: a smaller matmul may round differently (MIN_ENCODE_ROWS)
-            args = tuple(torch.cat([a, a[:1].expand(MIN_ENCODE_ROWS - n, *a.shape[1:])]) for a in args)
+        if n < MIN_ROWS:  # pad: a smaller matmul may round differently (encoder.MIN_ROWS)
+            args = tuple(torch.cat([a, a[:1].expand(MIN_ROWS - n, *a.shape[1:])]) for a in args)
         deter, stoch, _, _ = self.rssm.obs_step(*args)
         self.deter[rows], self.stoch[rows] = deter[:n], stoch[:n]
         self.first[rows] = 0.0
         return deter[:n], stoch[:n]
-
-    def update(self, z: torch.Tensor, action: torch.Tensor, rows: torch.Tensor) -> None:
-        self.action[rows] = action.to(self.action.dtype)
 
 
 @dataclass(frozen=True)

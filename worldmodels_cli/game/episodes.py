@@ -4,10 +4,11 @@ Each worker builds its policy once (the world-model agent rebuilt from V, M and 
 baseline) and keeps a set of envs. A task is a chunk of up to `ENVS_PER_WORKER[env]` episodes `(params, seed)`: the
 worker steps one env per episode in lockstep, and the agent acts for all running episodes at once (one V encode,
 one C product, one M step per env step: `agent.BatchAgent`); an episode leaves the batch when it ends. Each
-episode draws only from its own seed's streams and V encodes in batches of at least `MIN_ENCODE_ROWS`, so its
-(return, length) is the same whichever episodes share its chunk, on any worker count or backend. A crashed env
-fails its chunk with the episode's candidate and seed in the message; the executor retries the chunk (same seeds),
-on new envs. `lockstep` is the episode loop itself, shared with collection (`collect.rollout` is its one-env case).
+episode draws only from its own seed's streams and the agent's matmuls run on one thread and at least
+`encoder.MIN_ROWS` rows, so its (return, length) is the same whichever episodes share its chunk, on any worker
+count or backend. A crashed env fails its chunk with the episode's candidate and seed in the message; the
+executor retries the chunk (same seeds), on new envs. `lockstep` is the episode loop itself, shared with
+collection (`collect.rollout` is its one-env case).
 """
 
 from __future__ import annotations

@@ -119,21 +119,6 @@ class MDNRNN(nn.Module):
             reward=None if out.reward is None else out.reward[:, 0],
         ), state
 
-    def advance(self, z: Tensor, a: Tensor, restart: Tensor | None, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        """`step`'s new state without its head: z (B, Z), a (B, A), restart (B,) -> (h, c) each (B, H). An agent
-        in the real env needs only the memory, not the mixture over z_{t+1}. Same operations as `step`, so the
-        same state bit for bit (tests/test_mdnrnn.py)."""
-        h, c = state
-        if self.cfg.restart_input:
-            r = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device) if restart is None else restart.to(z.dtype)
-            keep = (1.0 - r).unsqueeze(-1)  # (B, 1): 0 where an episode starts, as _run_with_restarts
-            x = torch.cat([z, a, r.unsqueeze(-1)], dim=-1)  # (B, Z+A+1)
-            h, c = h * keep, c * keep
-        else:
-            x = torch.cat([z, a], dim=-1)  # (B, Z+A)
-        _, state = self._lstm(x.unsqueeze(1), (h, c))
-        return state
-
     def head_outputs(self, hs: Tensor) -> MDNOutput:
         """Linear head on hidden states hs (B, T, H) -> MDNOutput (ref §4.1 `rnn.py:120-147`)."""
         b, t, _ = hs.shape
