@@ -53,6 +53,18 @@ def _models(dev: torch.device) -> dict[str, torch.nn.Module]:
     return {"mdnrnn": mdn.to(dev), "rssm": rssm.to(dev)}
 
 
+def _seconds_a_step(trainer, steps: int, dev: torch.device) -> float:
+    """Mean wall time of `steps` train steps after one warm-up step."""
+    trainer.train_step()
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step()
+        trainer.step += 1
+    _sync(dev)
+    return (time.perf_counter() - t0) / steps
+
+
 def bench_train(series: Path, dev: torch.device, steps: int) -> dict[str, float]:
     p = preset("doom", "small")
     tcfg = p.mdn_train
@@ -64,14 +76,7 @@ def bench_train(series: Path, dev: torch.device, steps: int) -> dict[str, float]
             trainer = train_rssm.Trainer(model, batcher, tcfg, rssm_train_config("small"), dev, seed=0)
         else:
             trainer = train_mdn._Trainer(model, torch.optim.Adam(model.parameters()), batcher, tcfg, dev)
-        trainer.train_step()  # warm-up
-        _sync(dev)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            trainer.train_step()
-            trainer.step += 1
-        _sync(dev)
-        out[name] = (time.perf_counter() - t0) / steps
+        out[name] = _seconds_a_step(trainer, steps, dev)
     return out
 
 
@@ -102,14 +107,7 @@ def bench_actor_critic(dev: torch.device, steps: int) -> dict[str, float]:
     for name, model in _models(dev).items():
         c, _ = controller_for(p.controller, "doom", model)
         trainer = _Trainer(model, c, ac, p, mu0, lv0, str(dev), seed=0)
-        trainer.train_step()  # warm-up; the first lanes
-        _sync(dev)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            trainer.train_step()
-            trainer.step += 1
-        _sync(dev)
-        out[name] = (time.perf_counter() - t0) / steps
+        out[name] = _seconds_a_step(trainer, steps, dev)  # its warm-up fills the first lanes
     return out
 
 

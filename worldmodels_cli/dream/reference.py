@@ -49,10 +49,7 @@ def reference_rollout(
     zs = [z[0].clone()] if record_z else None
     for t in range(max_steps):
         u, eps, abits = step_noise(keys, t, layout, dtype)
-        if controller is None:
-            a = random_action(abits, env_name, dtype)
-        else:
-            a = controller.act(controller.features(z, h, c))
+        a = _act(controller, abits, env_name, z, h, c)
         out, (h, c) = mdn.step(z, a, restart, (h, c))
         restart = torch.zeros_like(restart)
         total += float(reward_of(cfg.reward_head, out.reward, restart)[0])
@@ -121,10 +118,7 @@ def ensemble_rollout(
     ds: list[float] = []
     for t in range(max_steps):
         u, eps, abits = step_noise(keys, t, layout, z.dtype)
-        if controller is None:
-            a = random_action(abits, env_name, z.dtype)
-        else:
-            a = controller.act(controller.features(z, *states[0]))
+        a = _act(controller, abits, env_name, z, *states[0])
         outs = []
         for k, m in enumerate(members):
             out, states[k] = m.step(z, a, restart, states[k])
@@ -169,10 +163,7 @@ def _rssm_rollout(rssm: RSSM, seed: int, initial_mu, initial_logvar, *, controll
     zs = [z[0].clone()] if record_z else None
     for t in range(max_steps):
         u, eps, abits = step_noise(keys, t, layout, dtype)
-        if controller is None:
-            a = random_action(abits, env_name, dtype)
-        else:
-            a = controller.act(controller.features(z, deter, stoch))  # h = deter, c = stoch (models.dynamics)
+        a = _act(controller, abits, env_name, z, deter, stoch)  # h = deter, c = stoch (models.dynamics)
         deter, stoch = rssm.img_step(deter, stoch, a, u, tau)
         out = rssm.heads(deter, stoch)
         total += float(reward_of(cfg.reward_head, out.reward, first)[0])
@@ -183,6 +174,13 @@ def _rssm_rollout(rssm: RSSM, seed: int, initial_mu, initial_logvar, *, controll
         if zs is not None:
             zs.append(z[0].clone())
     return total, steps, None if zs is None else torch.stack(zs).cpu().numpy()
+
+
+def _act(controller: Controller | None, abits, env_name: str, z: Tensor, h: Tensor, c: Tensor) -> Tensor:
+    """The member's action on [z, (c,) h], or the random policy's from the step's action bits."""
+    if controller is None:
+        return random_action(abits, env_name, z.dtype)
+    return controller.act(controller.features(z, h, c))
 
 
 def _member(controller: Controller | None, params, device, dtype) -> Controller | None:
