@@ -184,6 +184,33 @@ def test_doom_death_is_terminated():
         env.close()
 
 
+def test_doom_labels_mark_the_fireballs_and_change_nothing_else():
+    """labels=True (probes): the label buffer is cropped like the frame, names the imps and their fireballs, and the
+    game and its frames are those of an env without labels."""
+    from worldmodels_cli.game.envs import DoomEnv
+
+    cfg = EnvConfig(name="doom", max_steps=120)
+    plain, labelled = DoomEnv(cfg), DoomEnv(cfg, labels=True)
+    try:
+        with pytest.raises(RuntimeError, match="labels=True"):
+            plain.reset(3) is not None and plain.labels()
+        labelled.reset(3)
+        names = set()
+        for t in range(120):
+            buf, found = labelled.labels()
+            assert buf.shape == (100, 160) and buf.dtype == np.uint8  # 120 rows at 160x120, the top 5/6 kept
+            names.update(found.values())
+            a = np.array([1.0 if t % 30 < 15 else -1.0], np.float32)
+            s1, s2 = plain.step(a), labelled.step(a)
+            assert np.array_equal(s1.obs, s2.obs) and (s1.terminated, s1.truncated) == (s2.terminated, s2.truncated)
+            if s1.terminated or s1.truncated:
+                break
+        assert {"DoomImp", "DoomImpBall"} <= names
+    finally:
+        plain.close()
+        labelled.close()
+
+
 def test_bad_doom_resolution_is_one_line_error():
     from worldmodels_cli.game.envs import check_env_config
 

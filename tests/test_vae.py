@@ -279,6 +279,25 @@ def test_cli_train_vae_and_info(rollouts, tmp_path, capsys):
     assert code == 2 and io.err.count("\n") == 1 and "expected a rollouts artifact" in io.err
 
 
+def test_cli_sets_v_architecture(rollouts, tmp_path, capsys):
+    """--z-dim / --enc-channels / --dec-channels build that V (and the artifact says so); nonsense and a clash with
+    --init are one-line errors."""
+    out = tmp_path / "v.h5"
+    code, io = _wm(capsys, "train-vae", "--rollouts", str(rollouts), "--out", str(out), "--preset", "tiny",
+                   "--epochs", "0.2", "--device", "cpu", "--z-dim", "5", "--enc-channels", "2,4,4,6",
+                   "--dec-channels", "6,4,2")
+    assert code == 0, io.err
+    model, meta = load_vae(out)
+    assert (model.config.z_dim, model.config.enc_channels, model.config.dec_channels) == (5, (2, 4, 4, 6), (6, 4, 2))
+    assert meta.config["vae"]["enc_channels"] == [2, 4, 4, 6]
+    for bad, says in ((("--enc-channels", "2,4,4"), "needs 4 values"), (("--enc-channels", "2,4.5,4,6"), "whole"),
+                      (("--z-dim", "3", "--init", str(out)), "--init brings its own architecture")):
+        code, io = _wm(capsys, "train-vae", "--rollouts", str(rollouts), "--out", str(tmp_path / "x.h5"),
+                       "--preset", "tiny", *bad)
+        assert code == 2 and io.err.count("\n") == 1 and says in io.err, io.err
+    assert not (tmp_path / "x.h5").exists()
+
+
 def test_checkpoint_optimizer_round_trip():
     model = ConvVAE(VAEConfig(z_dim=4, enc_channels=(2, 2, 2, 2), dec_channels=(2, 2, 2)))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)

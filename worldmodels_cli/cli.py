@@ -32,6 +32,7 @@ from .config import (
     MDNTrainConfig,
     RSSMConfig,
     RSSMTrainConfig,
+    VAEConfig,
     VAETrainConfig,
     iterate_config,
 )
@@ -152,9 +153,12 @@ def out_option(f):
 
 
 class FloatList(click.ParamType):
-    """Comma-separated positive numbers ("1.5,1.15,0.8") -> a tuple of floats; "" -> ()."""
+    """Comma-separated positive numbers ("1.5,1.15,0.8") -> a tuple of floats; "" -> (). `whole`: whole numbers
+    only, as ints (layer widths: "16,32,64,128")."""
 
-    name = "tau,tau,..."
+    def __init__(self, whole: bool = False) -> None:
+        self.whole = whole
+        self.name = "n,n,..." if whole else "tau,tau,..."
 
     def convert(self, value, param, ctx):
         if isinstance(value, tuple):
@@ -167,6 +171,10 @@ class FloatList(click.ParamType):
             self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
         if not all(math.isfinite(x) and x > 0 for x in out):
             self.fail(f"{value!r}: every value must be a finite number > 0", param, ctx)
+        if self.whole:
+            if not all(x.is_integer() for x in out):
+                self.fail(f"{value!r}: every value must be a whole number", param, ctx)
+            return tuple(int(x) for x in out)
         return out
 
 
@@ -201,8 +209,8 @@ def _field_option(cls, fl, shown):
         return click.option(name if "/" in name else f"{name}/--no-{name[2:]}", fl.name, default=None, help=doc)
     if choices:
         kind = click.Choice(choices)
-    elif declared == "tuple":
-        kind = FloatList()  # a list of numbers, given as "1.5,1.15,0.8"
+    elif declared == "tuple":  # a list of numbers, given as "1.5,1.15,0.8"; whole where the default's are
+        kind = FloatList(whole=bool(fl.default) and all(isinstance(x, int) for x in fl.default))
     elif declared == "int":
         kind = click.IntRange(min=lo)
     elif declared == "float":
@@ -362,7 +370,7 @@ def collect(env_name: str, preset: str, out: Path, controller: Path | None, runt
               help="rollouts artifact(s) of one env; repeat to train on several (old + new data)")
 @out_option
 @preset_option()
-@config_options(VAETrainConfig)
+@config_options(VAEConfig, VAETrainConfig)
 @click.option("--init", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="start from this vae artifact's weights and architecture")
 @device_option
@@ -378,7 +386,12 @@ def train_vae_cmd(rollouts: tuple[Path, ...], out: Path, preset: str, init: Path
     from .store.lineage import inherited_preset
 
     cfg = get_preset(frames.rollouts_env(list(rollouts)), inherited_preset(preset, rollouts))  # env: from the data
-    cfg = cfg.replace(vae_train=cfg.vae_train.replace(**config_values(VAETrainConfig, options)))
+    architecture = {k: v for k, v in config_values(VAEConfig, options).items() if v is not None}
+    if architecture and init is not None:
+        raise click.UsageError("--init brings its own architecture; drop " + ", ".join(
+            "--" + k.replace("_", "-") for k in architecture))
+    cfg = cfg.replace(vae=cfg.vae.replace(**architecture),
+                      vae_train=cfg.vae_train.replace(**config_values(VAETrainConfig, options)))
     res = train_vae.run(cfg, list(rollouts), out, init=init, runtime=runtime)
     click.echo(res.line())
 

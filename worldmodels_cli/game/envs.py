@@ -230,11 +230,13 @@ class DoomEnv:
     action_low = np.array([-1.0], dtype=np.float32)
     action_high = np.array([1.0], dtype=np.float32)
 
-    def __init__(self, cfg: EnvConfig) -> None:
+    def __init__(self, cfg: EnvConfig, *, labels: bool = False) -> None:
+        """`labels`: also keep the engine's object labels of each screen (`labels()`; probes only: it costs time)."""
         import vizdoom as vzd
 
         self.cfg = cfg
         game = vzd.DoomGame()
+        game.set_labels_buffer_enabled(labels)
         game.set_doom_scenario_path(os.path.join(vzd.scenarios_path, "take_cover.wad"))
         game.set_doom_map("map01")
         # ref §B: skill 4 is the 2018 env's effective difficulty (random policy ~210 steps, as the paper).
@@ -269,9 +271,15 @@ class DoomEnv:
         self._last = np.zeros(FRAME_SHAPE, dtype=np.uint8)
 
     def _frame(self) -> np.ndarray:
-        screen = self._game.get_state().screen_buffer  # (H, W, 3) RGB
-        keep = round(screen.shape[0] * 5 / 6)  # ref §1.2: the original kept 400 of 480 rows
-        return resize64(np.ascontiguousarray(screen[:keep]))
+        return resize64(_top_rows(self._game.get_state().screen_buffer))  # (H, W, 3) RGB
+
+    def labels(self) -> tuple[np.ndarray, dict[int, str]]:
+        """The current screen's object labels, cropped as `_frame` crops (H', W) uint8, and {label value: object
+        name} (e.g. 'DoomImpBall', a fireball). Needs `labels=True`; only before the episode ended."""
+        state = self._game.get_state()
+        if state is None or state.labels_buffer is None:
+            raise RuntimeError("DoomEnv.labels needs labels=True and a running episode")
+        return _top_rows(state.labels_buffer), {lb.value: lb.object_name for lb in state.labels}
 
     def reset(self, seed: int) -> np.ndarray:
         self._game.set_seed(int(seed))
@@ -298,6 +306,11 @@ class DoomEnv:
         self._watch.stand_down()
         with contextlib.suppress(FileNotFoundError):
             os.remove(self._ini)
+
+
+def _top_rows(screen: np.ndarray) -> np.ndarray:
+    """ref §1.2: the original kept the top 400 of 480 rows (the rest is the floor under the player)."""
+    return np.ascontiguousarray(screen[:round(screen.shape[0] * 5 / 6)])
 
 
 def _children() -> set[int]:
