@@ -49,11 +49,15 @@ format: install
 bench: install
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
+# seed 0's table and pictures go to results/demo*/, another seed's to results/demo*-seedN/ (none overwrites another)
+SEED_SUFFIX = $(if $(filter 0,$(SEED)),,-seed$(SEED))
+
 demo: install
-	$(WM) demo --data $(DATA)/demo-seed$(SEED) --results $(RESULTS)/demo --seed $(SEED) --workers $(WORKERS)
+	$(WM) demo --data $(DATA)/demo-seed$(SEED) --results $(RESULTS)/demo$(SEED_SUFFIX) --seed $(SEED) \
+	  --workers $(WORKERS)
 
 demo-carracing: install
-	$(WM) demo --env carracing --data $(DATA)/demo-carracing-seed$(SEED) --results $(RESULTS)/demo-carracing \
+	$(WM) demo --env carracing --data $(DATA)/demo-carracing-seed$(SEED) --results $(RESULTS)/demo-carracing$(SEED_SUFFIX) \
 	  --seed $(SEED) --workers $(WORKERS)
 
 # MDN-RNN/RSSM x CMA-ES/actor-critic on small Doom, the same data and real episodes (docs/world_models_compared.md)
