@@ -132,22 +132,7 @@ def codec_costs(rollouts: Path, frames_max: int = 3000) -> dict[str, float]:
 
     once_ms, encoded = cpu_ms(lambda: [frame_codec.encode(e) for e in episodes])
 
-    def chunks() -> list[bytes]:
-        out, pieces, fill = [], [], 0
-        for enc in encoded:
-            k = 0
-            while k < len(enc):
-                take = min(chunk - fill, len(enc) - k)
-                pieces.append((enc, k, k + take))
-                fill, k = fill + take, k + take
-                if fill == chunk:
-                    out.append(frame_codec.build_chunk(pieces, chunk))
-                    pieces, fill = [], 0
-        if pieces:
-            out.append(frame_codec.build_chunk(pieces, chunk))
-        return out
-
-    chunks_ms, built = cpu_ms(chunks)
+    chunks_ms, built = cpu_ms(lambda: frame_codec.build_chunks(encoded, chunk))
 
     def twice() -> list[bytes]:  # what the previous collect did: gzip-1 shards, then inflate and gzip-4
         shards = [zlib.compress(e[i:i + chunk].tobytes(), 1) for e in episodes for i in range(0, len(e), chunk)]

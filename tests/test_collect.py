@@ -115,6 +115,42 @@ def test_same_seed_same_data_with_1_and_2_workers(tmp_path):
     assert other.episodes == 8
 
 
+def test_collect_equals_the_plain_loop(tmp_path):
+    """What collect stores (frames handed to the encoder in blocks, lockstep's one-episode shortcuts) is exactly
+    the plain loop's: env.reset/step and the data policy with each episode's own stream, frame by frame, and the
+    stored chunks are those of each episode's frames compressed whole (frame_codec.encode)."""
+    from worldmodels_cli.game.policies import random_policy
+    from worldmodels_cli.runtime import seeding
+    from worldmodels_cli.store import frame_codec
+
+    p = _cfg(episodes=6, min_length=30)
+    cfg = p.replace(env=p.env.replace(max_steps=200))  # long enough to span several of the encoder's blocks
+    out = tmp_path / "c.h5"
+    collect.run(cfg, out, runtime=Runtime(seed=2, workers=1))
+    d = _data(out)
+    env, policy = make_env(cfg.env), random_policy(cfg.env, cfg.collect)
+    encoded = []
+    for lo, n, seed in zip(d[A.EPISODE_STARTS], d[A.EPISODE_LENGTHS], d[A.EPISODE_SEEDS], strict=True):
+        rng = seeding.generator(int(seed), "policy")
+        obs, plain = env.reset(int(seed)), {k: [] for k in (A.FRAMES, A.ACTIONS, A.REWARDS, A.TERMINATED,
+                                                           A.TRUNCATED, A.ENV_ACTIONS)}
+        policy.reset(rng)
+        for _ in range(cfg.env.max_steps):
+            action = policy.act(obs, rng)
+            step = env.step(action)
+            for k, v in ((A.FRAMES, obs), (A.ACTIONS, action), (A.REWARDS, step.reward),
+                         (A.TERMINATED, step.terminated), (A.TRUNCATED, step.truncated), (A.ENV_ACTIONS, step.env_action)):
+                plain[k].append(v)
+            obs = step.obs
+            if step.terminated or step.truncated:
+                break
+        assert len(plain[A.FRAMES]) == n
+        for k, v in plain.items():
+            assert np.array_equal(np.asarray(v, dtype=d[k].dtype), d[k][lo:lo + n]), k
+        encoded.append(frame_codec.encode(np.stack(plain[A.FRAMES])))
+    assert _chunks(out) == frame_codec.build_chunks(encoded, cfg.collect.chunk_frames)
+
+
 def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch):
     cfg = _cfg(episodes=9, min_length=30)
     ref = tmp_path / "ref.h5"
@@ -289,7 +325,8 @@ def test_frames_are_compressed_once(tmp_path, monkeypatch):
 
     added, deflated = [], []
     real_add, real_deflate = frame_codec.StreamEncoder.add, frame_codec.deflate_frame
-    monkeypatch.setattr(frame_codec.StreamEncoder, "add", lambda self, k, f: added.append(k) or real_add(self, k, f))
+    monkeypatch.setattr(frame_codec.StreamEncoder, "add",
+                        lambda self, k, f: added.extend([k] * len(f)) or real_add(self, k, f))
     monkeypatch.setattr(frame_codec, "deflate_frame", lambda *a: deflated.append(1) or real_deflate(*a))
     frame_codec._padding.cache_clear()
     cfg, out = _cfg(episodes=6, min_length=30), tmp_path / "c.h5"

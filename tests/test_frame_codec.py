@@ -23,30 +23,13 @@ def _episode(rng: np.random.Generator, n: int) -> np.ndarray:
     return frames
 
 
-def _chunks(episodes: list[C.EncodedFrames], chunk: int) -> list[bytes]:
-    """What collect's frame writer builds: pieces of consecutive episodes cut at every `chunk` frames."""
-    out, pieces, fill = [], [], 0
-    for enc in episodes:
-        k = 0
-        while k < len(enc):
-            take = min(chunk - fill, len(enc) - k)
-            pieces.append((enc, k, k + take))
-            fill, k = fill + take, k + take
-            if fill == chunk:
-                out.append(C.build_chunk(pieces, chunk))
-                pieces, fill = [], 0
-    if pieces:
-        out.append(C.build_chunk(pieces, chunk))
-    return out
-
-
 @pytest.mark.parametrize("chunk", [64, 7])
 def test_chunks_of_segments_read_back_through_hdf5(tmp_path, chunk):
     """Episodes of 40, 23, 1 and 70 frames: chunks start inside episodes on frames that were compressed against
     the frame before (recompressed alone), the last chunk is short (zero-padded as HDF5 pads it)."""
     rng = np.random.default_rng(0)
     episodes = [_episode(rng, n) for n in (40, 23, 1, 70)]
-    chunks = _chunks([C.encode(e) for e in episodes], chunk)
+    chunks = C.build_chunks([C.encode(e) for e in episodes], chunk)
     frames = np.concatenate(episodes)
     padded = np.concatenate([frames, np.zeros((-len(frames) % chunk, 64, 64, 3), np.uint8)])
     assert b"".join(zlib.decompress(c) for c in chunks) == padded.tobytes()
@@ -93,11 +76,12 @@ def test_the_stream_encoder_equals_encode_and_forgets_dropped_episodes():
     enc = C.StreamEncoder()
     assert len(enc.finish("nothing")) == 0
     for t in range(30):  # two episodes interleaved, as lockstep steps them, and one dropped halfway
-        enc.add("a", a[t])
-        if t < 19:
-            enc.add("b", b[t])
+        enc.add("a", a[t:t + 1])  # one frame at a time
+        if t < 19 and t % 4 == 3:
+            enc.add("b", b[t - 3:t + 1])  # blocks of 4, views of the episode's array, as collect hands them over
         if t < 5:
-            enc.add("c", b[t])
+            enc.add("c", b[t:t + 1])
+    enc.add("b", b[16:19])
     enc.drop("c")
     got_a, got_b, got_c = enc.finish("a"), enc.finish("b"), enc.finish("c")
     enc.close()

@@ -105,9 +105,10 @@ def lockstep(envs: list[Env], actor: Actor, seeds: list[int], max_steps: int, *,
     (ref §2.1); the frame after the last action is not kept. An episode ends at its env's termination (unless
     `ignore_done`: CarRacing runs on to the cap as the original's full_episode did, ref §2.1; vizdoom cannot step
     after a death), its truncation or `max_steps`; `on_end(i, arrays)` is called then. With record, `on_frame(i, t,
-    frame)` is called as frame t of episode i is recorded (`frame` is the row of its array: never written again, and
-    frames[t] in `on_end`'s arrays). Each episode draws only from
-    its own stream `seeding.generator(seed, "policy")`. An env that raises fails the call with `labels[i]`.
+    frames)` is called as frame t of episode i is recorded: `frames` is the episode's whole frames array, whose rows
+    0..t are never written again (`on_end`'s frames are its first rows), so a caller can take them a stretch at a
+    time. Each episode draws only from its own stream `seeding.generator(seed, "policy")`. An env that raises fails
+    the call with `labels[i]`.
 
     `stall_steps` > 0 (real-env fitness only) also ends an episode after that many steps in a row without a positive
     reward; its arrays then hold `STALLED`, the steps it was cut short of `max_steps` (`fitness_return`)."""
@@ -130,7 +131,9 @@ def lockstep(envs: list[Env], actor: Actor, seeds: list[int], max_steps: int, *,
     running = list(range(n))
     while running:
         raise_if_signalled()
-        acts = actor.act(np.stack([obs[i] for i in running]), np.asarray(running))
+        # one running episode (collect's random policies): its frame as a batch of one, a view, not a copy
+        now = obs[running[0]][None] if len(running) == 1 else np.stack([obs[i] for i in running])
+        acts = actor.act(now, np.asarray(running))
         still = []
         for i, action in zip(running, acts, strict=True):
             step = _guarded(labels[i], lambda e=envs[i], a=action: e.step(a))
@@ -138,7 +141,7 @@ def lockstep(envs: list[Env], actor: Actor, seeds: list[int], max_steps: int, *,
             if record:
                 frames[i][k], actions[i][k], env_actions[i][k] = obs[i], action, step.env_action
                 if on_frame is not None:
-                    on_frame(i, k, frames[i][k])
+                    on_frame(i, k, frames[i])
             rewards[i][k], flags[i][k] = step.reward, (step.terminated, step.truncated)
             t[i], obs[i] = k + 1, step.obs
             since[i] = 0 if step.reward > 0 else since[i] + 1

@@ -117,6 +117,9 @@ class PolicyBatch:
             policy.reset(rng)
 
     def act(self, frames: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        if len(rows) == 1:  # one episode (collect's random policies): np.stack's work for one row, for less
+            i = int(rows[0])
+            return np.asarray(self.policies[i].act(frames[0], self.rngs[i]))[None]
         return np.stack([self.policies[i].act(frame, self.rngs[i]) for frame, i in zip(frames, rows, strict=True)])
 
 

@@ -13,7 +13,7 @@ The kept episodes are the first ``episodes`` indices, in index order, whose leng
 (Doom: 100, ref §2.2), so the kept set never depends on the workers either. They are merged in index order into
 ``<out>``'s temp file while the collection runs (a thread takes each one as soon as every index before it is
 finished; memory stays flat), which is renamed into place when all are in; then the work folder is deleted. Frames are compressed once (store/frame_codec.py): a worker deflates each frame of a kept
-episode on a thread beside the game as it comes, and its shard holds them as the artifact will; the merge makes
+episode on a thread beside the game as it comes (handed over ``frame_codec.BLOCK_FRAMES`` at a time), and its shard holds them as the artifact will; the merge makes
 each gzip chunk from them as they are (on ``workers`` threads), recompressing only a chunk's first frame when it
 was compressed against the frame before. With ``ignore_done`` (CarRacing) the steps after the env's own end are recorded as the env
 reports them (off the playfield: −100 and terminated every step); the summary's mean return stops at that end.
@@ -152,31 +152,32 @@ def chunk_size(col: CollectConfig, env: EnvConfig) -> int:
 def _run_chunk(state: _Worker, indices: list[int]) -> list[EpisodeMeta]:
     """Episodes `indices` in lockstep; each is written to its shard as soon as it ends (a kill loses only the
     episodes still running). Frames are compressed as they come, on the encoder's thread, once an episode is
-    long enough to be kept: the shard holds them as the artifact will (frame_codec)."""
+    long enough to be kept: the shard holds them as the artifact will (frame_codec). They are handed over
+    `frame_codec.BLOCK_FRAMES` at a time, as views of the episode's frames array (lockstep never writes a row
+    again), so the game's thread pays one hand-over per block, and the last block's compression at the end."""
     p, parts, encoder = state.p, Path(state.p.parts), state.encoder
     seeds = [episode_seed(p.seed, i) for i in indices]
     metas: list[EpisodeMeta] = []
     keep_from = p.collect.min_length  # frame t = min_length exists: the episode is longer than min_length
-    held: dict[int, list[np.ndarray]] = {j: [] for j in range(len(indices))}  # frames of a maybe-short episode
+    block = frame_codec.BLOCK_FRAMES
+    sent = [0] * len(indices)  # frames of each episode handed to the encoder
     for index in indices:
         encoder.drop(index)  # what a failed try of this chunk left
 
-    def frame(j: int, t: int, row: np.ndarray) -> None:
-        if t < keep_from:
-            held[j].append(row)
-            return
-        for r in held.pop(j, ()):
-            encoder.add(indices[j], r)
-        encoder.add(indices[j], row)
+    def frame(j: int, t: int, frames: np.ndarray) -> None:
+        if t >= keep_from and t + 1 - sent[j] >= block:
+            encoder.add(indices[j], frames[sent[j]:t + 1])
+            sent[j] = t + 1
 
     def write(j: int, steps: dict[str, np.ndarray]) -> None:
         index, length = indices[j], len(steps[A.FRAMES])
         kept = length > p.collect.min_length
         if kept:
+            if sent[j] < length:
+                encoder.add(index, steps[A.FRAMES][sent[j]:])
             A.write_episode_shard(shard_path(parts, index), steps, encoder.finish(index), episode_id=index,
                                   seed=seeds[j])
         else:  # only the name matters: this index was run and is discarded (ref §2.2)
-            held.pop(j, None)
             shard_path(parts, index, SHORT_SUFFIX).write_text(f"{length}\n")
         metas.append(EpisodeMeta(index, seeds[j], length, float(steps[A.REWARDS].sum(dtype=np.float64)), kept))
 
