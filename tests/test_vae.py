@@ -14,7 +14,15 @@ from synthetic import frame_ids, write_rollouts
 
 from worldmodels_cli.cli import main
 from worldmodels_cli.config import VAEConfig, preset
-from worldmodels_cli.models.vae import ConvVAE, kl_divergence, load_vae, parameter_count, to_input, vae_loss
+from worldmodels_cli.models.vae import (
+    ConvVAE,
+    detail_weights,
+    kl_divergence,
+    load_vae,
+    parameter_count,
+    to_input,
+    vae_loss,
+)
 from worldmodels_cli.runtime import Runtime
 from worldmodels_cli.runtime.errors import ArtifactError, ConfigError, Interrupted, TrainingDiverged
 from worldmodels_cli.stages import train_vae
@@ -67,6 +75,43 @@ def test_loss_floor_is_per_sample_and_recon_is_summed():
     assert torch.isclose(loss, r + kl)
     _, _, kl0 = vae_loss(x, y, mu, logvar, kl_tolerance=0.0)
     assert torch.isclose(kl0, torch.tensor(0.5 * 9 * z / 2))
+
+
+def test_detail_weight_moves_the_loss_onto_pixels_that_stand_out():
+    z = 8
+    mu, logvar = torch.zeros(1, z), torch.zeros(1, z)
+    x = torch.full((1, 3, 64, 64), 0.4)
+    x[:, 0, 30:32, 20:22] = 1.0  # a 2x2 red dot on a flat wall: a distant fireball
+    flat = x.clone()
+    flat[:, 0, 30:32, 20:22] = 0.4  # the reconstruction that leaves it out
+    loss0, r0, _ = vae_loss(x, flat, mu, logvar, kl_tolerance=0.5)
+    loss, r, kl = vae_loss(x, flat, mu, logvar, kl_tolerance=0.5, detail_weight=20.0)
+    assert torch.equal(r, r0)  # recon_loss stays the plain sum (comparable between Vs)
+    assert torch.isclose(loss0, r0 + kl)
+    assert loss - kl > 3 * r  # the dot's error now weighs several times its pixel count
+    w = detail_weights(x, 20.0)
+    assert w.shape == (1, 1, 64, 64)
+    assert torch.isclose(w.mean(), torch.tensor(1.0))
+    assert w[0, 0, 30, 20] > 3 * w[0, 0, 5, 5]
+    # an error spread evenly keeps its size: the weights average 1 per frame
+    even = x + 0.1
+    _, r_even, kl_even = vae_loss(x, even, mu, logvar, kl_tolerance=0.5)
+    loss_even, _, _ = vae_loss(x, even, mu, logvar, kl_tolerance=0.5, detail_weight=20.0)
+    assert torch.isclose(loss_even - kl_even, r_even, rtol=1e-5)
+    # a flat frame has no detail: every weight is 1
+    assert torch.allclose(detail_weights(torch.full((2, 3, 64, 64), 0.3), 20.0), torch.ones(2, 1, 64, 64))
+
+
+def test_detail_weight_trains_and_is_part_of_the_run(rollouts, tmp_path):
+    out = tmp_path / "v.h5"
+    train_vae.run(_tiny(detail_weight=10.0), [rollouts], out, runtime=Runtime(seed=0, device='cpu'))
+    meta = A.validate(out, "vae")
+    assert meta.config["vae_train"]["detail_weight"] == 10.0
+    plain = tmp_path / "plain.h5"
+    train_vae.run(_tiny(), [rollouts], plain, runtime=Runtime(seed=0, device='cpu'))
+    assert _weights(out)[0]["encoder.0.weight"].tolist() != _weights(plain)[0]["encoder.0.weight"].tolist()
+    with pytest.raises(ArtifactError, match="detail_weight"):  # another run's output is refused, not resumed
+        train_vae.run(_tiny(), [rollouts], out, runtime=Runtime(seed=0, device='cpu'))
 
 
 # ------------------------------------------------------------------------------------------------ data

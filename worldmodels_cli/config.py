@@ -134,6 +134,9 @@ class VAETrainConfig(_Config):
     batch_size: int = f(100, "frames per batch (ref §3)", min=1)
     lr: float = f(1e-4, "Adam learning rate (ref §3)", min=0)
     kl_tolerance: float = f(0.5, "per-sample KL floor = kl_tolerance * N_z (ref §3)", min=0)
+    detail_weight: float = f(0.0, "weight the squared error of pixels that stand out from their 5x5 neighbourhood "
+                                  "(small objects, edges) up to 1 + this x their contrast, per frame mean 1; 0: the "
+                                  "paper's plain sum (models/vae.py detail_weights; not in the paper)", min=0)
     val_episodes: float = f(0.05, "fraction of episodes held out for validation", min=0)
     block_frames: int = f(256, "consecutive frames read from HDF5 at once (a multiple of the chunk length reads fastest)", min=1)
     buffer_blocks: int = f(32, "random blocks shuffled together (memory: blocks x block_frames x 12 KiB, a few times)", min=1)

@@ -102,18 +102,39 @@ def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:
     return -0.5 * torch.sum(1.0 + logvar - mu.pow(2) - logvar.exp(), dim=1)
 
 
-def vae_loss(x: Tensor, recon: Tensor, mu: Tensor, logvar: Tensor, kl_tolerance: float) -> tuple[Tensor, Tensor, Tensor]:
+def vae_loss(x: Tensor, recon: Tensor, mu: Tensor, logvar: Tensor, kl_tolerance: float,
+             detail_weight: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
     """The loss of ref §3, returned as (loss, recon_loss, kl), each a scalar batch mean:
 
         recon_loss = mean_B  sum_{C,H,W} (x - recon)^2            (summed squared error, not mean, not BCE)
         kl         = mean_B  max(KL_b, kl_tolerance * Z)           (the floor is per sample, on the total KL)
         loss       = recon_loss + kl
 
-    x, recon (B, 3, 64, 64); mu, logvar (B, Z). With kl_tolerance 0.5 the floor is 16 nats at Z=32, 32 at Z=64."""
-    r = (x - recon).pow(2).flatten(1).sum(dim=1).mean()
+    x, recon (B, 3, 64, 64); mu, logvar (B, Z). With kl_tolerance 0.5 the floor is 16 nats at Z=32, 32 at Z=64.
+    `detail_weight` > 0 (not the paper's): the loss sums the squared error weighted by `detail_weights`, so a small
+    object that stands out from its surroundings (a distant fireball) costs more than its few pixels; recon_loss
+    stays the unweighted sum, comparable between Vs, and loss = weighted recon + kl."""
+    err = (x - recon).pow(2)
+    r = err.flatten(1).sum(dim=1).mean()
     floor = kl_tolerance * mu.shape[1]
     kl = torch.clamp(kl_divergence(mu, logvar), min=floor).mean()  # ref §3: kl = max(kl, kl_tolerance * N_z)
-    return r + kl, r, kl
+    if detail_weight <= 0:
+        return r + kl, r, kl
+    rw = (err * detail_weights(x, detail_weight)).flatten(1).sum(dim=1).mean()
+    return rw + kl, r, kl
+
+
+DETAIL_WINDOW = 5  # px: wider than a distant fireball (< 2 px at 64x64), narrower than the walls
+
+
+@torch.no_grad()
+def detail_weights(x: Tensor, weight: float) -> Tensor:
+    """Per-pixel loss weights (B, 1, H, W) of frames x (B, 3, H, W) in [0, 1]: 1 + weight * c, c the pixel's
+    contrast with its neighbourhood (channel mean of |x - its DETAIL_WINDOW² box mean|), scaled to a mean of 1 per
+    frame, so the summed error keeps its scale against the KL term and only its spread over the frame changes."""
+    local = F.avg_pool2d(x, DETAIL_WINDOW, stride=1, padding=DETAIL_WINDOW // 2, count_include_pad=False)
+    w = 1.0 + weight * (x - local).abs().mean(dim=1, keepdim=True)
+    return w / w.mean(dim=(2, 3), keepdim=True)
 
 
 def parameter_count(model: nn.Module) -> int:

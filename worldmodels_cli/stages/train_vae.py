@@ -113,19 +113,19 @@ def _noise(shape, generator: torch.Generator, seed: int, stage: str, index: int,
 
 
 def _forward_loss(model: ConvVAE, batch: torch.Tensor, eps_fn: Callable[[tuple], torch.Tensor], amp: _Amp,
-                  device: str, kl_tolerance: float):
+                  device: str, kl_tolerance: float, detail_weight: float = 0.0):
     x = to_input(batch.to(device, non_blocking=True))  # (B, 3, 64, 64) in [0, 1]
     with amp.autocast(device):
         mu, logvar = model.encode(x)
         z = reparameterize(mu.float(), logvar.float(), eps_fn(tuple(mu.shape)))
         y = model.decode(z)
-    return vae_loss(x, y.float(), mu.float(), logvar.float(), kl_tolerance)  # float32 loss (ref §3)
+    return vae_loss(x, y.float(), mu.float(), logvar.float(), kl_tolerance, detail_weight)  # float32 (ref §3)
 
 
 def train_step(model: ConvVAE, optimizer: torch.optim.Optimizer, batch: torch.Tensor, eps_fn, amp: _Amp,
-               device: str, kl_tolerance: float) -> torch.Tensor:
+               device: str, kl_tolerance: float, detail_weight: float = 0.0) -> torch.Tensor:
     """One Adam step on a uint8 batch (B, 64, 64, 3); returns the detached (loss, recon, kl) (3,)."""
-    loss, r, kl = _forward_loss(model, batch, eps_fn, amp, device, kl_tolerance)
+    loss, r, kl = _forward_loss(model, batch, eps_fn, amp, device, kl_tolerance, detail_weight)
     optimizer.zero_grad(set_to_none=True)
     if amp.scaler is not None:
         amp.scaler.scale(loss).backward()
@@ -139,7 +139,7 @@ def train_step(model: ConvVAE, optimizer: torch.optim.Optimizer, batch: torch.Te
 
 @torch.no_grad()
 def evaluate(model: ConvVAE, batches, *, seed: int, epoch: int, amp: _Amp, device: str,
-             kl_tolerance: float) -> dict[str, float] | None:
+             kl_tolerance: float, detail_weight: float = 0.0) -> dict[str, float] | None:
     """Mean loss, recon and KL over the given batches, with noise seeded by (seed, epoch): repeatable."""
     model.eval()
     gen = torch.Generator(device=device)
@@ -149,7 +149,7 @@ def evaluate(model: ConvVAE, batches, *, seed: int, epoch: int, amp: _Amp, devic
         for batch in batches:
             b = torch.from_numpy(batch)
             out = _forward_loss(model, b, lambda s: torch.randn(s, generator=gen, device=device), amp, device,
-                                kl_tolerance)
+                                kl_tolerance, detail_weight)
             sums += torch.stack(out).double() * len(b)
             n += len(b)
     finally:
@@ -346,7 +346,7 @@ class _Trainer:
         idx = self.step
         out3 = train_step(self.model, self.optimizer, b,
                           lambda s, i=idx: _noise(s, self.gen, self.seed, "vae-noise", i, self.dev), self.amp,
-                          self.dev, self.tc.kl_tolerance)
+                          self.dev, self.tc.kl_tolerance, self.tc.detail_weight)
         self.acc += out3 * len(b)
         self.acc_frames += len(b)
         self.step += 1
@@ -356,7 +356,8 @@ class _Trainer:
         self.flush_window()
         ep, h, step, spe = self.counters["epoch_sums"], self.history, self.step, self.spe
         val = evaluate(self.model, frames.val_batches(self.sources, self.tc.batch_size, read_frames=self.tc.block_frames),
-                       seed=self.seed, epoch=epoch, amp=self.amp, device=self.dev, kl_tolerance=self.tc.kl_tolerance)
+                       seed=self.seed, epoch=epoch, amp=self.amp, device=self.dev, kl_tolerance=self.tc.kl_tolerance,
+                       detail_weight=self.tc.detail_weight)
         h["epoch"].append(round(step / spe, 4))
         h["train_loss"].append(ep[0] / ep[3] if ep[3] else None)
         h["train_recon"].append(ep[1] / ep[3] if ep[3] else None)

@@ -33,6 +33,7 @@ LEGACY_VALUES = {
     "mdn_train.unknown_quantile": 0.99,
     "evolve.pessimism": "off",
     "evolve.pessimism_penalty": 1.0,
+    "vae_train.detail_weight": 0.0,  # before it was a setting, V's loss weighted every pixel alike
 }
 
 
