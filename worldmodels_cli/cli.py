@@ -632,6 +632,9 @@ def iterate_options(f):
     small Doom's, the default of both commands; CarRacing runs one round at the preset's population)."""
     f = click.option("--temperature", type=Number(min=0, min_open=True), default=None,
                      help="dream temperature tau of every round but the last (--final-temperatures)")(f)
+    f = click.option("--detail-weight", type=Number(min=0), default=None,
+                     help="V's loss weights pixels that stand out from their neighbourhood (wm train-vae "
+                          "--detail-weight; default: the preset's)")(f)
     f = config_options(IterateConfig, skip=("later_mdn_steps_fraction",), shown=iterate_config("small"))(f)
     return click.option("--data", type=click.Path(file_okay=False, path_type=Path), required=True,
                         help="folder of the rounds' artifacts (created)")(f)
@@ -648,14 +651,12 @@ def iterate_options(f):
 @backend_options
 @track_options
 @as_runtime("seed", "device", "workers", "backend", "ray_address", "track", "track_dir")
-def iterate(env_name, preset, data, temperature, runtime: Runtime, **it_options) -> None:
+def iterate(env_name, preset, data, temperature, detail_weight, runtime: Runtime, **it_options) -> None:
     """The iterative procedure (ref §9): collect -> V -> M -> C in the dream -> evaluate, then again on the
     controller's own data; rerun the same command to continue."""
-    from .config import preset as get_preset
     from .stages import iterate as iterate_stage
 
-    cfg = get_preset(env_name, preset)
-    cfg = cfg.replace(evolve=cfg.evolve.replace(temperature=temperature))
+    cfg = _iterate_preset(env_name, preset, temperature, detail_weight)
     it = iterate_config(preset, env_name, **it_options)
     recs = iterate_stage.run(cfg, data, it, runtime=runtime)
     click.echo("; ".join(f"round {r.round}: dream {r.dream_score:.0f}, real {r.real_mean:.0f} ± {r.real_std:.0f}"
@@ -673,17 +674,24 @@ def iterate(env_name, preset, data, temperature, runtime: Runtime, **it_options)
 @device_option
 @track_options
 @as_runtime("seed", "device", "workers", "track", "track_dir")
-def demo(env_name, preset, data, results, temperature, runtime: Runtime, **it_options) -> None:
+def demo(env_name, preset, data, results, temperature, detail_weight, runtime: Runtime, **it_options) -> None:
     """`make demo` / `make demo-carracing`: a small pipeline end to end, baselines, a results table and pictures."""
-    from .config import preset as get_preset
     from .stages import demo as demo_stage
 
-    cfg = get_preset(env_name, preset)
-    cfg = cfg.replace(evolve=cfg.evolve.replace(temperature=temperature))
+    cfg = _iterate_preset(env_name, preset, temperature, detail_weight)
     it = iterate_config(preset, env_name, **it_options)
     results = results or Path("results/demo" if env_name == "doom" else "results/demo-carracing")
     _, _, table = demo_stage.run(cfg, data, results, it, scale=preset, runtime=runtime)
     click.echo(table.rstrip())
+
+
+def _iterate_preset(env_name: str, preset: str, temperature: float | None, detail_weight: float | None):
+    """The preset `wm iterate` and `wm demo` run, with their own options over it (None: the preset's)."""
+    from .config import preset as get_preset
+
+    cfg = get_preset(env_name, preset)
+    return cfg.replace(evolve=cfg.evolve.replace(temperature=temperature),
+                       vae_train=cfg.vae_train.replace(detail_weight=detail_weight))
 
 
 class IntList(click.ParamType):
