@@ -632,9 +632,8 @@ def iterate_options(f):
     small Doom's, the default of both commands; CarRacing runs one round at the preset's population)."""
     f = click.option("--temperature", type=Number(min=0, min_open=True), default=None,
                      help="dream temperature tau of every round but the last (--final-temperatures)")(f)
-    f = click.option("--detail-weight", type=Number(min=0), default=None,
-                     help="V's loss weights pixels that stand out from their neighbourhood (wm train-vae "
-                          "--detail-weight; default: the preset's)")(f)
+    f = config_options(VAETrainConfig, skip=tuple(fl.name for fl in dataclasses.fields(VAETrainConfig)
+                                                  if fl.name != "detail_weight"))(f)  # V's loss, as train-vae's
     f = config_options(IterateConfig, skip=("later_mdn_steps_fraction",), shown=iterate_config("small"))(f)
     return click.option("--data", type=click.Path(file_okay=False, path_type=Path), required=True,
                         help="folder of the rounds' artifacts (created)")(f)
