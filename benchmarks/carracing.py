@@ -6,11 +6,12 @@
   drawing (the fallback); physics_fraction: the share of a fast step spent in the physics alone (the same actions
   replayed on the car and world without drawing); frames_equal: every frame of the three equal.
 - rollout_speedup: real-env episode steps/s of a `small` CarRacing world model agent (random weights, its real
-  sizes) in one worker stepping ENVS_PER_WORKER[env] envs in lockstep with the fast renderer ÷ the path before it:
+  sizes) in one worker's tasks (`chunk_size` episodes on ENVS_PER_WORKER[env] envs in lockstep, the next episode
+  taking the env of one that ended) with the fast renderer ÷ the path before it:
   one env per worker, gymnasium's renderer, the agent at batch 1 (V encode of one frame, M's full step with its
   mixture head, as game/agent.py did) (target >= 5).
 - agent_overhead: the agent's time per env step ÷ the bare env step (the same runner with the random policy),
-  for CarRacing and for Doom (target <= 0.5); the two runners take turns chunk by chunk (a worker's batch of
+  for CarRacing and for Doom (target <= 0.5); the two runners take turns task by task (a worker's chunk of
   episodes, the same seeds), so a busy machine's load falls on both alike.
 
 One torch thread, one process. `python benchmarks/carracing.py [--episodes N] [--steps T] [--render-only]`; last line
@@ -81,6 +82,9 @@ def render_figures(episodes: int, steps: int) -> dict:
             "frames_equal": bool(np.array_equal(stock, frames["fast"]) and np.array_equal(stock, frames["pygame"]))}
 
 
+LEGACY_EPISODES = 8  # the path before is slow: its rate from this many episodes
+
+
 class LegacyAgent:
     """The agent before batching (game/agent.py before batching): one frame, M's full step with its head."""
 
@@ -116,7 +120,7 @@ def rollout_figures(env_name: str, episodes: int, steps: int, legacy: bool) -> d
     from worldmodels_cli.config import preset
     from worldmodels_cli.game.agent import AgentSpec
     from worldmodels_cli.game.envs import CarRacingEnv, make_env
-    from worldmodels_cli.game.episodes import ENVS_PER_WORKER, EpisodeRunner
+    from worldmodels_cli.game.episodes import ENVS_PER_WORKER, EpisodeRunner, chunk_size
     from worldmodels_cli.models.controller import build_controller
     from worldmodels_cli.stages.collect import rollout
     from worldmodels_cli.testing import random_world
@@ -129,14 +133,15 @@ def rollout_figures(env_name: str, episodes: int, steps: int, legacy: bool) -> d
         vae, mdn, mc = random_world(Path(d), env_name)
         spec = AgentSpec(str(vae), str(mdn), mc)
         params = np.random.default_rng(0).normal(0, 0.1, (1, build_controller(mc).param_count))
-        size = ENVS_PER_WORKER[env_name]
+        envs = ENVS_PER_WORKER[env_name]
+        size = chunk_size(episodes, 1, envs)  # one worker's task: its envs, each running several episodes in turn
         policies = {"agent": params, "random": None}
         seconds, steps = dict.fromkeys(policies, 0.0), dict.fromkeys(policies, 0)
-        with EpisodeRunner(cfg, policy="agent", agent=spec, envs_per_worker=size) as with_agent, \
-                EpisodeRunner(cfg, policy="random", envs_per_worker=size) as bare:
+        with EpisodeRunner(cfg, policy="agent", agent=spec, envs_per_worker=envs) as with_agent, \
+                EpisodeRunner(cfg, policy="random", envs_per_worker=envs) as bare:
             runners = {"agent": with_agent, "random": bare}
             for name, runner in runners.items():
-                runner.episodes(policies[name], seeds[:, :1] + 10_000)  # warm up: envs built, kernels chosen
+                runner.episodes(policies[name], seeds[:, :envs] + 10_000)  # warm up: every env built, kernels chosen
             for lo in range(0, episodes, size):  # chunk by chunk, each policy in turn: the load falls on both alike
                 for name, runner in runners.items():
                     t0 = time.perf_counter()
@@ -149,7 +154,7 @@ def rollout_figures(env_name: str, episodes: int, steps: int, legacy: bool) -> d
             agent, env = LegacyAgent(spec), CarRacingEnv(cfg, renderer="gym") if env_name == "carracing" else make_env(cfg)
             agent.set_params(params[0])
             t0, n = time.perf_counter(), 0
-            for s in seeds[0]:
+            for s in seeds[0, :LEGACY_EPISODES]:
                 n += len(rollout(env, agent, int(s), cfg.max_steps)["rewards"])
             out["legacy_ms_per_step"] = 1e3 * (time.perf_counter() - t0) / n
             env.close()
@@ -159,7 +164,8 @@ def rollout_figures(env_name: str, episodes: int, steps: int, legacy: bool) -> d
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--episodes", type=int, default=8, help="episodes per measurement")
+    ap.add_argument("--episodes", type=int, default=32, help="episodes per measurement (the path before: at most "
+                    f"{LEGACY_EPISODES})")
     ap.add_argument("--steps", type=int, default=500, help="CarRacing episode cap (the paper's: 1000)")
     ap.add_argument("--render-only", action="store_true", help="the renderer's figures alone (no agents)")
     args = ap.parse_args()

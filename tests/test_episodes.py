@@ -57,6 +57,36 @@ def test_chunks_of_any_size_give_the_episodes_run_alone(env, tiny_world, tiny_ca
             assert float(steps["rewards"].sum(dtype=np.float64)) == results[8][0][p, r]
 
 
+@pytest.mark.parametrize("env", ["doom", "carracing"])
+def test_fewer_envs_than_episodes_record_each_episode_as_alone(env, tiny_world, tiny_car_world):
+    """Two envs for five episodes: as one ends the next takes its env and the agent's row (`Actor.renew`), and every
+    recorded array (frames, actions, rewards, flags) equals the episode's run on its own env; so do the controller's
+    own parameters (params None, evaluate's path) and exploration noise (collect's NoisyActor)."""
+    from worldmodels_cli.game.envs import CarRacingEnv, DoomEnv
+    from worldmodels_cli.game.policies import NoisyActor
+
+    world = tiny_world if env == "doom" else tiny_car_world
+    spec, n = _spec(world, env)
+    cfg = preset(env, "tiny").env
+    params, seeds = _params(n, 5, seed=3), [7, 8, 9, 10, 11]
+    bounds = CarRacingEnv if env == "carracing" else DoomEnv
+    for actor, p in ((spec.build_batch(), params), (NoisyActor(spec.build_batch(), 0.3, bounds.action_low,
+                                                               bounds.action_high), None)):
+        envs = [make_env(cfg) for _ in range(2)]
+        stall = 8 if env == "carracing" else 0  # the fake car's episodes all reach the cap: cut some short
+        together = episodes.lockstep(envs, actor, seeds, cfg.max_steps, params=p, record=True, stall_steps=stall)
+        lengths = [len(e[A.REWARDS]) for e in together]
+        assert len(set(lengths)) > 1, "the test needs episodes of different lengths"
+        for i, s in enumerate(seeds):
+            alone = episodes.lockstep([envs[0]], actor, [s], cfg.max_steps, params=None if p is None else p[i:i + 1],
+                                      record=True, stall_steps=stall)[0]
+            assert alone.keys() == together[i].keys()
+            for key in alone:
+                np.testing.assert_array_equal(together[i][key], alone[key], err_msg=f"episode {i}: {key}")
+        for e in envs:
+            e.close()
+
+
 def test_fixed_policies_run_in_lockstep_too(tiny_world):
     cfg = preset("doom", "tiny").env
     seeds = np.arange(6)[None, :]

@@ -383,10 +383,20 @@ def test_rssm_agent_filters_with_the_posterior_and_ignores_its_batch(tiny_world,
     spec = AgentSpec(str(tiny_world.vae), str(tiny_rssm), A.validate(c, "controller").model_config)
     agent = spec.build_batch()
     env = make_env(p.env)
+    env2 = make_env(p.env)
     try:
         steps = lockstep([env], agent, [7], 12, record=True)[0]
+        deter_after = agent.memory.deter[0].clone()
+        # three episodes on two envs: the third takes the row of the first to end, from the zero state
+        params = np.random.default_rng(0).normal(0.0, 0.3, (3, agent.controller.param_count))
+        together = lockstep([env, env2], agent, [5, 7, 9], 40, record=True, params=params)
+        assert len({len(g[A.ACTIONS]) for g in together}) > 1 and np.abs(together[2][A.ACTIONS]).max() > 0
+        for i, (s, got) in enumerate(zip([5, 7, 9], together, strict=True)):
+            alone = lockstep([env], agent, [s], 40, record=True, params=params[i:i + 1])[0]
+            np.testing.assert_array_equal(got[A.ACTIONS], alone[A.ACTIONS])
     finally:
         env.close()
+        env2.close()
     from worldmodels_cli.runtime import seeding
 
     rng = seeding.generator(7, "policy")  # the episode's own stream: z's noise, then the classes' uniforms
@@ -400,7 +410,7 @@ def test_rssm_agent_filters_with_the_posterior_and_ignores_its_batch(tiny_world,
             u = torch.from_numpy(rng.random((1, rssm.cfg.stoch))).float()
             deter, stoch, _, _ = rssm.obs_step(deter, stoch, prev, z, torch.tensor([1.0 if t == 0 else 0.0]), u)
             prev = torch.from_numpy(steps[A.ACTIONS][t][None])
-    torch.testing.assert_close(agent.memory.deter[0], deter[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(deter_after, deter[0], atol=1e-5, rtol=0)
 
 
 def test_iterate_with_an_rssm(tmp_path):

@@ -69,6 +69,13 @@ class BatchAgent:
         self.rngs = list(rngs)
         self.memory.start(p)
 
+    def renew(self, row: int, params: np.ndarray | None, rng: np.random.Generator) -> None:
+        """A new episode in `row` (its previous one ended) with C's params (n,) (None: the controller's own)."""
+        own = self.controller.params
+        p = own if params is None else torch.as_tensor(np.asarray(params)).to(own.dtype)
+        self.rngs[row] = rng
+        self.memory.renew(row, p.reshape(1, self.controller.param_count))
+
     @torch.inference_mode()
     def act(self, frames: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """frames (R, 64, 64, 3) uint8 of the episodes `rows` (R,) -> their actions (R, A) float32.
@@ -109,6 +116,15 @@ class LSTMMemory:
         self.layers, self.cols = m.row_layers(self.controller, wide)  # C's weights (N, F', A) on S[:, cols]
         self.b = b
 
+    def renew(self, row: int, params: torch.Tensor) -> None:
+        """Row `row` starts a new episode with C's params (1, n): its state zero, restart = 1, its C weights."""
+        self.S[row] = self.m.new_state(self.S.new_zeros(1, self.m.z_dim))[0]
+        layers, _ = self.m.row_layers(self.controller, params.to(self.S.dtype))
+        for (w, b), (w1, b1) in zip(self.layers, layers, strict=True):
+            w[row] = w1[0]
+            if b is not None:
+                b[row] = b1[0]
+
     def act(self, z: torch.Tensor, rows: np.ndarray, rngs) -> torch.Tensor:
         """z (R, Z) of the running episodes `rows` -> their actions (R, A); M advanced."""
         m, S = self.m, self.S
@@ -135,10 +151,16 @@ class RSSMMemory:
     def start(self, params: torch.Tensor) -> None:
         """New episodes with C's params (B, n) from the zero state."""
         b = params.shape[0]
-        self.params = params
+        self.params = params.clone()  # renew writes rows: not a view of C's own
         self.deter, self.stoch = self.rssm.initial_state(b)
         self.action = torch.zeros(b, self.rssm.cfg.action_dim, dtype=self.deter.dtype)
         self.first = torch.ones(b, dtype=self.deter.dtype)
+
+    def renew(self, row: int, params: torch.Tensor) -> None:
+        """Row `row` starts a new episode with C's params (1, n) from the zero state."""
+        deter, stoch = self.rssm.initial_state(1)
+        self.params[row], self.deter[row], self.stoch[row] = params[0], deter[0], stoch[0]
+        self.action[row], self.first[row] = 0.0, 1.0
 
     def act(self, z: torch.Tensor, rows: np.ndarray, rngs) -> torch.Tensor:
         """z (R, Z) of the running episodes `rows` -> their actions (R, A)."""

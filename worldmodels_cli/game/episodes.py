@@ -1,14 +1,14 @@
 """Real-env episodes in workers: the fitness of real-env evolution and the episodes of `wm evaluate`.
 
 Each worker builds its policy once (the world-model agent rebuilt from V, M and C's recorded sizes, or a random
-baseline) and keeps a set of envs. A task is a chunk of up to `ENVS_PER_WORKER[env]` episodes `(params, seed)`: the
-worker steps one env per episode in lockstep, and the agent acts for all running episodes at once (one V encode,
-one C product, one M step per env step: `agent.BatchAgent`); an episode leaves the batch when it ends. Each
-episode draws only from its own seed's streams and the agent's matmuls run on one thread and at least
-`encoder.MIN_ROWS` rows, so its (return, length) is the same whichever episodes share its chunk, on any worker
-count or backend. A crashed env fails its chunk with the episode's candidate and seed in the message; the
-executor retries the chunk (same seeds), on new envs. `lockstep` is the episode loop itself, shared with
-collection (`collect.rollout` is its one-env case).
+baseline) and keeps `ENVS_PER_WORKER[env]` envs. A task is a chunk of episodes `(params, seed)` (`chunk_size`): the
+worker steps its envs in lockstep, one episode on each, and the agent acts for all running episodes at once (one V
+encode, one C product, one M step per env step: `agent.BatchAgent`); when an episode ends, the chunk's next one
+takes its env and row. Each episode draws only from its own seed's streams and the agent's matmuls run on one
+thread and at least `encoder.MIN_ROWS` rows, so its (return, length) is the same whichever episodes share its
+chunk or row, on any worker count or backend. A crashed env fails its chunk with the episode's candidate and seed in
+the message; the executor retries the chunk (same seeds), on new envs. `lockstep` is the episode loop itself, shared
+with collection (`collect.rollout` is its one-env case).
 """
 
 from __future__ import annotations
@@ -37,6 +37,10 @@ POLICIES = ("agent", "random", "data")  # random: the paper's baseline; data: th
 # steps slow down as more of them take turns (0.36 ms a step alone, 0.47 with 4, 0.65 with 8), so 4 is fastest
 # with the agent (1.86 -> 1.08 ms a step). Measured with /tmp probes like benchmarks/carracing.py, 2-core CPU.
 ENVS_PER_WORKER = {"carracing": 8, "doom": 4}
+# a task runs up to this many times a worker's envs of episodes: as one ends the next takes its env, so the agent's
+# batch stays full but at the task's end (Doom episodes vary in length 10x, and half of the steps ran part-empty
+# when a task was one episode per env)
+EPISODES_PER_ENV = 4
 STALLED = "stalled"  # in a lockstep episode's arrays: the steps a stalled episode was cut short of its cap
 
 
@@ -47,6 +51,7 @@ class _Payload:
     agent: AgentSpec | None
     collect: CollectConfig
     stall_steps: int = 0
+    envs: int = 1  # envs the worker steps together (`ENVS_PER_WORKER`)
 
 
 class EpisodeError(RuntimeError):
@@ -98,7 +103,11 @@ def lockstep(envs: list[Env], actor: Actor, seeds: list[int], max_steps: int, *,
              labels: list[str] | None = None, record: bool = False, ignore_done: bool = False, stall_steps: int = 0,
              on_end: Callable[[int, dict[str, np.ndarray]], None] | None = None,
              on_frame: Callable[[int, int, np.ndarray], None] | None = None) -> list[dict[str, np.ndarray]]:
-    """Episode i from seeds[i] on envs[i], all stepped together, `actor` acting for the running ones at once.
+    """Episode i from seeds[i], the episodes stepped together on the envs, `actor` acting for the running ones at once.
+
+    The first len(envs) episodes start on envs 0, 1, ...; as an episode ends, the next one not yet started takes its
+    env and the actor's row (`Actor.renew`), so the actor's batch stays full until the last episodes run out (an
+    episode's result depends only on its seed, not on which env or row ran it).
 
     Per episode, the per-step arrays keyed by the artifact's dataset names (record=True: frames, actions, rewards,
     terminated, truncated, and Doom's env_actions; else rewards only). frames[t] is the frame before actions[t]
@@ -112,31 +121,40 @@ def lockstep(envs: list[Env], actor: Actor, seeds: list[int], max_steps: int, *,
 
     `stall_steps` > 0 (real-env fitness only) also ends an episode after that many steps in a row without a positive
     reward; its arrays then hold `STALLED`, the steps it was cut short of `max_steps` (`fitness_return`)."""
-    n = len(seeds)
+    n, slots = len(seeds), min(len(envs), len(seeds))
     labels = labels or [f"episode (seed {s})" for s in seeds]
-    rngs = [seeding.generator(int(s), "policy") for s in seeds]
-    obs = [_guarded(labels[i], lambda e=envs[i], s=int(seeds[i]): e.reset(s)) for i in range(n)]
     env, action_dim = envs[0], envs[0].action_dim
     go_on = ignore_done and env.name == "carracing"
     cap = max_steps if record else 0
-    frames = [np.empty((cap, *FRAME_SHAPE), dtype=np.uint8) for _ in range(n)]
-    actions = [np.empty((cap, action_dim), dtype=np.float32) for _ in range(n)]
-    rewards = [np.empty(max_steps, dtype=np.float32) for _ in range(n)]
-    flags = [np.zeros((max_steps, 2), dtype=bool) for _ in range(n)]  # terminated, truncated
-    env_actions = [np.empty(cap, dtype=np.int8) for _ in range(n)]
-    t = [0] * n
-    since = [0] * n  # steps since the last positive reward
     out: list[dict[str, np.ndarray]] = [{} for _ in range(n)]
-    actor.start(params, rngs)
-    running = list(range(n))
+    rngs, obs = [None] * n, [None] * n
+    frames, actions, env_actions, rewards, flags = {}, {}, {}, {}, {}  # per started episode
+    t, since = [0] * n, [0] * n  # steps; steps since the last positive reward
+
+    def begin(i: int, j: int) -> None:  # episode i on env j (the actor's row j is begun by the caller)
+        rngs[i] = seeding.generator(int(seeds[i]), "policy")
+        obs[i] = _guarded(labels[i], lambda e=envs[j], s=int(seeds[i]): e.reset(s))
+        frames[i] = np.empty((cap, *FRAME_SHAPE), dtype=np.uint8)
+        actions[i] = np.empty((cap, action_dim), dtype=np.float32)
+        env_actions[i] = np.empty(cap, dtype=np.int8)
+        rewards[i] = np.empty(max_steps, dtype=np.float32)
+        flags[i] = np.zeros((max_steps, 2), dtype=bool)  # terminated, truncated
+
+    for j in range(slots):
+        begin(j, j)
+    actor.start(None if params is None else params[:slots], rngs[:slots])
+    episode = list(range(slots))  # the episode on env (and actor row) j
+    waiting = slots  # the next episode to start
+    running = list(range(slots))  # rows with an episode running, ascending
     while running:
         raise_if_signalled()
         # one running episode (collect's random policies): its frame as a batch of one, a view, not a copy
-        now = obs[running[0]][None] if len(running) == 1 else np.stack([obs[i] for i in running])
+        now = obs[episode[running[0]]][None] if len(running) == 1 else np.stack([obs[episode[j]] for j in running])
         acts = actor.act(now, np.asarray(running))
         still = []
-        for i, action in zip(running, acts, strict=True):
-            step = _guarded(labels[i], lambda e=envs[i], a=action: e.step(a))
+        for j, action in zip(running, acts, strict=True):
+            i = episode[j]
+            step = _guarded(labels[i], lambda e=envs[j], a=action: e.step(a))
             k = t[i]
             if record:
                 frames[i][k], actions[i][k], env_actions[i][k] = obs[i], action, step.env_action
@@ -146,14 +164,23 @@ def lockstep(envs: list[Env], actor: Actor, seeds: list[int], max_steps: int, *,
             t[i], obs[i] = k + 1, step.obs
             since[i] = 0 if step.reward > 0 else since[i] + 1
             stalled = 0 < stall_steps <= since[i]
-            if step.truncated or (step.terminated and not go_on) or t[i] >= max_steps or stalled:
-                out[i] = _arrays(i, t[i], record, env.name, frames, actions, rewards, flags, env_actions)
-                if stalled and not (step.truncated or step.terminated) and t[i] < max_steps:
-                    out[i][STALLED] = np.int64(max_steps - t[i])
-                if on_end is not None:
-                    on_end(i, out[i])
-            else:
-                still.append(i)
+            if not (step.truncated or (step.terminated and not go_on) or t[i] >= max_steps or stalled):
+                still.append(j)
+                continue
+            out[i] = _arrays(i, t[i], record, env.name, frames, actions, rewards, flags, env_actions)
+            if stalled and not (step.truncated or step.terminated) and t[i] < max_steps:
+                out[i][STALLED] = np.int64(max_steps - t[i])
+            if on_end is not None:
+                on_end(i, out[i])
+            obs[i] = None
+            for d in (frames, actions, env_actions, rewards, flags):  # out[i] keeps what it needs
+                del d[i]
+            if waiting < n:  # the next episode takes this env and row
+                i, waiting = waiting, waiting + 1
+                begin(i, j)
+                actor.renew(j, None if params is None else params[i], rngs[i])
+                episode[j] = i
+                still.append(j)
         running = still
     return out
 
@@ -190,7 +217,7 @@ def _chunk(w: _Worker, chunk: list[tuple[np.ndarray | None, int, str]]) -> list[
     """Episodes (params, seed, label) in lockstep -> [(return, length)] in chunk order (`fitness_return`)."""
     params = None if chunk[0][0] is None else np.stack([p for p, _, _ in chunk])
     try:
-        steps = lockstep(w.envs.take(len(chunk)), w.actor, [s for _, s, _ in chunk], w.p.env.max_steps, params=params,
+        steps = lockstep(w.envs.take(min(len(chunk), w.p.envs)), w.actor, [s for _, s, _ in chunk], w.p.env.max_steps, params=params,
                          labels=[label for _, _, label in chunk], stall_steps=w.p.stall_steps)
     except EpisodeError:
         w.envs.close()
@@ -204,9 +231,9 @@ class EpisodeRunner:
     def __init__(self, env: EnvConfig, *, policy: str = "agent", agent: AgentSpec | None = None,
                  collect: CollectConfig | None = None, workers: int = 1, backend: str = "local",
                  address: str | None = None, envs_per_worker: int | None = None, stall_steps: int = 0) -> None:
-        payload = _Payload(env, policy, agent, collect or CollectConfig(), stall_steps)
         self.workers = max(1, workers)
         self.envs_per_worker = envs_per_worker or ENVS_PER_WORKER[env.name]
+        payload = _Payload(env, policy, agent, collect or CollectConfig(), stall_steps, self.envs_per_worker)
         self.executor = make_executor(workers, _init, payload, backend=backend, address=address)
 
     def episodes(self, params: np.ndarray | None, seeds: np.ndarray,
@@ -217,7 +244,7 @@ class EpisodeRunner:
         P, R = seeds.shape
         episodes = [(None if params is None else np.asarray(params[p], dtype=np.float64), int(seeds[p, r]),
                      f"episode (candidate {p}, trial {r}, seed {int(seeds[p, r])})") for p in range(P) for r in range(R)]
-        size = max(1, min(self.envs_per_worker, math.ceil(len(episodes) / self.workers)))
+        size = chunk_size(len(episodes), self.workers, self.envs_per_worker)
         chunks = [episodes[i:i + size] for i in range(0, len(episodes), size)]
         returns, lengths = np.zeros(P * R), np.zeros(P * R, dtype=np.int64)
         for k, results in self.executor.run(_chunk, chunks, describe=_describe):
@@ -238,6 +265,12 @@ class EpisodeRunner:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def chunk_size(episodes: int, workers: int, envs: int) -> int:
+    """Episodes a task: half a worker's share (two tasks each balance the workers and report progress), at least
+    one per env and at most EPISODES_PER_ENV per env (a failed task is rerun whole)."""
+    return max(1, min(EPISODES_PER_ENV * envs, max(envs, math.ceil(episodes / (2 * workers)))))
 
 
 def _describe(chunk: list) -> str:

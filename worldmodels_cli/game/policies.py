@@ -9,8 +9,10 @@ not depend on which worker ran it.
 - ``DoomHeldRandom``: the original's held-uniform action (ref §2.2), the Doom data policy.
 - ``DoomUniformRandom``: left / none / right uniformly every tic, the paper's random baseline (ref §B).
 
-Episodes run in lockstep (``episodes.lockstep``) through an *actor*: ``start(params, rngs)`` begins B episodes,
-``act(frames, rows)`` returns the actions of the running episodes ``rows`` for their frames (R, 64, 64, 3).
+Episodes run in lockstep (``episodes.lockstep``) through an *actor*: ``start(params, rngs)`` begins B episodes in
+rows 0..B-1, ``renew(row, params, rng)`` begins a new one in a row whose episode ended (a worker's envs run more
+episodes than they are), ``act(frames, rows)`` returns the actions of the running rows for their frames
+(R, 64, 64, 3).
 ``agent.BatchAgent`` is one; ``PolicyBatch`` makes one of per-episode policies; ``NoisyActor`` adds Gaussian
 exploration noise around another actor, clipped to the env's bounds (``wm collect --controller C --noise σ``,
 ref §9). ``make_actor`` builds the data actor ``wm collect`` runs.
@@ -91,6 +93,8 @@ class DoomUniformRandom:
 class Actor(Protocol):
     def start(self, params: np.ndarray | None, rngs: list[np.random.Generator]) -> None: ...
 
+    def renew(self, row: int, params: np.ndarray | None, rng: np.random.Generator) -> None: ...
+
     def act(self, frames: np.ndarray, rows: np.ndarray) -> np.ndarray: ...
 
 
@@ -116,6 +120,12 @@ class PolicyBatch:
         for policy, rng in zip(self.policies, self.rngs, strict=True):
             policy.reset(rng)
 
+    def renew(self, row: int, params: np.ndarray | None, rng: np.random.Generator) -> None:
+        if params is not None:
+            raise ConfigError("a fixed policy takes no parameters")
+        self.rngs[row], self.policies[row] = rng, self.make()
+        self.policies[row].reset(rng)
+
     def act(self, frames: np.ndarray, rows: np.ndarray) -> np.ndarray:
         if len(rows) == 1:  # one episode (collect's random policies): np.stack's work for one row, for less
             i = int(rows[0])
@@ -134,6 +144,10 @@ class NoisyActor:
     def start(self, params: np.ndarray | None, rngs: list[np.random.Generator]) -> None:
         self.rngs = list(rngs)
         self.base.start(params, rngs)
+
+    def renew(self, row: int, params: np.ndarray | None, rng: np.random.Generator) -> None:
+        self.rngs[row] = rng
+        self.base.renew(row, params, rng)
 
     def act(self, frames: np.ndarray, rows: np.ndarray) -> np.ndarray:
         a = self.base.act(frames, rows)  # (R, A) float32
