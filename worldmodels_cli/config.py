@@ -506,9 +506,7 @@ def _small(env: str) -> Preset:
         env=p.env.replace(doom_screen_flashes=False),  # every small result so far was measured without them
         collect=p.collect.replace(episodes=500),
         vae=VAEConfig(z_dim=32, enc_channels=(16, 32, 64, 128), dec_channels=(64, 32, 16)),
-        # V's loss weighted toward what stands out: the half-width V otherwise draws only the nearest fireball
-        # (docs/results.md: W fixed by a fireball probe, before any game score)
-        vae_train=p.vae_train.replace(epochs=2, detail_weight=30.0),
+        vae_train=p.vae_train.replace(epochs=2),
         encode=p.encode.replace(mirror=True),  # both walls from either one (docs/pipeline.md: what makes small work)
         mdn=p.mdn.replace(z_dim=32, hidden=256),
         mdn_train=p.mdn_train.replace(steps=1000, batch_size=32, seq_len=200, checkpoint_steps=100),
