@@ -60,21 +60,20 @@ class BatchAgent:
 
     def start(self, params: np.ndarray | None, rngs: list[np.random.Generator]) -> None:
         """B = len(rngs) new episodes; params (B, n) (None: every row uses the controller's own parameters)."""
-        b = len(rngs)
-        own = self.controller.params
-        if params is None:
-            p = own.unsqueeze(0).expand(b, -1)
-        else:
-            p = torch.as_tensor(np.asarray(params)).to(own.dtype).reshape(b, self.controller.param_count)
         self.rngs = list(rngs)
-        self.memory.start(p)
+        self.memory.start(self._rows(params, len(rngs)))
 
     def renew(self, row: int, params: np.ndarray | None, rng: np.random.Generator) -> None:
         """A new episode in `row` (its previous one ended) with C's params (n,) (None: the controller's own)."""
-        own = self.controller.params
-        p = own if params is None else torch.as_tensor(np.asarray(params)).to(own.dtype)
         self.rngs[row] = rng
-        self.memory.renew(row, p.reshape(1, self.controller.param_count))
+        self.memory.renew(row, self._rows(params, 1))
+
+    def _rows(self, params: np.ndarray | None, b: int) -> torch.Tensor:
+        """C's params for b rows (b, n): the given ones, or the controller's own in every row."""
+        own = self.controller.params
+        if params is None:
+            return own.unsqueeze(0).expand(b, -1)
+        return torch.as_tensor(np.asarray(params)).to(own.dtype).reshape(b, self.controller.param_count)
 
     @torch.inference_mode()
     def act(self, frames: np.ndarray, rows: np.ndarray) -> np.ndarray:

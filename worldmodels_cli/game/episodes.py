@@ -217,8 +217,8 @@ def _chunk(w: _Worker, chunk: list[tuple[np.ndarray | None, int, str]]) -> list[
     """Episodes (params, seed, label) in lockstep -> [(return, length)] in chunk order (`fitness_return`)."""
     params = None if chunk[0][0] is None else np.stack([p for p, _, _ in chunk])
     try:
-        steps = lockstep(w.envs.take(min(len(chunk), w.p.envs)), w.actor, [s for _, s, _ in chunk], w.p.env.max_steps, params=params,
-                         labels=[label for _, _, label in chunk], stall_steps=w.p.stall_steps)
+        steps = lockstep(w.envs.take(min(len(chunk), w.p.envs)), w.actor, [s for _, s, _ in chunk], w.p.env.max_steps,
+                         params=params, labels=[label for _, _, label in chunk], stall_steps=w.p.stall_steps)
     except EpisodeError:
         w.envs.close()
         raise

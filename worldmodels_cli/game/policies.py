@@ -115,10 +115,9 @@ class PolicyBatch:
     def start(self, params: np.ndarray | None, rngs: list[np.random.Generator]) -> None:
         if params is not None:
             raise ConfigError("a fixed policy takes no parameters")
-        self.rngs = list(rngs)
-        self.policies = [self.make() for _ in self.rngs]
-        for policy, rng in zip(self.policies, self.rngs, strict=True):
-            policy.reset(rng)
+        self.rngs, self.policies = list(rngs), [None] * len(rngs)
+        for row, rng in enumerate(rngs):
+            self.renew(row, None, rng)
 
     def renew(self, row: int, params: np.ndarray | None, rng: np.random.Generator) -> None:
         if params is not None:
