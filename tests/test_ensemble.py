@@ -18,7 +18,7 @@ from worldmodels_cli.models.ensemble import Ensemble, load_ensemble
 from worldmodels_cli.models.mdnrnn import MDNRNN, load_mdn
 from worldmodels_cli.runtime import Runtime
 from worldmodels_cli.runtime.errors import ArtifactError, ConfigError
-from worldmodels_cli.stages import train_ensemble, train_mdn
+from worldmodels_cli.stages import demo, train_ensemble, train_mdn
 from worldmodels_cli.store import artifacts as A
 from worldmodels_cli.store import runs
 from worldmodels_cli.store.checkpoint import load
@@ -347,3 +347,29 @@ def test_iterate_makes_every_round_an_ensemble_and_its_dreams_pessimistic(tmp_pa
     member = A.validate(train_ensemble.member_path(tmp_path / "round1/mdn.h5", 1), "mdn")
     assert member.inputs["init"]["sha256"] == A.sha256(tmp_path / "round0/mdn.h5")
     assert all(np.isfinite(r["random_dream"]) for r in recs[1].ladder)
+
+
+def test_iterate_makes_only_the_last_rounds_m_an_ensemble(tmp_path):
+    from worldmodels_cli.stages import iterate
+
+    it = iterate_config("tiny", rounds=2, controller_episodes=4, controller_frames=0, eval_episodes=3,
+                        final_ensemble=2, final_pessimism="halt", final_temperatures=(1.3, 0.8))
+    p = preset("doom", "tiny")
+    recs = iterate.run(p, tmp_path, it, runtime=Runtime(seed=0, workers=1, device="cpu"))
+    assert A.validate(tmp_path / "round0/mdn.h5", "mdn").schema_version < A.ENSEMBLE_SCHEMA_VERSION  # one M
+    assert len(load_ensemble(tmp_path / "round1/mdn.h5")) == 2
+    # every member warm-started from round 0's single M
+    for k in range(2):
+        member = A.validate(train_ensemble.member_path(tmp_path / "round1/mdn.h5", k), "mdn")
+        assert member.inputs["init"]["sha256"] == A.sha256(tmp_path / "round0/mdn.h5")
+    evolved = [A.validate(tmp_path / f"round{k}/controller.h5", "controller").config["evolve"] for k in range(2)]
+    assert [e["pessimism"] for e in evolved] == ["off", "halt"]
+    # the pessimistic dream takes the ladder's place: the last C evolves at the preset's τ, no rung is tried
+    assert recs[1].ladder == [] and not list(tmp_path.glob("round1/controller.tau*"))
+    assert evolved[1]["temperature"] == p.evolve.temperature and evolved[1]["pop"] == it.final_pop
+    assert [(r.members, r.pessimism) for r in recs] == [(1, "off"), (2, "halt")]
+    assert "an ensemble of 2 MDN-RNNs; C evolved in its dream with pessimism halt" in demo._markdown([], recs, p, "tiny")
+    with pytest.raises(ConfigError, match="needs the last round's M as an ensemble"):
+        iterate_config("tiny", final_pessimism="halt")
+    with pytest.raises(ConfigError, match="set one of them"):
+        iterate_config("tiny", ensemble=2, final_ensemble=2)

@@ -302,6 +302,11 @@ class IterateConfig(_Config):
     pessimism: str = f("off", "what every round's dream does where the ensemble disagrees (wm evolve --pessimism): "
                               "off, halt or penalty", choices=PESSIMISM)
     pessimism_penalty: float = f(1.0, PESSIMISM_PENALTY_DOC, min=0)
+    final_ensemble: int = f(1, "Ms of the last round only, as an ensemble whose members all warm-start from the "
+                               "previous round's M (wm train-mdn --ensemble); 1: one M", min=1)
+    final_pessimism: str = f("off", "what the last round's dream does where final_ensemble's members disagree: off, "
+                                    "halt or penalty; halt or penalty evolve C at the preset's tau, without the "
+                                    "final_temperatures ladder", choices=PESSIMISM)
     controller_episodes: int = f(300, "episodes collected with the controller in each later round", min=1)
     controller_frames: int = f(90000, "frame budget of each later round's collection: episodes = this / the "
                                       "previous controller's mean real episode length, at most controller_episodes; "
@@ -330,6 +335,12 @@ class IterateConfig(_Config):
         if self.pessimism != "off" and self.ensemble < 2:
             raise ConfigError(f"IterateConfig.pessimism {self.pessimism!r} needs an ensemble of Ms (ensemble >= 2), "
                               f"got ensemble {self.ensemble}")
+        if self.final_ensemble > 1 and self.ensemble > 1:
+            raise ConfigError(f"IterateConfig.final_ensemble {self.final_ensemble} makes only the last round's M an "
+                              f"ensemble; with ensemble {self.ensemble} every round's already is: set one of them")
+        if self.final_pessimism != "off" and self.final_ensemble < 2:
+            raise ConfigError(f"IterateConfig.final_pessimism {self.final_pessimism!r} needs the last round's M as "
+                              f"an ensemble (final_ensemble >= 2), got final_ensemble {self.final_ensemble}")
         if any(not isinstance(t, (int, float)) or not t > 0 for t in self.final_temperatures):
             raise ConfigError(f"IterateConfig.final_temperatures must be positive numbers, got "
                               f"{self.final_temperatures!r}")

@@ -150,6 +150,9 @@ def _markdown(rows: list[Row], records: list[RoundRecord], preset: Preset, scale
     taus = f"τ = {preset.evolve.temperature}" + ("" if tau == preset.evolve.temperature else f", the last round's {tau:g}")
     lines += ["", f"Preset: {preset.env.name} {scale}, {taus}, {len(records)} round(s), CMA-ES "
               f"{pops}; every policy ran on the same real-episode seeds."]
+    if records[-1].members > 1:
+        lines += ["", f"The last round's M: an ensemble of {records[-1].members} MDN-RNNs; C evolved in its dream with "
+                  f"pessimism {records[-1].pessimism} (docs/pessimism.md)."]
     if records[-1].ladder:
         rungs = "; ".join(f"τ {r['tau']:g}: {r['dream_score']:.0f} / {r['random_dream']:.0f} = {r['ratio']:.2f}×"
                           + (" (kept)" if r.get("kept") else "") for r in records[-1].ladder)

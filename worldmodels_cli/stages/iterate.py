@@ -35,6 +35,8 @@ from the previous round's like the MDN-RNN; the rest of the procedure is the sam
 `ensemble` K >= 2 (`wm iterate --ensemble K`) makes every round's M an ensemble of K MDN-RNNs (`train_ensemble`;
 member k warm-starts from the previous round's member k), and `pessimism` halt or penalty makes every round's
 dream pessimistic where they disagree, the τ ladder's random-policy baseline included (docs/pessimism.md).
+`final_ensemble` K and `final_pessimism` do so for the last round alone (every member warm-starts from the
+previous round's single M), and a pessimistic final dream replaces the τ ladder: C evolves at the preset's τ.
 
 Every stage resumes or skips itself when its artifact is complete, so rerunning the same command continues where
 it stopped; the stage functions are called in-process (no subprocess per stage).
@@ -74,6 +76,8 @@ class RoundRecord:
     seconds: dict[str, float] = field(default_factory=dict)
     vae: str = ""  # the V this round's M and C use (round 0's when V is kept)
     ladder: list = field(default_factory=list)  # the last round's τ rungs tried (`_climb_down`), if any
+    members: int = 1  # Ms in this round's M: an ensemble's K
+    pessimism: str = "off"  # what C's dream did where the members disagree
 
 
 def round_dir(data: Path, k: int) -> Path:
@@ -145,11 +149,16 @@ def _rounds(preset: Preset, data: Path, it: IterateConfig, writer: MetricsWriter
                    batch_size=p.encode.batch_size, mirror=p.encode.mirror)
             series.append(s)
         rec.vae = str(v)
+        last = k == it.rounds - 1
+        if last and it.final_ensemble > 1:  # only the final C's M: K times one round's M training, not every round's
+            p = p.replace(mdn_train=p.mdn_train.replace(ensemble=it.final_ensemble),
+                          evolve=p.evolve.replace(pessimism=it.final_pessimism))
+        rec.members, rec.pessimism = p.mdn_train.ensemble, p.evolve.pessimism
         timed(rec.seconds, "train-mdn", train_mdn.run, p, list(series), m, init=prev.get("mdn"),
               dynamics=it.dynamics, runtime=this)
-        last = k == it.rounds - 1
         p = p.replace(evolve=p.evolve.replace(generations=round_generations(p, it, last=last)))
-        ladder = last and it.final_temperatures and p.evolve.in_dream  # τ means nothing to real-env fitness
+        # τ means nothing to real-env fitness; a pessimistic final dream takes the ladder's place
+        ladder = last and it.final_temperatures and p.evolve.in_dream and it.final_pessimism == "off"
         if ladder and (not c.exists() or _rung(c, it.final_temperatures[0]).exists()):
             rec.ladder = _climb_down(rec, p, it, v, m, c, this)
         pop, tau = _round_evolve(c, p, it, last=last)
