@@ -248,3 +248,28 @@ def test_every_field_is_a_train_controller_option(wm, monkeypatch, tiny_world, t
     cfg, ac, runtime = seen[0]
     assert (ac.eval_every, ac.lanes, cfg.evolve.temperature, cfg.controller.features) == (7, 5, 0.9, "zh")
     assert cfg.evolve.eval_every == preset("doom", "tiny").evolve.eval_every and runtime.seed == 4
+
+
+def test_iterate_trains_every_rounds_c_with_the_actor_critic(tmp_path):
+    """`wm iterate --method actor-critic`: each round's C is `train_controller`'s, a data round's for the data
+    rounds' fraction of the steps, the last round's on the τ ladder like CMA-ES's; the demo's line says so."""
+    from worldmodels_cli.config import actor_critic_config
+    from worldmodels_cli.stages import iterate
+    from worldmodels_cli.stages.demo import _markdown
+
+    ac = actor_critic_config("doom", "tiny", steps=6)
+    it = iterate.IterateConfig(rounds=2, controller_episodes=4, eval_episodes=3, data_eval_episodes=2,
+                               method="actor-critic", data_generations_fraction=0.5, final_temperatures=(1.5, 1.15),
+                               final_dream_ratio=1e9)  # no rung reaches it: both are trained, the better is kept
+    p = preset("doom", "tiny")
+    recs = iterate.run(p, tmp_path, it, ac=ac, runtime=Runtime(seed=0, workers=1, device="cpu"))
+    assert [r.method for r in recs] == ["actor-critic"] * 2 and all(np.isfinite(r.real_mean) for r in recs)
+    assert all("train-controller" in r.seconds and "evolve" not in r.seconds for r in recs)
+    steps = [A.validate(tmp_path / f"round{k}/controller.h5", "controller").summary for k in (0, 1)]
+    assert [s["method"] for s in steps] == ["actor-critic"] * 2 and [s["steps"] for s in steps] == [3, 6]
+    assert [r["tau"] for r in recs[1].ladder] == [1.5, 1.15] and sum(r.get("kept", False) for r in recs[1].ladder) == 1
+    kept = next(r for r in recs[1].ladder if r.get("kept"))
+    assert A.sha256(tmp_path / "round1/controller.h5") == A.sha256(kept["path"]) and recs[1].tau == kept["tau"]
+    assert "C by the latent actor-critic" in _markdown([], recs, p, "tiny")
+    again = iterate.run(p, tmp_path, it, ac=ac, runtime=Runtime(seed=0, workers=1, device="cpu"))  # all found done
+    assert [r.real_mean for r in again] == [r.real_mean for r in recs]

@@ -269,6 +269,7 @@ class ControllerConfig(_Config):
 
 # ---------------------------------------------------------------------------------------------- dream
 PESSIMISM = ("off", "halt", "penalty")  # what the dream does where an ensemble of Ms disagrees (docs/pessimism.md)
+C_METHODS = ("cma-es", "actor-critic")  # how C is made in the dream: `wm evolve --in-dream` or `wm train-controller`
 PESSIMISM_DOC = ("with an ensemble M (wm train-mdn --ensemble K): off (the first member's dream, as one M), halt (a "
                  "dream ends as a death at its first unknown step: MOReL's HALT) or penalty (its return loses "
                  "pessimism_penalty per unknown step); an unknown step is one where the members disagree beyond "
@@ -307,6 +308,9 @@ class IterateConfig(_Config):
     final_pessimism: str = f("off", "what the last round's dream does where final_ensemble's members disagree: off, "
                                     "halt or penalty; halt or penalty evolve C at the preset's tau, without the "
                                     "final_temperatures ladder", choices=PESSIMISM)
+    method: str = f("cma-es", "how every round makes C in the dream: cma-es (wm evolve --in-dream, the paper's) or "
+                              "actor-critic (wm train-controller: its steps scaled as the generations are, the same "
+                              "tau ladder)", choices=C_METHODS)
     controller_episodes: int = f(300, "episodes collected with the controller in each later round", min=1)
     controller_frames: int = f(90000, "frame budget of each later round's collection: episodes = this / the "
                                       "previous controller's mean real episode length, at most controller_episodes; "

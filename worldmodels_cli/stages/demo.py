@@ -145,10 +145,11 @@ def _markdown(rows: list[Row], records: list[RoundRecord], preset: Preset, scale
     for rec in records:
         secs = [rec.seconds.get(s, 0.0) for s in stages]
         lines.append(f"| {rec.round} | " + " | ".join(f"{x / 60:.1f} min" for x in secs) + f" | {sum(secs) / 60:.1f} min |")
-    pops = f"population {preset.evolve.pop}, the last round's {records[-1].pop}"
+    pops = (f"CMA-ES population {preset.evolve.pop}, the last round's {records[-1].pop}"
+            if records[-1].method == "cma-es" else "C by the latent actor-critic (wm train-controller)")
     tau = records[-1].tau  # iterate.run sets the τ of every round it returns
     taus = f"τ = {preset.evolve.temperature}" + ("" if tau == preset.evolve.temperature else f", the last round's {tau:g}")
-    lines += ["", f"Preset: {preset.env.name} {scale}, {taus}, {len(records)} round(s), CMA-ES "
+    lines += ["", f"Preset: {preset.env.name} {scale}, {taus}, {len(records)} round(s), "
               f"{pops}; every policy ran on the same real-episode seeds."]
     if records[-1].members > 1:
         lines += ["", f"The last round's M: an ensemble of {records[-1].members} MDN-RNNs; C evolved in its dream with "
@@ -185,5 +186,5 @@ def _markdown_carracing(rows: list[Row], records: list[RoundRecord], preset: Pre
 
 
 def _stage_order(stage: str) -> int:
-    order = ["collect", "train-vae", "encode", "train-mdn", "evolve", "evaluate"]
+    order = ["collect", "train-vae", "encode", "train-mdn", "evolve", "train-controller", "evaluate"]
     return order.index(stage) if stage in order else len(order)

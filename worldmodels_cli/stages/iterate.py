@@ -30,7 +30,10 @@ the kept controller (docs/results.md). A started round keeps the population and 
 continues it; a rerun of the last round replays its ladder from the rungs already evolved.
 
 `dynamics` = "rssm" (`wm iterate --dynamics rssm`) makes every round's M an RSSM (`train_rssm`), warm-started
-from the previous round's like the MDN-RNN; the rest of the procedure is the same.
+from the previous round's like the MDN-RNN; the rest of the procedure is the same. `method` = "actor-critic"
+(`wm iterate --method actor-critic`) trains every round's C with the latent actor-critic (`train_controller`)
+instead of CMA-ES, for the same fraction of its steps in the data rounds and on the same τ ladder: with both, the
+four world models of `wm compare` meet on iterative data, not only on the random policy's.
 
 `ensemble` K >= 2 (`wm iterate --ensemble K`) makes every round's M an ensemble of K MDN-RNNs (`train_ensemble`;
 member k warm-starts from the previous round's member k), and `pessimism` halt or penalty makes every round's
@@ -54,7 +57,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import tracking
-from ..config import IterateConfig, Preset
+from ..config import ActorCriticConfig, IterateConfig, Preset, actor_critic_config
 from ..runtime import Runtime
 from ..store import artifacts as A
 from ..store import files
@@ -69,7 +72,7 @@ RECORD = "iterate.json"
 class RoundRecord:
     round: int
     dream_score: float = float("nan")  # best evaluation of the CMA mean in the dream (ref §6)
-    pop: int = 0  # the CMA-ES population C was evolved with
+    pop: int = 0  # the CMA-ES population C was evolved with (the preset's, unused, with the actor-critic)
     tau: float = float("nan")  # the dream temperature C was evolved at
     real_mean: float = float("nan")
     real_std: float = float("nan")
@@ -78,6 +81,7 @@ class RoundRecord:
     ladder: list = field(default_factory=list)  # the last round's τ rungs tried (`_climb_down`), if any
     members: int = 1  # Ms in this round's M: an ensemble's K
     pessimism: str = "off"  # what C's dream did where the members disagree
+    method: str = "cma-es"  # how C was made in the dream: cma-es or actor-critic (IterateConfig.method)
 
 
 def round_dir(data: Path, k: int) -> Path:
@@ -93,26 +97,30 @@ def timed(seconds: dict[str, float], stage: str, fn, *args, **kwargs):
     return out
 
 
-def run(preset: Preset, data: Path, it: IterateConfig, *, on_round=None,
+def run(preset: Preset, data: Path, it: IterateConfig, *, on_round=None, ac: ActorCriticConfig | None = None,
         runtime: Runtime = Runtime()) -> list[RoundRecord]:
     """Run (or continue) `it.rounds` rounds under `data/round<k>/`; returns one record per round, also written
-    to `<data>/iterate.metrics.jsonl` (each round's real and dream scores as curves in a tracker)."""
+    to `<data>/iterate.metrics.jsonl` (each round's real and dream scores as curves in a tracker). `ac`: the
+    actor-critic's settings where `it.method` is actor-critic (default: the preset scale's)."""
     data = Path(data)
     if not data.is_dir():
         data.mkdir(parents=True)
     # every round is revisited (its stages find their work done), so each invocation rewrites the round records
     writer = MetricsWriter(metrics_path(data / RECORD), truncate=True)
     config = {"preset": preset.to_dict(), "iterate": it.to_dict()}
+    learner = _Learner(it, ac or actor_critic_config(preset.env.name, preset.scale))
     with tracking.start(writer, data / RECORD, runtime, stage="iterate", config=config, step_key="round"):
-        return _rounds(preset, data, it, writer, on_round, runtime)
+        return _rounds(preset, data, it, learner, writer, on_round, runtime)
 
 
-def _rounds(preset: Preset, data: Path, it: IterateConfig, writer: MetricsWriter, on_round,
+def _rounds(preset: Preset, data: Path, it: IterateConfig, learner: _Learner, writer: MetricsWriter, on_round,
             runtime: Runtime) -> list[RoundRecord]:
-    from . import collect, encode, evaluate, evolve, train_mdn, train_vae
+    from . import collect, encode, evaluate, train_mdn, train_vae
 
     record_path = data / RECORD
     records = _load_records(record_path)
+    if it.method == "actor-critic" and preset.env.name == "carracing":  # it learns from M's rewards (as compare's)
+        preset = preset.replace(mdn=preset.mdn.replace(reward_head="regression"))
     preset = preset.replace(mdn_train=preset.mdn_train.replace(ensemble=it.ensemble),
                             evolve=preset.evolve.replace(pessimism=it.pessimism,
                                                          pessimism_penalty=it.pessimism_penalty))
@@ -153,18 +161,18 @@ def _rounds(preset: Preset, data: Path, it: IterateConfig, writer: MetricsWriter
         if last and it.final_ensemble > 1:  # only the final C's M: K times one round's M training, not every round's
             p = p.replace(mdn_train=p.mdn_train.replace(ensemble=it.final_ensemble),
                           evolve=p.evolve.replace(pessimism=it.final_pessimism))
-        rec.members, rec.pessimism = p.mdn_train.ensemble, p.evolve.pessimism
+        rec.members, rec.pessimism, rec.method = p.mdn_train.ensemble, p.evolve.pessimism, it.method
         timed(rec.seconds, "train-mdn", train_mdn.run, p, list(series), m, init=prev.get("mdn"),
               dynamics=it.dynamics, runtime=this)
         p = p.replace(evolve=p.evolve.replace(generations=round_generations(p, it, last=last)))
         # τ means nothing to real-env fitness; a pessimistic final dream takes the ladder's place
         ladder = last and it.final_temperatures and p.evolve.in_dream and it.final_pessimism == "off"
         if ladder and (not c.exists() or _rung(c, it.final_temperatures[0]).exists()):
-            rec.ladder = _climb_down(rec, p, it, v, m, c, this)
+            rec.ladder = _climb_down(rec, p, it, learner, v, m, c, this)
         pop, tau = _round_evolve(c, p, it, last=last)
         p = p.replace(evolve=p.evolve.replace(pop=pop, temperature=tau))
         rec.pop, rec.tau = p.evolve.pop, p.evolve.temperature
-        ev = timed(rec.seconds, "evolve", evolve.run, p, v, m, c, runtime=this)
+        ev = timed(rec.seconds, learner.stage, learner, p, v, m, c, last=last, runtime=this)
         rec.dream_score = ev.best_score
         episodes = it.eval_episodes if last else min(it.data_eval_episodes, it.eval_episodes)
         if not complete_eval(e, episodes, c):
@@ -218,21 +226,19 @@ def _round_evolve(controller: Path, p: Preset, it: IterateConfig, *, last: bool)
     return pop, p.evolve.temperature
 
 
-def _climb_down(rec: RoundRecord, p: Preset, it: IterateConfig, v: Path, m: Path, c: Path,
+def _climb_down(rec: RoundRecord, p: Preset, it: IterateConfig, learner: _Learner, v: Path, m: Path, c: Path,
                 runtime: Runtime) -> list[dict]:
     """The last round's τ ladder: evolve C at each of `it.final_temperatures` in turn (hottest first) into
     `<c>.tau<τ>.h5`, and keep the first whose dream score reaches `final_dream_ratio` × the uniform random policy's
     dream score at that τ (if none does, the one furthest above it): copied to `c`. A hotter dream is harder to
     exploit, but too hot a one drowns the fitness in noise, and the ratio tells the two apart from inside the dream.
     Returns one entry per rung tried. Every rung resumes or skips itself, so an interrupted ladder continues."""
-    from . import evolve
-
     pop = it.final_pop if it.final_pop > 0 else p.evolve.pop
     rungs = []
     for tau in it.final_temperatures:
         out = _rung(c, tau)
         q = p.replace(evolve=p.evolve.replace(pop=pop, temperature=tau))
-        ev = timed(rec.seconds, "evolve", evolve.run, q, v, m, out, runtime=runtime)
+        ev = timed(rec.seconds, learner.stage, learner, q, v, m, out, last=True, runtime=runtime)
         random_score = random_dream_score(m, tau, q.evolve.max_steps, seed=runtime.seed, device=runtime.device,
                                           pessimism=q.evolve.pessimism, penalty=q.evolve.pessimism_penalty)
         rungs.append({"tau": tau, "dream_score": ev.best_score, "random_dream": random_score,
@@ -249,6 +255,24 @@ def _climb_down(rec: RoundRecord, p: Preset, it: IterateConfig, v: Path, m: Path
         if src.exists():  # no metrics beside the rung: the plot is all that is missing
             files.copy_atomic(src, dst)
     return rungs
+
+
+class _Learner:
+    """Makes a round's C in the dream: CMA-ES (`wm evolve`, `p.evolve.generations`) or the actor-critic (`wm
+    train-controller`, its steps scaled by `data_generations_fraction` before the last round as CMA-ES's generations
+    are). Either returns a result with `best_score`, the dream score the ladder and the round record use."""
+
+    def __init__(self, it: IterateConfig, ac: ActorCriticConfig) -> None:
+        self.method, self.ac, self.fraction = it.method, ac, it.data_generations_fraction
+        self.stage = "evolve" if it.method == "cma-es" else "train-controller"
+
+    def __call__(self, p: Preset, v: Path, m: Path, c: Path, *, last: bool, runtime: Runtime):
+        from . import evolve, train_controller
+
+        if self.method == "cma-es":
+            return evolve.run(p, v, m, c, runtime=runtime)
+        steps = self.ac.steps if last else max(1, min(self.ac.steps, round(self.ac.steps * self.fraction)))
+        return train_controller.run(p, self.ac.replace(steps=steps), v, m, c, runtime=runtime)
 
 
 def _rung(c: Path, tau: float) -> Path:
