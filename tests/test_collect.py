@@ -443,3 +443,28 @@ def test_a_huge_request_is_run_batch_by_batch():
     batch = collect._next_batch({}, 0, 10**20, workers=2)
     assert batch == list(range(collect.MAX_BATCH + 2))
     assert len(collect._next_batch({0: True, 1: False}, 0, 10**9, workers=2)) <= collect.MAX_BATCH + 2
+
+
+def test_a_controllers_collection_is_the_same_run_wherever_the_controller_lies(tiny_world, tmp_path):
+    """The controller counts by its checksum: a copy elsewhere (a data folder moved or copied, as iterate's rounds
+    are) finds the collection done; another controller is another run, refused in one line."""
+    import shutil
+
+    from worldmodels_cli.stages import evolve
+
+    p = preset("doom", "tiny")
+    c = tmp_path / "c.h5"
+    evolve.run(p.replace(evolve=p.evolve.replace(generations=1)), tiny_world.vae, tiny_world.mdn, c, runtime=Runtime(seed=0))
+    cfg = _cfg(episodes=3, min_length=0, policy="controller")
+    out = tmp_path / "r.h5"
+    collect.run(cfg, out, runtime=Runtime(seed=4), controller=c)
+    before = A.sha256(out)
+    (tmp_path / "moved").mkdir()
+    moved = shutil.copy(c, tmp_path / "moved" / "c.h5")
+    collect.run(cfg, out, runtime=Runtime(seed=4), controller=moved)
+    assert A.sha256(out) == before
+    other = tmp_path / "other.h5"
+    evolve.run(p.replace(evolve=p.evolve.replace(generations=1)), tiny_world.vae, tiny_world.mdn, other,
+               runtime=Runtime(seed=1))
+    with pytest.raises(ArtifactError, match=r"exists from another run \(controller.sha256"):
+        collect.run(cfg, out, runtime=Runtime(seed=4), controller=other)

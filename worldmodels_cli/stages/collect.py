@@ -63,7 +63,9 @@ log = logging.getLogger(__name__)
 SHARD_SUFFIX = ".h5"
 SHORT_SUFFIX = ".short"
 LOCK = "lock"
-FREE = ("collect.episodes",)  # a rerun with more episodes appends to the same run
+# a rerun with more episodes appends to the same run; the controller counts by its bytes, not where it lies (a
+# moved or copied data folder resumes, as every other stage's inputs do)
+FREE = ("collect.episodes", "controller.path")
 MAX_BATCH = 1024  # episodes handed to the workers at once; memory stays flat whatever --episodes says
 
 
