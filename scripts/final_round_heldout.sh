@@ -13,5 +13,5 @@ mkdir -p "$ladder/round4"
 for k in 0 1 2 3; do [ -d "$ladder/round$k" ] || cp -r "$cand/round$k" "$ladder/"; done
 for f in rollouts.h5 rollouts.metrics.jsonl series.h5 series.metrics.jsonl; do
   [ -f "$ladder/round4/$f" ] || cp "$cand/round4/$f" "$ladder/round4/"; done
-for f in "$cand"/baseline_*; do [ -f "$ladder/${f##*/}" ] || cp "$f" "$ladder/"; done
+for f in "$cand"/baseline_*; do [ ! -f "$f" ] || [ -f "$ladder/${f##*/}" ] || cp "$f" "$ladder/"; done
 $WM demo "${opts[@]}" --data "$ladder" --results "results/demo-ladder-seed$s"
