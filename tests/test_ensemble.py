@@ -373,3 +373,10 @@ def test_iterate_makes_only_the_last_rounds_m_an_ensemble(tmp_path):
         iterate_config("tiny", final_pessimism="halt")
     with pytest.raises(ConfigError, match="set one of them"):
         iterate_config("tiny", ensemble=2, final_ensemble=2)
+    # small's pessimistic last round gives way where another choice is made, and is refused only when asked for
+    assert (iterate_config("small").final_ensemble, iterate_config("small").final_pessimism) == (4, "halt")
+    for changes in ({"ensemble": 5}, {"method": "actor-critic"}, {"final_ensemble": 1}):
+        it = iterate_config("small", **changes)
+        assert it.final_pessimism == "off" and it.final_ensemble == 1, changes
+    with pytest.raises(ConfigError):
+        iterate_config("small", ensemble=5, final_ensemble=4)

@@ -142,7 +142,9 @@ def test_final_temperatures_depend_on_the_preset_scale(wm, monkeypatch, tmp_path
                  ["--final-temperatures", "", "--detail-weight", "10"]):
         assert wm("demo", "--data", tmp_path, "--results", tmp_path / "r", *args).code == 0
     assert [(q.evolve.temperature, it.final_temperatures, q.vae_train.detail_weight) for q, it in seen] == [
-        (1.15, (1.5, 1.15, 0.8), 0.0), (1.15, (), 0.0), (1.3, (0.9, 0.7), 0.0), (1.15, (), 10.0)]
+        (1.15, (1.5, 1.15, 0.8), 30.0), (1.15, (), 0.0), (1.3, (0.9, 0.7), 30.0), (1.15, (), 10.0)]
+    assert [(it.final_ensemble, it.final_pessimism) for _, it in seen] == [(4, "halt"), (1, "off"), (4, "halt"),
+                                                                         (4, "halt")]
     r = wm("demo", "--data", tmp_path, "--results", tmp_path / "r", "--detail-weight", "-1")
     assert r.code == 2 and "--detail-weight" in r.err and "Traceback" not in r.err, r.err
     for bad in ("1.5,x", "1.5,0", "nan"):
