@@ -370,8 +370,7 @@ def iterate_config(scale: str, env: str = "doom", **changes) -> IterateConfig:
         # where the user asks for one final M
         if ((changes.get("ensemble") or 1) > 1 or changes.get("method") == "actor-critic"
                 or changes.get("final_ensemble") == 1) and changes.get("final_pessimism") is None:
-            base = base.replace(final_ensemble=1 if changes.get("final_ensemble") is None else base.final_ensemble,
-                                final_pessimism="off")
+            base = base.replace(final_ensemble=1, final_pessimism="off")  # a final_ensemble given still applies
     else:
         base = IterateConfig()
     return base.replace(**changes)

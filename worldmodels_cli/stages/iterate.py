@@ -208,8 +208,12 @@ def controller_episodes(it: IterateConfig, prev_eval: Path) -> int:
 def round_generations(p: Preset, it: IterateConfig, *, last: bool) -> int:
     """The preset's generations in the last round; `data_generations_fraction` of them (at least 1) before it.
     A round's generations may change when rounds are added: evolve extends a run or finds it finished."""
-    g = p.evolve.generations
-    return g if last else max(1, min(g, round(g * it.data_generations_fraction)))
+    return data_round_share(p.evolve.generations, it.data_generations_fraction, last=last)
+
+
+def data_round_share(n: int, fraction: float, *, last: bool) -> int:
+    """n in the last round; `fraction` of n (at least 1, at most n) in a data round."""
+    return n if last else max(1, min(n, round(n * fraction)))
 
 
 def _round_evolve(controller: Path, p: Preset, it: IterateConfig, *, last: bool) -> tuple[int, float]:
@@ -271,7 +275,7 @@ class _Learner:
 
         if self.method == "cma-es":
             return evolve.run(p, v, m, c, runtime=runtime)
-        steps = self.ac.steps if last else max(1, min(self.ac.steps, round(self.ac.steps * self.fraction)))
+        steps = data_round_share(self.ac.steps, self.fraction, last=last)
         return train_controller.run(p, self.ac.replace(steps=steps), v, m, c, runtime=runtime)
 
 
