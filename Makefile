@@ -51,10 +51,13 @@ bench: install
 
 # seed 0's table and pictures go to results/demo*/, another seed's to results/demo*-seedN/ (none overwrites another)
 SEED_SUFFIX = $(if $(filter 0,$(SEED)),,-seed$(SEED))
+# `make demo PRESET=medium`: Doom's medium preset (≤ 4 h) in its own folders
+PRESET ?= small
+PRESET_SUFFIX = $(if $(filter small,$(PRESET)),,-$(PRESET))
 
 demo: install
-	$(WM) demo --data $(DATA)/demo-seed$(SEED) --results $(RESULTS)/demo$(SEED_SUFFIX) --seed $(SEED) \
-	  --workers $(WORKERS)
+	$(WM) demo --preset $(PRESET) --data $(DATA)/demo$(PRESET_SUFFIX)-seed$(SEED) \
+	  --results $(RESULTS)/demo$(PRESET_SUFFIX)$(SEED_SUFFIX) --seed $(SEED) --workers $(WORKERS)
 
 demo-carracing: install
 	$(WM) demo --env carracing --data $(DATA)/demo-carracing-seed$(SEED) --results $(RESULTS)/demo-carracing$(SEED_SUFFIX) \

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from worldmodels_cli.config import ENVS, SCALES, EvolveConfig, Preset, preset
+from worldmodels_cli.config import ENVS, SCALES, EvolveConfig, Preset, iterate_config, preset
 from worldmodels_cli.runtime.errors import ConfigError
 
 
 @pytest.mark.parametrize("env", ENVS)
 @pytest.mark.parametrize("scale", SCALES)
 def test_presets_round_trip(env, scale):
+    if (env, scale) == ("carracing", "medium"):
+        with pytest.raises(ConfigError, match="medium preset is Doom's"):
+            preset(env, scale)
+        return
     p = preset(env, scale)
     assert p.env.name == env
     assert Preset.from_dict(p.to_dict()) == p
@@ -23,6 +27,21 @@ def test_paper_values():
     assert (doom.evolve.pop, doom.evolve.trials, doom.evolve.sigma0, doom.evolve.eval_every) == (64, 16, 0.1, 25)
     assert doom.env.doom_skill == 4 and doom.env.max_steps == 2100 and doom.collect.min_length == 100
     assert car.collect.ignore_done and car.env.max_steps == 1000
+
+
+def test_medium_doom_is_small_doom_with_more_of_the_budget():
+    """Medium keeps every size small's runs measured (V, M, C, data policy, τ) and only spends more on them."""
+    small, medium = preset("doom", "small"), preset("doom", "medium")
+    assert (medium.vae, medium.mdn, medium.controller, medium.encode, medium.env) == (
+        small.vae, small.mdn, small.controller, small.encode, small.env)
+    assert medium.collect.episodes > small.collect.episodes and medium.vae_train.epochs > small.vae_train.epochs
+    assert medium.mdn_train.steps > small.mdn_train.steps and medium.evolve.generations > small.evolve.generations
+    s_it, m_it = iterate_config("small"), iterate_config("medium")
+    assert m_it.rounds > s_it.rounds and m_it.final_ensemble > s_it.final_ensemble
+    assert m_it.final_pessimism == s_it.final_pessimism == "halt"
+    # its data rounds evolve as long as small's do; only the last round gets the extra generations
+    assert round(medium.evolve.generations * m_it.data_generations_fraction) == round(
+        small.evolve.generations * s_it.data_generations_fraction) == 20
 
 
 def test_validation_names_field_and_value():

@@ -61,9 +61,9 @@ def preset_option(default: str | None = None):
     """--preset; without a default, a stage takes the preset its input artifacts record (`lineage`)."""
     if default is not None:
         return click.option("--preset", type=click.Choice(SCALES), default=default, show_default=True,
-                            help="hyper-parameter preset: paper (exact), small (laptop), tiny (tests)")
+                            help="hyper-parameter preset: paper (exact), medium (Doom, hours), small (laptop), tiny (tests)")
     return click.option("--preset", type=click.Choice(SCALES), default=None,
-                        help="hyper-parameter preset: paper (exact), small (laptop), tiny (tests); default: the one "
+                        help="hyper-parameter preset: paper (exact), medium (Doom, hours), small (laptop), tiny (tests); default: the one "
                              "the input artifacts were made with (paper when there are none)")
 
 
