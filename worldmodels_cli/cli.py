@@ -57,14 +57,17 @@ class Number(click.FloatRange):
         return value
 
 
+_PRESETS = "paper (exact), medium (Doom, hours), small (laptop), tiny (tests)"
+
+
 def preset_option(default: str | None = None):
     """--preset; without a default, a stage takes the preset its input artifacts record (`lineage`)."""
     if default is not None:
         return click.option("--preset", type=click.Choice(SCALES), default=default, show_default=True,
-                            help="hyper-parameter preset: paper (exact), medium (Doom, hours), small (laptop), tiny (tests)")
+                            help=f"hyper-parameter preset: {_PRESETS}")
     return click.option("--preset", type=click.Choice(SCALES), default=None,
-                        help="hyper-parameter preset: paper (exact), medium (Doom, hours), small (laptop), tiny (tests); default: the one "
-                             "the input artifacts were made with (paper when there are none)")
+                        help=f"hyper-parameter preset: {_PRESETS}; default: the one the input artifacts were made with "
+                             "(paper when there are none)")
 
 
 def env_option(required: bool = True):
