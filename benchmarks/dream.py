@@ -9,7 +9,9 @@ FLOP per rollout-step = 2·(4H(H + In) + H·Out): the fused LSTM matmul and the 
 peak_fraction = (b's rollout-steps/s × that) / (c); peak_fraction_full_batch the same for a run in which no rollout
 ends (every row alive every step: the program's per-step efficiency without the tail of long survivors).
 With CUDA the run also reports seconds per generation (rollouts up to 2100 steps) and the projected
-1800-generation time.
+1800-generation time. On the CPU, (d) runs the same generation in a pool of `--workers` one-thread processes
+(`dream.parallel`, what `wm evolve --in-dream --workers W` does): pool_speedup = (b)'s time over (d)'s, and
+pool_equal whether it returned (b)'s numbers exactly.
 
     python benchmarks/dream.py            # < 2 minutes on a 2-core CPU
     python benchmarks/dream.py --quick    # pop 16 and a shorter loop: a smoke run
@@ -26,7 +28,7 @@ import torch
 
 from worldmodels_cli.config import ControllerConfig, MDNConfig
 from worldmodels_cli.dream.fused import FusedM
-from worldmodels_cli.dream.program import dream_rollouts
+from worldmodels_cli.dream.program import DreamFitness, dream_rollouts
 from worldmodels_cli.dream.reference import reference_rollout
 from worldmodels_cli.dream.streams import NoiseLayout, random_action, rollout_keys, start_z, step_noise
 from worldmodels_cli.models.controller import Controller
@@ -90,6 +92,8 @@ def main() -> None:
     ap.add_argument("--full-steps", type=int, default=60, help="steps of the full-batch (nothing ends) run")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads (default: all)")
+    ap.add_argument("--workers", type=int, default=torch.get_num_threads(),
+                    help="(d): one-thread processes of the pool (default: the threads; below 2: no (d))")
     args = ap.parse_args()
     if args.quick:
         args.pop, args.loop_seconds = 16, 3.0
@@ -174,9 +178,40 @@ def main() -> None:
     }
     if device == "cuda":
         figures["projected_1800_generations_h"] = round(1800 * gen_s / 3600, 2)
+    elif args.workers > 1:
+        pool_s, equal = pool_generation(mdn, mu0, lv0, ctrl, params, seeds, res.returns, args)
+        figures.update(pool_workers=args.workers, pool_seconds_per_generation=round(pool_s, 3),
+                       pool_speedup=round(gen_s / pool_s, 2), pool_equal=equal)
+        print(f"(d) pool of {args.workers} one-thread workers: {pool_s:.2f} s for the generation "
+              f"({gen_s / pool_s:.2f}x (b)), same returns: {equal}")
     print(f"speedup {figures['speedup']}x, peak fraction {figures['peak_fraction']} "
           f"(full batch {figures['peak_fraction_full_batch']})")
     print(json.dumps(figures))
+
+
+def pool_generation(mdn: MDNRNN, mu0, lv0, ctrl: Controller, params, seeds, want: np.ndarray, args
+                    ) -> tuple[float, bool]:
+    """(d): M written to a temporary mdn artifact, the generation run by a `DreamPool` of args.workers processes
+    (started, and warmed by one small call, before the clock starts) -> (seconds, same returns as `want`)."""
+    import tempfile
+    from pathlib import Path
+
+    from worldmodels_cli.store import artifacts as A
+    from worldmodels_cli.store import checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.h5"
+        checkpoint.save(path, "mdn", state_dict=mdn.state_dict(), model_config=mdn.cfg, train_state=None, summary={},
+                        complete=True, config={}, seed=0, inputs={}, env="doom",
+                        extra=lambda fh: A.write_initial_z(fh, mu0, lv0))
+        fit = DreamFitness.from_artifact(path, ctrl, tau=args.tau, max_steps=args.max_steps, workers=args.workers)
+        try:
+            fit(params[:2], seeds[:2, :4])
+            t0 = time.perf_counter()
+            got = fit(params, seeds)
+            return time.perf_counter() - t0, bool(np.array_equal(got, want))
+        finally:
+            fit.close()
 
 
 if __name__ == "__main__":

@@ -172,6 +172,26 @@ def test_an_interrupted_ensemble_resumes_to_the_same_weights(tmp_path, series):
         train_mdn.run(_tiny(3), [series], out, runtime=Runtime(seed=0, device="cpu"))
 
 
+def test_members_trained_side_by_side_are_the_members_trained_in_turn(tmp_path, series, caplog):
+    """--workers 2: the members in two one-thread processes, the same weights and threshold as one by one; a half
+    done member (here member 1's first steps, trained alone beforehand) is resumed, not restarted."""
+    p = _tiny(3)
+    ref, out = tmp_path / "ref.h5", tmp_path / "m.h5"
+    train_mdn.run(p, [series], ref, runtime=Runtime(seed=0, device="cpu"))
+    half = p.replace(mdn_train=p.mdn_train.replace(steps=4))
+    train_ensemble.member_path(out, 1).parent.mkdir()
+    train_mdn.run(half, [series], train_ensemble.member_path(out, 1), runtime=Runtime(seed=0, device="cpu"), member=1)
+    with caplog.at_level("INFO", logger="worldmodels_cli"):
+        train_mdn.run(p, [series], out, runtime=Runtime(seed=0, device="cpu", workers=2))
+    assert "ensemble members 1-3, 2 at a time" in caplog.text
+    assert load(train_ensemble.member_path(out, 1), "mdn").meta.summary["steps"] == p.mdn_train.steps
+    a, b = load_ensemble(ref), load_ensemble(out)
+    for ma, mb in zip(a.members, b.members, strict=True):
+        for (name, wa), wb in zip(ma.state_dict().items(), mb.state_dict().values(), strict=True):
+            assert torch.equal(wa, wb), name
+    assert a.calibration == b.calibration
+
+
 def test_training_errors_are_one_line(tmp_path, series):
     with pytest.raises(ConfigError, match="val-episodes must be > 0"):
         train_mdn.run(_tiny(2, val_episodes=0.0), [series], tmp_path / "m.h5", runtime=Runtime(device="cpu"))

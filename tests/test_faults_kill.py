@@ -400,6 +400,52 @@ def test_evolve_real_env_workers(tmp_path, tiny_world):
     assert_same(ref, out2, skip=EVOLVE_VOLATILE)
 
 
+def test_evolve_in_dream_workers(tmp_path, tiny_world):
+    """The dream shared out among two worker processes (dream/parallel.py): kills and Ctrl-C of the driver end
+    its pool too, and the reruns end with the artifact of one uninterrupted run with one worker."""
+    def args(out, workers="2"):
+        return ("evolve", "--vae", tiny_world.vae, "--mdn", tiny_world.mdn, "--preset", "tiny", "--out", out,
+                "--in-dream", "--generations", "60", "--workers", workers, "--device", "cpu")
+
+    ref, out = tmp_path / "ref.h5", tmp_path / "c.h5"
+    run_ok(args(ref, "1"), tmp_path)
+    landed = sweep(args(out), tmp_path, delays("evolve-dream-workers", 2, 1.0, 3.0),
+                   complete_or_absent(out, "controller"), progress=lambda: lines(metrics_path(out)), grow=2)
+    assert landed >= 1
+    run_ok(args(out), tmp_path)
+    assert_same(ref, out, skip=EVOLVE_VOLATILE)
+
+    out2 = tmp_path / "c2.h5"
+    interrupted(args(out2), tmp_path, lambda: lines(metrics_path(out2)), grow=2)
+    run_ok(args(out2), tmp_path)
+    assert_same(ref, out2, skip=EVOLVE_VOLATILE)
+
+
+def test_train_mdn_ensemble_workers(tmp_path, tiny_world):
+    """Ensemble members trained side by side in two processes: a kill or Ctrl-C of the driver leaves each member
+    resumable, and the rerun ends with the ensemble of an uninterrupted run with one worker."""
+    def args(out, workers="2"):
+        return ("train-mdn", "--series", tiny_world.series, "--preset", "tiny", "--out", out, "--device", "cpu",
+                "--steps", "300", "--ensemble", "2", "--val-episodes", "0.2", "--checkpoint-steps", "20",
+                "--workers", workers)
+
+    ref, out = tmp_path / "ref.h5", tmp_path / "m.h5"
+    run_ok(args(ref, "1"), tmp_path)
+    members = out.with_name(out.name + ".members")
+    landed = sweep(args(out), tmp_path, delays("train-mdn-ensemble", 2, 3.0, 8.0), complete_or_absent(out, "mdn"),
+                   progress=lambda: sum(lines(metrics_path(members / f"member{k}.h5")) for k in range(2)), grow=2)
+    assert landed >= 1
+    run_ok(args(out), tmp_path)
+    assert_same(ref, out, skip=MDN_VOLATILE)
+
+    out2 = tmp_path / "m2.h5"
+    members = out2.with_name(out2.name + ".members")
+    interrupted(args(out2), tmp_path, lambda: sum(lines(metrics_path(members / f"member{k}.h5")) for k in range(2)),
+                grow=2)
+    run_ok(args(out2), tmp_path)
+    assert_same(ref, out2, skip=MDN_VOLATILE)
+
+
 def test_evaluate(tmp_path, controller):
     def args(out):
         return ("evaluate", "--controller", controller, "--episodes", "150", "--workers", "2", "--out", out)

@@ -441,8 +441,10 @@ def encode(rollouts: tuple[Path, ...], vae: Path, out: Path, preset: str, runtim
               help="start from this mdn artifact's weights (same architecture)")
 @device_option
 @seed_option
+@workers_option
+@backend_options
 @track_options
-@as_runtime("seed", "device", "track", "track_dir")
+@as_runtime("seed", "device", "workers", "backend", "ray_address", "track", "track_dir")
 def train_mdn_cmd(series: tuple[Path, ...], out: Path, preset: str, init: Path | None, dynamics: str,
                   runtime: Runtime, **options) -> None:
     """Train M (the MDN-RNN, or an RSSM with --dynamics rssm) on encoded series; rerun the same command to

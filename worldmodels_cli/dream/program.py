@@ -74,13 +74,14 @@ def fused_model(mdn: MDNRNN | RSSM | Ensemble, dtype: torch.dtype, device, tau: 
     return FusedRSSM(mdn, dtype, device, tau) if isinstance(mdn, RSSM) else FusedM(mdn, dtype, device, tau)
 
 
-def followed_members(P: int, R: int, members: int, pessimism: str) -> np.ndarray:
+def followed_members(P: int, R: int, members: int, pessimism: str, first_trial: int = 0) -> np.ndarray:
     """The member each of P × R rollouts follows (docs/pessimism.md): trial r follows member r mod K when the dream
     is pessimistic (PETS's TS∞, stratified: every candidate meets every member equally often); with pessimism off,
-    member 0, as the dream of one M (the others only measure the disagreement)."""
+    member 0, as the dream of one M (the others only measure the disagreement). `first_trial`: the trials are
+    first_trial, first_trial + 1, … of a larger set (a share of the rollouts run elsewhere, `dream.parallel`)."""
     if pessimism == "off":
         return np.zeros((P, R), dtype=np.int64)
-    return np.broadcast_to(np.arange(R) % members, (P, R)).copy()
+    return np.broadcast_to((first_trial + np.arange(R)) % members, (P, R)).copy()
 
 
 def policy_env(controller: Controller | None, mdn: MDNRNN, env: str | None) -> str:
@@ -112,6 +113,7 @@ def dream_rollouts(
     pessimism: str = "off",
     penalty: float = 1.0,
     record_disagreement: bool = False,
+    first_trial: int = 0,
 ) -> DreamResult:
     """P members × R trials of the dream at once -> DreamResult with (P, R) returns and lengths; M an MDN-RNN, an
     RSSM (`models.dynamics`) or an ensemble of MDN-RNNs (`models.ensemble`).
@@ -125,7 +127,8 @@ def dream_rollouts(
     An ensemble's rows follow `followed_members`; every step its members' disagreement is measured against the
     calibrated threshold, and `pessimism` acts on the unknown steps: "halt" ends the rollout at its first one, as a
     death (the step counts, as a step the done head ends), "penalty" takes `penalty` off the return per unknown step
-    (docs/pessimism.md). record_disagreement keeps the disagreement of every step."""
+    (docs/pessimism.md). record_disagreement keeps the disagreement of every step. `first_trial`: the seeds' columns
+    are trials first_trial, … of a larger set, which decides the members they follow (`dream.parallel`)."""
     seeds = np.asarray(seeds, dtype=np.int64)
     if seeds.ndim != 2:
         raise ValueError(f"seeds must be (P, R), got shape {seeds.shape}")
@@ -148,7 +151,7 @@ def dream_rollouts(
     S = fm.start(keys, mu0, lv0)  # MDN-RNN: zero state, restart flag set (ref §7); RSSM: the first posterior
     ens = isinstance(fm, FusedEnsemble)
     if ens:
-        follow = followed_members(P, R, fm.members, pessimism).reshape(-1)
+        follow = followed_members(P, R, fm.members, pessimism, first_trial).reshape(-1)
         fm.set_follow(S, torch.as_tensor(follow, device=device))
         unknown = torch.zeros(n_rows, dtype=torch.int64, device=device)
         halted = torch.zeros(n_rows, dtype=torch.bool, device=device)
@@ -266,33 +269,47 @@ def dream_fitness(mdn: MDNRNN, controller: Controller, params, seeds, initial_mu
 
 class DreamFitness:
     """`evolve.Fitness` in the dream: (params (P, n), seeds (P, R)) -> returns (P, R), one batched program per call.
-    With an ensemble and `pessimism` halt or penalty, the pessimistic dream (docs/pessimism.md)."""
+    With an ensemble and `pessimism` halt or penalty, the pessimistic dream (docs/pessimism.md). With a `pool`
+    (`dream.parallel`), each call's rollouts are shared out among its workers: the same returns, sooner."""
 
     def __init__(self, mdn: MDNRNN | Ensemble, controller: Controller, initial_mu, initial_logvar, *, tau: float,
-                 max_steps: int, device=None, pessimism: str = "off", penalty: float = 1.0) -> None:
+                 max_steps: int, device=None, pessimism: str = "off", penalty: float = 1.0, pool=None) -> None:
         self.mdn, self.controller = mdn, controller
         self.initial_mu, self.initial_logvar = initial_mu, initial_logvar
         self.tau, self.max_steps, self.device = tau, max_steps, device
         self.pessimism, self.penalty = pessimism, penalty
+        self.pool = pool
         self.last: DreamResult | None = None
 
     @classmethod
     def from_artifact(cls, mdn_path: str | os.PathLike, controller: Controller, *, tau: float, max_steps: int,
-                      device: str = "cpu", pessimism: str = "off", penalty: float = 1.0) -> DreamFitness:
+                      device: str = "cpu", pessimism: str = "off", penalty: float = 1.0, workers: int = 1,
+                      backend: str = "local", address: str | None = None) -> DreamFitness:
         """The dream of an mdn artifact: its one M (an ensemble's first member) with pessimism off, else every
-        member of its ensemble."""
+        member of its ensemble. On the CPU with workers > 1, its rollouts run in a `dream.parallel.DreamPool` of
+        that many one-thread processes (or Ray actors); on a GPU, one program."""
         from ..models.ensemble import load_ensemble
         from ..models.mdnrnn import load_initial_z, load_mdn
+        from .parallel import DreamPool
 
         mdn = load_mdn(mdn_path, device)[0] if pessimism == "off" else load_ensemble(mdn_path, device)
         mu, logvar = load_initial_z(mdn_path)
+        pool = None
+        if workers > 1 and torch.device(device).type == "cpu":
+            pool = DreamPool(str(mdn_path), controller, tau=tau, max_steps=max_steps, pessimism=pessimism,
+                             penalty=penalty, workers=workers, backend=backend, address=address)
         return cls(mdn, controller, mu, logvar, tau=tau, max_steps=max_steps, device=device, pessimism=pessimism,
-                   penalty=penalty)
+                   penalty=penalty, pool=pool)
+
+    def rollouts(self, params: np.ndarray, seeds: np.ndarray, first_trial: int = 0) -> DreamResult:
+        """This process's program for P × R rollouts (trials first_trial, … of a larger set: `dream_rollouts`)."""
+        return dream_rollouts(self.mdn, seeds, self.initial_mu, self.initial_logvar, controller=self.controller,
+                              params=np.asarray(params), tau=self.tau, max_steps=self.max_steps, device=self.device,
+                              pessimism=self.pessimism, penalty=self.penalty, first_trial=first_trial)
 
     def __call__(self, params: np.ndarray, seeds: np.ndarray) -> np.ndarray:
-        self.last = dream_rollouts(self.mdn, seeds, self.initial_mu, self.initial_logvar, controller=self.controller,
-                                   params=np.asarray(params), tau=self.tau, max_steps=self.max_steps,
-                                   device=self.device, pessimism=self.pessimism, penalty=self.penalty)
+        seeds = np.asarray(seeds, dtype=np.int64)
+        self.last = self.pool(np.asarray(params), seeds) if self.pool is not None else self.rollouts(params, seeds)
         return self.last.returns
 
     def metrics(self) -> dict[str, float]:
@@ -300,7 +317,9 @@ class DreamFitness:
         return unknown_figures(self.last, "evolve/") if self.last is not None else {}
 
     def close(self) -> None:
-        pass
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
 
 
 def unknown_figures(res: DreamResult, prefix: str = "") -> dict[str, float]:

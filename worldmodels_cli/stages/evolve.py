@@ -304,7 +304,8 @@ def run(preset: Preset, vae: Path, mdn: Path, out: Path, *, runtime: Runtime = R
             raise ConfigError(f"{mdn}: --in-dream needs an M with a done or reward head (this one predicts only z)")
         fitness = DreamFitness.from_artifact(mdn, controller, tau=cfg.temperature, max_steps=cfg.max_steps,
                                              device=devices.resolve(device), pessimism=cfg.pessimism,
-                                             penalty=cfg.pessimism_penalty)
+                                             penalty=cfg.pessimism_penalty, workers=workers, backend=backend,
+                                             address=address)
         if cfg.eval_real:
             real = EpisodeRunner(preset.env, agent=spec, workers=workers, backend=backend, address=address)
     else:

@@ -131,9 +131,13 @@ def kv(**items: Any) -> str:
     return " ".join(parts)
 
 
+LOG_PROGRESS = "WM_LOG_PROGRESS"  # set: progress as log lines even on a terminal (workers side by side)
+
+
 def progress(total: int | None, desc: str, unit: str = "it", initial: int = 0):
-    """A tqdm bar (rate, ETA) on a terminal; without one, a `LogProgress` with the same methods."""
-    if not sys.stderr.isatty():
+    """A tqdm bar (rate, ETA) on a terminal; without one (or with WM_LOG_PROGRESS set), a `LogProgress` with the
+    same methods."""
+    if not sys.stderr.isatty() or os.environ.get(LOG_PROGRESS):
         return LogProgress(total, desc, unit, initial)
     from tqdm import tqdm
 
