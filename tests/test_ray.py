@@ -74,3 +74,29 @@ def test_real_env_evolve_on_ray_equals_local_and_resumes_across(ray_local, tiny_
     with A.open_artifact(tmp_path / "local.h5") as a, A.open_artifact(tmp_path / "mixed.h5") as b:
         np.testing.assert_array_equal(a[A.HISTORY]["mean"][()], b[A.HISTORY]["mean"][()])
         np.testing.assert_array_equal(a[A.MEAN][()], b[A.MEAN][()])
+
+
+def test_dream_shares_and_ensemble_members_on_ray_equal_local(ray_local, tiny_world, tmp_path):
+    """`--workers 2 --backend ray`: the dream's shares (dream/parallel.py) and an ensemble's members (train_ensemble)
+    run on Ray actors, with the numbers of one local process."""
+    import numpy as np
+
+    from worldmodels_cli.config import preset
+    from worldmodels_cli.stages import evolve, train_mdn
+    from worldmodels_cli.store import artifacts as A
+
+    p = preset("doom", "tiny")
+    p = p.replace(mdn_train=p.mdn_train.replace(ensemble=2, val_episodes=0.3, steps=20),
+                  evolve=p.evolve.replace(pessimism="halt", generations=3))
+    ray_rt = Runtime(seed=1, device="cpu", workers=2, backend="ray")
+    for rt, name in ((Runtime(seed=1, device="cpu"), "local"), (ray_rt, "ray")):
+        train_mdn.run(p, [tiny_world.series], tmp_path / f"{name}-m.h5", runtime=rt)
+        evolve.run(p, tiny_world.vae, tmp_path / f"{name}-m.h5", tmp_path / f"{name}-c.h5", runtime=rt)
+    with A.open_artifact(tmp_path / "local-m.h5") as a, A.open_artifact(tmp_path / "ray-m.h5") as b:
+        (wa, ca), (wb, cb) = A.read_ensemble(a), A.read_ensemble(b)
+        assert ca == cb and len(wa) == len(wb) == 1
+        for name, w in wa[0].items():
+            np.testing.assert_array_equal(w, wb[0][name], err_msg=name)
+    with A.open_artifact(tmp_path / "local-c.h5") as a, A.open_artifact(tmp_path / "ray-c.h5") as b:
+        np.testing.assert_array_equal(a[A.HISTORY]["mean"][()], b[A.HISTORY]["mean"][()])
+        np.testing.assert_array_equal(a[A.MEAN][()], b[A.MEAN][()])

@@ -13,16 +13,22 @@ from typing import Any
 import numpy as np
 
 from ..runtime.executor import make_executor
-from .program import DreamResult
+from .program import MIN_ROWS, DreamResult
 
 
 def shares(P: int, R: int, n: int) -> list[tuple[slice, slice]]:
     """At most n (members, trials) blocks that cover P × R rollouts: runs of whole members where there are at least
-    n (a generation: antithetic members i and i + P/2 share seeds, so the halves cost alike), else runs of trials
-    (the CMA mean's evaluation, one member)."""
-    if P >= n:
-        return [(slice(int(b[0]), int(b[-1]) + 1), slice(0, R)) for b in np.array_split(np.arange(P), n)]
-    return [(slice(0, P), slice(int(b[0]), int(b[-1]) + 1)) for b in np.array_split(np.arange(R), min(n, R))]
+    as many as blocks (a generation: antithetic members i and i + P/2 share seeds, so the halves cost alike), else
+    runs of trials (the CMA mean's evaluation, one member). Fewer blocks where one would start with fewer than
+    `MIN_ROWS` rows: a batch that small computes its rows with other kernels than one program would."""
+    for k in range(max(1, min(n, P * R)), 0, -1):
+        if P >= k:
+            blocks = [(slice(int(b[0]), int(b[-1]) + 1), slice(0, R)) for b in np.array_split(np.arange(P), k)]
+        else:
+            blocks = [(slice(0, P), slice(int(b[0]), int(b[-1]) + 1)) for b in np.array_split(np.arange(R), k)]
+        if k == 1 or min((p.stop - p.start) * (r.stop - r.start) for p, r in blocks) >= MIN_ROWS:
+            return blocks
+    raise AssertionError("unreachable: one block always fits")
 
 
 def _init(payload: dict) -> Any:

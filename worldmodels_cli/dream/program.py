@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 
 
 _SMALL_BATCH = 64  # below this many rows the CPU program runs on one thread
+# Compaction never leaves fewer rows than this (finished rows stay as padding): BLAS computes a float32 row of a
+# 1-3-row matmul (and of a 1-row bmm) with other kernels than the same row in a larger batch, so a rollout's
+# last steps would depend on how many others were still running beside it (and on how the rollouts are shared
+# out among workers, dream/parallel.py); from 4 rows up each row's result is the same in any batch.
+MIN_ROWS = 4
 
 
 def reward_of(kind: str, value: Tensor | None, like: Tensor) -> Tensor:
@@ -221,11 +226,12 @@ def dream_rollouts(
                 n_alive = int(alive.sum())
                 if n_alive == 0:
                     break
-                if compact and B - n_alive >= max(1, B // 32):
+                if compact and B - n_alive >= max(1, B // 32) and B > MIN_ROWS:
                     done_rows = (~alive).nonzero().squeeze(1)
                     out_ret[rows[done_rows]] = ret[done_rows]
                     out_len[rows[done_rows]] = length[done_rows]
-                    keep = alive.nonzero().squeeze(1)
+                    # the rows still running, and finished ones as padding up to MIN_ROWS (theirs sums are frozen)
+                    keep = torch.cat([alive.nonzero().squeeze(1), done_rows[: max(0, MIN_ROWS - n_alive)]])
                     if ens:
                         out_unknown[rows[done_rows]], out_halted[rows[done_rows]] = unknown[done_rows], halted[done_rows]
                         unknown, halted = unknown[keep], halted[keep]
