@@ -230,7 +230,7 @@ def dream_rollouts(
                     done_rows = (~alive).nonzero().squeeze(1)
                     out_ret[rows[done_rows]] = ret[done_rows]
                     out_len[rows[done_rows]] = length[done_rows]
-                    # the rows still running, and finished ones as padding up to MIN_ROWS (theirs sums are frozen)
+                    # the rows still running, and finished ones as padding up to MIN_ROWS (their sums are frozen)
                     keep = torch.cat([alive.nonzero().squeeze(1), done_rows[: max(0, MIN_ROWS - n_alive)]])
                     if ens:
                         out_unknown[rows[done_rows]], out_halted[rows[done_rows]] = unknown[done_rows], halted[done_rows]
