@@ -276,10 +276,12 @@ def dream_fitness(mdn: MDNRNN, controller: Controller, params, seeds, initial_mu
 class DreamFitness:
     """`evolve.Fitness` in the dream: (params (P, n), seeds (P, R)) -> returns (P, R), one batched program per call.
     With an ensemble and `pessimism` halt or penalty, the pessimistic dream (docs/pessimism.md). With a `pool`
-    (`dream.parallel`), each call's rollouts are shared out among its workers: the same returns, sooner."""
+    (`dream.parallel`), each call's rollouts are shared out among its workers (which hold M: `mdn` is then None),
+    the same returns, sooner."""
 
-    def __init__(self, mdn: MDNRNN | Ensemble, controller: Controller, initial_mu, initial_logvar, *, tau: float,
-                 max_steps: int, device=None, pessimism: str = "off", penalty: float = 1.0, pool=None) -> None:
+    def __init__(self, mdn: MDNRNN | Ensemble | None, controller: Controller, initial_mu, initial_logvar, *,
+                 tau: float, max_steps: int, device=None, pessimism: str = "off", penalty: float = 1.0,
+                 pool=None) -> None:
         self.mdn, self.controller = mdn, controller
         self.initial_mu, self.initial_logvar = initial_mu, initial_logvar
         self.tau, self.max_steps, self.device = tau, max_steps, device
@@ -298,14 +300,13 @@ class DreamFitness:
         from ..models.mdnrnn import load_initial_z, load_mdn
         from .parallel import DreamPool
 
+        kw = {"tau": tau, "max_steps": max_steps, "pessimism": pessimism, "penalty": penalty}
+        if workers > 1 and torch.device(device).type == "cpu":  # each worker loads M; this process needs none
+            pool = DreamPool(str(mdn_path), controller, workers=workers, backend=backend, address=address, **kw)
+            return cls(None, controller, None, None, device=device, pool=pool, **kw)
         mdn = load_mdn(mdn_path, device)[0] if pessimism == "off" else load_ensemble(mdn_path, device)
         mu, logvar = load_initial_z(mdn_path)
-        pool = None
-        if workers > 1 and torch.device(device).type == "cpu":
-            pool = DreamPool(str(mdn_path), controller, tau=tau, max_steps=max_steps, pessimism=pessimism,
-                             penalty=penalty, workers=workers, backend=backend, address=address)
-        return cls(mdn, controller, mu, logvar, tau=tau, max_steps=max_steps, device=device, pessimism=pessimism,
-                   penalty=penalty, pool=pool)
+        return cls(mdn, controller, mu, logvar, device=device, **kw)
 
     def rollouts(self, params: np.ndarray, seeds: np.ndarray, first_trial: int = 0) -> DreamResult:
         """This process's program for P × R rollouts (trials first_trial, … of a larger set: `dream_rollouts`)."""
