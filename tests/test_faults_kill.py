@@ -429,19 +429,19 @@ def test_train_mdn_ensemble_workers(tmp_path, tiny_world):
                 "--steps", "300", "--ensemble", "2", "--val-episodes", "0.2", "--checkpoint-steps", "20",
                 "--workers", workers)
 
+    def member_lines(out):  # the members' metric records so far (the ensemble's own come at the end)
+        return sum(lines(metrics_path(out.with_name(out.name + ".members") / f"member{k}.h5")) for k in range(2))
+
     ref, out = tmp_path / "ref.h5", tmp_path / "m.h5"
     run_ok(args(ref, "1"), tmp_path)
-    members = out.with_name(out.name + ".members")
     landed = sweep(args(out), tmp_path, delays("train-mdn-ensemble", 2, 3.0, 8.0), complete_or_absent(out, "mdn"),
-                   progress=lambda: sum(lines(metrics_path(members / f"member{k}.h5")) for k in range(2)), grow=2)
+                   progress=lambda: member_lines(out), grow=2)
     assert landed >= 1
     run_ok(args(out), tmp_path)
     assert_same(ref, out, skip=MDN_VOLATILE)
 
     out2 = tmp_path / "m2.h5"
-    members = out2.with_name(out2.name + ".members")
-    interrupted(args(out2), tmp_path, lambda: sum(lines(metrics_path(members / f"member{k}.h5")) for k in range(2)),
-                grow=2)
+    interrupted(args(out2), tmp_path, lambda: member_lines(out2), grow=2)
     run_ok(args(out2), tmp_path)
     assert_same(ref, out2, skip=MDN_VOLATILE)
 
