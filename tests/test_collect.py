@@ -286,6 +286,12 @@ def test_cli_happy_path(tmp_path, capsys):
     assert A.validate(out, "rollouts").seed == 2
     code, stdout, _ = _wm("info", str(out), capsys=capsys)
     assert code == 0 and "episodes: 3" in stdout
+    for flag in ("--screen-flashes", "--no-screen-flashes"):  # over the preset's (tiny: paper's, on)
+        code, _, err = _wm("collect", "--env", "doom", "--preset", "tiny", "--episodes", "2", flag,
+                           "--out", str(tmp_path / f"{flag}.h5"), capsys=capsys)
+        assert code == 0, err
+    assert [A.validate(tmp_path / f"{flag}.h5", "rollouts").config["env"]["doom_screen_flashes"]
+            for flag in ("--screen-flashes", "--no-screen-flashes")] == [True, False]
 
 
 @pytest.mark.parametrize("args,message", [

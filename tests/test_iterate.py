@@ -153,6 +153,21 @@ def test_final_temperatures_depend_on_the_preset_scale(wm, monkeypatch, tmp_path
     assert len(seen) == 4
 
 
+def test_screen_flashes_reach_the_preset(wm, monkeypatch, tmp_path):
+    """--screen-flashes over small's (off) for the whole demo; refused for CarRacing, which has none."""
+    from worldmodels_cli.stages import demo as demo_stage
+
+    seen = []
+    monkeypatch.setattr(demo_stage, "run", lambda preset, data, results, it, **kw: seen.append(preset) or
+                        ([], [], "table"))
+    for args in ([], ["--screen-flashes"], ["--preset", "paper", "--no-screen-flashes"]):
+        assert wm("demo", "--data", tmp_path, "--results", tmp_path / "r", *args).code == 0
+    assert [q.env.doom_screen_flashes for q in seen] == [False, True, False]
+    r = wm("demo", "--env", "carracing", "--data", tmp_path, "--screen-flashes")
+    assert r.code == 2 and "Doom setting" in r.err and "Traceback" not in r.err, r.err
+    assert len(seen) == 3
+
+
 def test_iterate_later_vae_epochs_retrains_v_on_all_rollouts(tmp_path):
     p = preset("doom", "tiny")
     it = iterate.IterateConfig(rounds=2, controller_episodes=3, eval_episodes=2, later_vae_epochs=0.5)

@@ -26,6 +26,7 @@ from .config import (
     ControllerConfig,
     DreamConfig,
     EncodeConfig,
+    EnvConfig,
     EvolveConfig,
     IterateConfig,
     MDNConfig,
@@ -72,6 +73,21 @@ def preset_option(default: str | None = None):
 
 def env_option(required: bool = True):
     return click.option("--env", "env_name", type=click.Choice(ENVS), required=required, help="environment")
+
+
+def flashes_option(f):
+    """--screen-flashes/--no-screen-flashes: EnvConfig.doom_screen_flashes over the preset's (Doom only)."""
+    return config_options(EnvConfig, skip=tuple(fl.name for fl in dataclasses.fields(EnvConfig)
+                                                if fl.name != "doom_screen_flashes"))(f)
+
+
+def with_flashes(cfg, flashes: bool | None):
+    """The preset `cfg` with --screen-flashes applied (None: the preset's); refused for an env without them."""
+    if flashes is None:
+        return cfg
+    if cfg.env.name != "doom":
+        raise click.UsageError("--screen-flashes/--no-screen-flashes is a Doom setting")
+    return cfg.replace(env=cfg.env.replace(doom_screen_flashes=flashes))
 
 
 def seed_option(f):
@@ -183,7 +199,8 @@ class FloatList(click.ParamType):
 
 # option names that are not `--<field-name>` (a flag pair; a name clearer on the command line)
 OPTION_NAMES = {("EvolveConfig", "in_dream"): "--in-dream/--real", ("ControllerConfig", "hidden"): "--hidden-units",
-                ("VAETrainConfig", "num_workers"): "--workers"}
+                ("VAETrainConfig", "num_workers"): "--workers",
+                ("EnvConfig", "doom_screen_flashes"): "--screen-flashes/--no-screen-flashes"}
 
 
 def config_options(*classes, skip: tuple[str, ...] = (), shown=None):
@@ -341,6 +358,7 @@ def presets(env_name: str, preset: str) -> None:
 @cli.command()
 @env_option()
 @config_options(CollectConfig, skip=("policy",))  # the policy follows from --controller
+@flashes_option
 @workers_option
 @seed_option
 @preset_option()
@@ -351,7 +369,8 @@ def presets(env_name: str, preset: str) -> None:
 @backend_options
 @track_options
 @as_runtime("seed", "workers", "backend", "ray_address", "track", "track_dir")
-def collect(env_name: str, preset: str, out: Path, controller: Path | None, runtime: Runtime, **options) -> None:
+def collect(env_name: str, preset: str, out: Path, controller: Path | None, doom_screen_flashes: bool | None,
+            runtime: Runtime, **options) -> None:
     """Record episodes of the random data policy (ref §2), or of a controller; rerun the same command to resume."""
     from .config import preset as get_preset
     from .stages import collect as collect_stage
@@ -359,7 +378,8 @@ def collect(env_name: str, preset: str, out: Path, controller: Path | None, runt
 
     if options.get("noise") is not None and controller is None:
         raise click.UsageError("--noise needs --controller")
-    cfg = get_preset(env_name, inherited_preset(preset, [controller] if controller else []))
+    cfg = with_flashes(get_preset(env_name, inherited_preset(preset, [controller] if controller else [])),
+                       doom_screen_flashes)
     cfg = cfg.replace(collect=cfg.collect.replace(**config_values(CollectConfig, options),
                                                   policy="controller" if controller is not None else None))
     res = collect_stage.run(cfg, out, controller=controller, runtime=runtime)
@@ -639,6 +659,7 @@ def iterate_options(f):
                      help="dream temperature tau of every round but the last (--final-temperatures)")(f)
     f = config_options(VAETrainConfig, skip=tuple(fl.name for fl in dataclasses.fields(VAETrainConfig)
                                                   if fl.name != "detail_weight"))(f)  # V's loss, as train-vae's
+    f = flashes_option(f)
     f = config_options(IterateConfig, skip=("later_mdn_steps_fraction",), shown=iterate_config("small"))(f)
     return click.option("--data", type=click.Path(file_okay=False, path_type=Path), required=True,
                         help="folder of the rounds' artifacts (created)")(f)
@@ -655,12 +676,13 @@ def iterate_options(f):
 @backend_options
 @track_options
 @as_runtime("seed", "device", "workers", "backend", "ray_address", "track", "track_dir")
-def iterate(env_name, preset, data, temperature, detail_weight, runtime: Runtime, **it_options) -> None:
+def iterate(env_name, preset, data, temperature, detail_weight, doom_screen_flashes, runtime: Runtime,
+            **it_options) -> None:
     """The iterative procedure (ref §9): collect -> V -> M -> C in the dream -> evaluate, then again on the
     controller's own data; rerun the same command to continue."""
     from .stages import iterate as iterate_stage
 
-    cfg = _iterate_preset(env_name, preset, temperature, detail_weight)
+    cfg = with_flashes(_iterate_preset(env_name, preset, temperature, detail_weight), doom_screen_flashes)
     it = iterate_config(preset, env_name, **it_options)
     recs = iterate_stage.run(cfg, data, it, runtime=runtime)
     click.echo("; ".join(f"round {r.round}: dream {r.dream_score:.0f}, real {r.real_mean:.0f} ± {r.real_std:.0f}"
@@ -678,11 +700,12 @@ def iterate(env_name, preset, data, temperature, detail_weight, runtime: Runtime
 @device_option
 @track_options
 @as_runtime("seed", "device", "workers", "track", "track_dir")
-def demo(env_name, preset, data, results, temperature, detail_weight, runtime: Runtime, **it_options) -> None:
+def demo(env_name, preset, data, results, temperature, detail_weight, doom_screen_flashes, runtime: Runtime,
+         **it_options) -> None:
     """`make demo` / `make demo-carracing`: a small pipeline end to end, baselines, a results table and pictures."""
     from .stages import demo as demo_stage
 
-    cfg = _iterate_preset(env_name, preset, temperature, detail_weight)
+    cfg = with_flashes(_iterate_preset(env_name, preset, temperature, detail_weight), doom_screen_flashes)
     it = iterate_config(preset, env_name, **it_options)
     results = results or Path("results/demo" if env_name == "doom" else "results/demo-carracing")
     _, _, table = demo_stage.run(cfg, data, results, it, scale=preset, runtime=runtime)
