@@ -6,8 +6,8 @@ it trained on, this replays the held-out episodes (`val_episodes` of the series,
 `wm train-mdn` did) through M, teacher-forced from each episode's first frame, and scores the done logit of every
 step against whether that step ended the episode by a death:
 
-    PYTHONPATH=. python scripts/doom_done_probe.py --mdn data/demo-seed0/round0/mdn.h5 \
-        --series data/demo-seed0/round0/series.h5 [--mdn M2 --series S2 ...]
+    PYTHONPATH=. python scripts/doom_done_probe.py --mdn data/demo-seed0/round0/mdn.h5 [--mdn M2 ...]
+        [--series S1 --series S2 ...]     # default: the series each M records as its inputs
 
 One JSON line per M: `steps` and `deaths` scored; `bce`, the mean unweighted binary cross-entropy per step;
 `auc`, the chance that a death step's logit is above a random other step's (0.5: no information); `recall`, the
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,10 +33,12 @@ WARN = (5, 20)
 
 
 @torch.no_grad()
-def done_logits(mdn_path: str, series: list[str], batch: int = 32) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def done_logits(mdn_path: str, series: list[str] | None, batch: int = 32) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per held-out episode: the done logit of each of its steps (every frame in, with its action) and its target
     (the step ended the episode by a death), z drawn from V's (μ, σ) with a fixed seed."""
     mdn, meta = load_mdn(mdn_path)
+    if not series:  # the series M recorded as its inputs, in its order (their paths relative to M's folder)
+        series = [str(Path(mdn_path).parent / rec["relative"]) for rec in meta.inputs["series"]]
     data = load_series(series)
     _, val = split_episodes(data.episodes, float(meta.config["mdn_train"]["val_episodes"]), meta.seed)
     rng = seeding.generator(meta.seed, "done-probe")
@@ -75,13 +78,14 @@ def scores(logits: list[np.ndarray], targets: list[np.ndarray]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mdn", action="append", required=True, help="mdn artifact (repeat, one per --series)")
-    ap.add_argument("--series", action="append", required=True, help="the series artifact(s) it trained on, "
-                    "comma-separated (repeat, one per --mdn)")
+    ap.add_argument("--series", action="append", help="the series artifact(s) it trained on, comma-separated "
+                    "(repeat, one per --mdn; default: those M records as its inputs)")
     args = ap.parse_args()
-    if len(args.mdn) != len(args.series):
-        ap.error("give one --series per --mdn")
-    for m, s in zip(args.mdn, args.series, strict=True):
-        print(json.dumps({"mdn": m, **scores(*done_logits(m, s.split(",")))}))
+    series = args.series or [""] * len(args.mdn)
+    if len(args.mdn) != len(series):
+        ap.error("give one --series per --mdn, or none")
+    for m, s in zip(args.mdn, series, strict=True):
+        print(json.dumps({"mdn": m, **scores(*done_logits(m, [x for x in s.split(",") if x]))}))
 
 
 if __name__ == "__main__":
