@@ -682,7 +682,7 @@ def iterate(env_name, preset, data, temperature, detail_weight, doom_screen_flas
     controller's own data; rerun the same command to continue."""
     from .stages import iterate as iterate_stage
 
-    cfg = with_flashes(_iterate_preset(env_name, preset, temperature, detail_weight), doom_screen_flashes)
+    cfg = _iterate_preset(env_name, preset, temperature, detail_weight, doom_screen_flashes)
     it = iterate_config(preset, env_name, **it_options)
     recs = iterate_stage.run(cfg, data, it, runtime=runtime)
     click.echo("; ".join(f"round {r.round}: dream {r.dream_score:.0f}, real {r.real_mean:.0f} ± {r.real_std:.0f}"
@@ -705,18 +705,19 @@ def demo(env_name, preset, data, results, temperature, detail_weight, doom_scree
     """`make demo` / `make demo-carracing`: a small pipeline end to end, baselines, a results table and pictures."""
     from .stages import demo as demo_stage
 
-    cfg = with_flashes(_iterate_preset(env_name, preset, temperature, detail_weight), doom_screen_flashes)
+    cfg = _iterate_preset(env_name, preset, temperature, detail_weight, doom_screen_flashes)
     it = iterate_config(preset, env_name, **it_options)
     results = results or Path("results/demo" if env_name == "doom" else "results/demo-carracing")
     _, _, table = demo_stage.run(cfg, data, results, it, scale=preset, runtime=runtime)
     click.echo(table.rstrip())
 
 
-def _iterate_preset(env_name: str, preset: str, temperature: float | None, detail_weight: float | None):
+def _iterate_preset(env_name: str, preset: str, temperature: float | None, detail_weight: float | None,
+                    flashes: bool | None):
     """The preset `wm iterate` and `wm demo` run, with their own options over it (None: the preset's)."""
     from .config import preset as get_preset
 
-    cfg = get_preset(env_name, preset)
+    cfg = with_flashes(get_preset(env_name, preset), flashes)
     return cfg.replace(evolve=cfg.evolve.replace(temperature=temperature),
                        vae_train=cfg.vae_train.replace(detail_weight=detail_weight))
 
